@@ -1,0 +1,202 @@
+"""Print one markdown table of medians with flowjobs/anchor ratios from harness TSV files.
+
+usage: compare.py RAW.tsv [RAW.tsv ...]      (several files are pooled)
+
+Input: the `rep contestant case metric value` TSV that the anchor harness's run_all.sh
+writes (bench/run keeps them in bench/.cache/raw/<stamp>/). One row per flowjobs case and
+metric; flowjobs' `.sync` variants are compared with the anchors' case of the same name
+without the suffix. The rq and celery columns show that contestant's best variant of the
+same workload (W2.simple, W4.solo, ...). Ratios always read "how much better flowjobs is":
+flowjobs/anchor for throughput (jobs/s), anchor/flowjobs for seconds and milliseconds,
+printed as "N× faster" or "N× slower".
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+from collections import defaultdict
+
+ME = "flowjobs"
+RATIO_ANCHORS = ("bullmq-node", "bullmq-py")
+BEST_OF_ANCHORS = ("rq", "celery")
+CASE_ORDER = (
+    "W1.add",
+    "W1.bulk",
+    "W2.c1",
+    "W2.c50",
+    "W3.flow",
+    "W4.latency",
+    "W5.flows",
+)
+LABELS = {
+    ("W1.add", "jobs_per_s"): "W1 add {BENCH_N} one by one",
+    ("W1.bulk", "jobs_per_s"): "W1 add {BENCH_N} in bulk chunks of {BENCH_BULK_CHUNK}",
+    ("W2.c1", "jobs_per_s"): "W2 process {BENCH_N}, concurrency 1",
+    ("W2.c50", "jobs_per_s"): "W2 process {BENCH_N}, concurrency 50",
+    ("W3.flow", "create_s"): "W3 flow 1+{BENCH_FLOW_CHILDREN}: create",
+    ("W3.flow", "done_s"): "W3 flow 1+{BENCH_FLOW_CHILDREN}: until the parent is done",
+    ("W4.latency", "p50_ms"): "W4 add-to-start p50 ({BENCH_LAT_SAMPLES} samples)",
+    ("W4.latency", "p99_ms"): "W4 add-to-start p99 ({BENCH_LAT_SAMPLES} samples)",
+    ("W5.flows", "create_s"): "W5 {BENCH_W5_FLOWS} flows of {BENCH_W5_CHILDREN}: add",
+    ("W5.flows", "done_s"): "W5 {BENCH_W5_FLOWS} flows of {BENCH_W5_CHILDREN}, "
+    "{BENCH_W5_WORKERS} worker procs: done",
+}
+SIZES = {
+    "BENCH_N": "20000",
+    "BENCH_BULK_CHUNK": "1000",
+    "BENCH_FLOW_CHILDREN": "1000",
+    "BENCH_LAT_SAMPLES": "500",
+    "BENCH_W5_FLOWS": "200",
+    "BENCH_W5_CHILDREN": "10",
+    "BENCH_W5_WORKERS": "2",
+}
+
+
+def higher_is_better(metric: str) -> bool:
+    return metric.endswith(("_per_s", "_rps"))
+
+
+def fmt(v: float) -> str:
+    if v >= 1000:
+        return f"{v:,.0f}"
+    if v >= 10:
+        return f"{v:.1f}"
+    return f"{v:.3g}"
+
+
+def ratio_text(mine: float, theirs: float, metric: str) -> str:
+    if not mine or not theirs:
+        return "-"
+    better = mine / theirs if higher_is_better(metric) else theirs / mine
+    if better >= 1:
+        return f"{better:.2f}× faster"
+    return f"{1 / better:.2f}× slower"
+
+
+def load(paths: list[str]) -> tuple[dict, dict, list[tuple[str, str]]]:
+    """Values, statuses and version lines of TSV files; sizes from their headers go to SIZES."""
+    values: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    statuses: dict[tuple[str, str], list[str]] = defaultdict(list)
+    info: list[tuple[str, str]] = []
+    for path in paths:
+        with open(path) as fh:
+            for line in fh:
+                if line.startswith("# REPEATS="):
+                    for field in line[2:].split():
+                        name, _, value = field.partition("=")
+                        if name in SIZES:
+                            SIZES[name] = value
+                if line.startswith("#") or not line.strip():
+                    continue
+                parts = line.rstrip("\n").split("\t")
+                if len(parts) != 5:
+                    continue
+                _rep, contestant, case, metric, value = parts
+                if case == "info":
+                    if (contestant, value) not in info:
+                        info.append((contestant, value))
+                elif metric == "status":
+                    statuses[(contestant, case)].append(value)
+                else:
+                    try:
+                        values[(contestant, case, metric)].append(float(value))
+                    except ValueError:
+                        statuses[(contestant, case)].append(value)
+    return values, statuses, info
+
+
+def base_case(case: str) -> str:
+    return case.removesuffix(".sync")
+
+
+def case_rank(case: str) -> tuple[int, str]:
+    base = base_case(case)
+    return (CASE_ORDER.index(base) if base in CASE_ORDER else len(CASE_ORDER), case)
+
+
+def best_variant(values: dict, contestant: str, case: str, metric: str) -> str:
+    """The contestant's median for case, else its best over its variants of case's workload
+    (rq's W2.fork / W2.simple for W2.c1, ...)."""
+    exact = values.get((contestant, base_case(case), metric))
+    if exact:
+        return fmt(statistics.median(exact))
+    workload = case.split(".")[0]
+    found = []
+    for (c, cs, m), vals in values.items():
+        if c == contestant and m == metric and cs.split(".")[0] == workload:
+            found.append((statistics.median(vals), cs))
+    if not found:
+        return "-"
+    pick = max(found) if higher_is_better(metric) else min(found)
+    variant = pick[1].split(".", 1)[1] if "." in pick[1] else pick[1]
+    return f"{fmt(pick[0])} ({variant})"
+
+
+def main(argv: list[str]) -> int:
+    paths = [a for a in argv[1:] if not a.startswith("--")]
+    if not paths:
+        raise SystemExit(__doc__)
+    for name, default in SIZES.items():
+        SIZES[name] = os.environ.get(name, default)
+    values, statuses, info = load(paths)
+    rows = sorted(
+        {(cs, m) for (c, cs, m) in values if c in (ME, *RATIO_ANCHORS)},
+        key=lambda r: (case_rank(r[0]), r[1]),
+    )
+    for contestant, version in info:
+        print(f"- {contestant}: {version}")
+    print()
+    head = ["workload", "case", "metric", "better", ME, "spread"]
+    for a in RATIO_ANCHORS:
+        head += [a, f"{ME} vs {a}"]
+    head += list(BEST_OF_ANCHORS)
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for case, metric in rows:
+        mine_vals = values.get((ME, case, metric))
+        mine = statistics.median(mine_vals) if mine_vals else None
+        sizes = {k: f"{int(v):,}" if v.isdigit() else v for k, v in SIZES.items()}
+        label = LABELS.get((base_case(case), metric), case).format(**sizes)
+        if case.endswith(".sync"):
+            label += " (sync processor)"
+        cells = [label, case, metric, "higher" if higher_is_better(metric) else "lower"]
+        if mine_vals:
+            spread = (max(mine_vals) - min(mine_vals)) / mine * 100 if mine else 0.0
+            cells += [fmt(mine), f"{spread:.0f}% (n={len(mine_vals)})"]
+        else:
+            cells += [" ".join(sorted(set(statuses.get((ME, case), ["-"])))), ""]
+        for a in RATIO_ANCHORS:
+            theirs_vals = values.get((a, base_case(case), metric))
+            if theirs_vals:
+                theirs = statistics.median(theirs_vals)
+                cells += [
+                    fmt(theirs),
+                    ratio_text(mine, theirs, metric) if mine else "-",
+                ]
+            else:
+                cells += [
+                    " ".join(sorted(set(statuses.get((a, base_case(case)), ["-"])))),
+                    "-",
+                ]
+        for a in BEST_OF_ANCHORS:
+            cells.append(best_variant(values, a, case, metric))
+        print("| " + " | ".join(cells) + " |")
+    print()
+    print(
+        f"Medians over rounds. '{ME} vs X': how many times better {ME} is than X (jobs/s: "
+        f"{ME}/X; seconds and ms: X/{ME}); 'slower' means X is better. spread = "
+        f"(max-min)/median of {ME}'s rounds. rq/celery: their best variant of the workload."
+    )
+    failed = {k: v for k, v in statuses.items() if v}
+    if failed:
+        print()
+        print("Not measured (status per round):")
+        for (contestant, case), vals in sorted(failed.items()):
+            print(f"- {contestant} {case}: {', '.join(vals)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

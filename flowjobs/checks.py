@@ -1,0 +1,84 @@
+"""System checks: flowjobs settings (errors) and the Redis server (warnings).
+
+Ids:
+- flowjobs.E001 FLOWJOBS is not a dict, or has unknown keys
+- flowjobs.E002 REDIS_URL is not a redis://, rediss:// or unix:// URL
+- flowjobs.E003 PREFIX is empty or contains ':'
+- flowjobs.E004 CONCURRENCY is not a positive integer
+- flowjobs.E005 a duration/count is negative, zero or not an integer
+- flowjobs.E006 DEFAULT_JOB_OPTIONS is rejected by the engine
+- flowjobs.E007 a boolean setting is not a boolean
+- flowjobs.E008 QUEUES is malformed (unknown keys, bad values)
+- flowjobs.W001 Redis does not answer at REDIS_URL (1 s timeout; password masked)
+- flowjobs.W002 Redis maxmemory-policy is not noeviction (jobs may be evicted)
+
+The Redis checks run with every ``check`` (tag ``flowjobs``), unless the
+``CHECK_REDIS`` setting is False; they are warnings so ``migrate`` and
+``runserver`` still work while Redis is down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+from django.core import checks
+
+from . import conf
+from .engine.connection import eviction_warning, probe
+
+__all__ = ["check_redis", "check_settings", "register_checks"]
+
+TAG = "flowjobs"
+CONNECT_TIMEOUT_S = 1.0
+
+
+def check_settings(
+    app_configs: Sequence[Any] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    from . import mirror
+
+    found = [
+        checks.Error(problem.message, hint=problem.hint or None, id=problem.id)
+        for problem in conf.problems()
+    ]
+    if not found:  # the mirror's settings build on valid base settings
+        found += [checks.Error(message, id="flowjobs.E020") for message in mirror.check_settings()]
+    return found
+
+
+def check_redis(
+    app_configs: Sequence[Any] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    if conf.problems():
+        return []  # the settings errors say what to fix first
+    current = conf.settings()
+    if not current.CHECK_REDIS:
+        return []
+    try:
+        policy = probe(current.REDIS_URL, CONNECT_TIMEOUT_S)
+    except (redis.RedisError, OSError) as error:
+        return [
+            checks.Warning(
+                f"Redis at {current.redis_url_masked} does not answer: {error}",
+                hint="Start Redis or set FLOWJOBS['REDIS_URL'] / FLOWJOBS_REDIS_URL; "
+                "set FLOWJOBS['CHECK_REDIS'] = False to skip this check.",
+                id="flowjobs.W001",
+            )
+        ]
+    warning = eviction_warning(current.redis_url_masked, policy)
+    if warning:
+        return [
+            checks.Warning(
+                warning,
+                hint="Set maxmemory-policy noeviction (as BullMQ requires).",
+                id="flowjobs.W002",
+            )
+        ]
+    return []
+
+
+def register_checks() -> None:
+    checks.register(check_settings, TAG)
+    checks.register(check_redis, TAG)

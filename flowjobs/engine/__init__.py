@@ -1,0 +1,76 @@
+"""flowjobs.engine: BullMQ-compatible queues, workers and flows on Redis (no Django)."""
+
+from .backoff import Backoff, register_backoff
+from .errors import (
+    ConnectionFailed,
+    DelayedError,
+    FlowJobsError,
+    InvalidJobData,
+    InvalidJobOptions,
+    InvalidQueueName,
+    JobBelongsToScheduler,
+    JobCancelled,
+    JobHasFailedChildren,
+    JobLocked,
+    JobNotFound,
+    JobNotInState,
+    JobPendingChildren,
+    LockMismatch,
+    ParentJobCannotBeReplaced,
+    ParentJobNotFound,
+    QueueHasActiveJobs,
+    QueueNotPaused,
+    RateLimitError,
+    UnrecoverableError,
+    WaitingChildrenError,
+    WaitingError,
+)
+from .events import QueueEvents
+from .flow import Flow, FlowProducer, JobNode
+from .groups import GroupInfo
+from .isolation import ProcessorDied, ProcessorError, ProcessorTimedOut
+from .job import Job
+from .queue import Queue
+from .schedulers import JobScheduler, SchedulerError, sync_job_schedulers
+from .worker import Worker
+
+__all__ = [
+    "Backoff",
+    "ConnectionFailed",
+    "DelayedError",
+    "Flow",
+    "FlowJobsError",
+    "FlowProducer",
+    "GroupInfo",
+    "InvalidJobData",
+    "InvalidJobOptions",
+    "InvalidQueueName",
+    "Job",
+    "JobBelongsToScheduler",
+    "JobCancelled",
+    "JobHasFailedChildren",
+    "JobLocked",
+    "JobNode",
+    "JobNotFound",
+    "JobNotInState",
+    "JobPendingChildren",
+    "JobScheduler",
+    "LockMismatch",
+    "ParentJobCannotBeReplaced",
+    "ParentJobNotFound",
+    "ProcessorDied",
+    "ProcessorError",
+    "ProcessorTimedOut",
+    "Queue",
+    "QueueEvents",
+    "QueueHasActiveJobs",
+    "QueueNotPaused",
+    "RateLimitError",
+    "SchedulerError",
+    "UnrecoverableError",
+    "WaitingChildrenError",
+    "WaitingError",
+    "Worker",
+    "register_backoff",
+    "sync_job_schedulers",
+]

@@ -1,0 +1,128 @@
+"""QueueEvents: listening to a queue's events stream (`<prefix>:<queue>:events`)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from .connection import Connection, check_cluster_prefix, sync_client
+from .keys import QueueKeys
+
+logger = logging.getLogger("flowjobs.events")
+
+Listener = Callable[[dict[str, Any]], Any]
+
+
+class QueueEvents:
+    """Calls listeners for each entry of a queue's events stream, in order.
+
+    Each event is a dict of the entry's fields (`event`, `jobId`, ...) plus `id`,
+    the stream entry id. Like BullMQ, `completed.returnvalue` and `progress.data`
+    stay JSON text in Redis; here they are decoded. Listeners run in the reading
+    thread. `on("completed:<jobId>", fn)` listens to one job.
+    """
+
+    def __init__(
+        self,
+        queue_name: str,
+        connection: Connection = None,
+        prefix: str = "bull",
+        last_event_id: str = "$",
+        blocking_timeout_ms: int = 10_000,
+        autorun: bool = True,
+    ) -> None:
+        self.keys = QueueKeys(prefix, queue_name)
+        self.client = sync_client(connection)
+        check_cluster_prefix(self.client, prefix)
+        self.last_event_id = last_event_id
+        self.blocking_timeout_ms = blocking_timeout_ms
+        self._listeners: dict[str, list[Listener]] = {}
+        self._closing = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        if autorun:
+            self.start()
+
+    def on(self, event: str, listener: Listener) -> QueueEvents:
+        self._listeners.setdefault(event, []).append(listener)
+        return self
+
+    def off(self, event: str, listener: Listener) -> None:
+        self._listeners.get(event, []).remove(listener)
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self.run, daemon=True, name=f"flowjobs-events-{self.keys.name}"
+            )
+            self._thread.start()
+            self._ready.wait(5)
+
+    def wait_until_ready(self, timeout: float = 5.0) -> bool:
+        return self._ready.wait(timeout)
+
+    def run(self) -> None:
+        if self.last_event_id == "$":
+            # pin "$" to a real id so nothing between start and the first read is missed
+            info = (
+                self.client.xinfo_stream(self.keys.events)
+                if self.client.exists(self.keys.events)
+                else None
+            )
+            self.last_event_id = info["last-generated-id"] if info else "0-0"
+        self._ready.set()
+        while not self._closing.is_set():
+            try:
+                answer = self.client.xread(
+                    {self.keys.events: self.last_event_id},
+                    block=min(self.blocking_timeout_ms, 1000),
+                    count=1000,
+                )
+            except (redis.ConnectionError, redis.TimeoutError) as error:
+                logger.warning("events of %s: %s; retrying", self.keys.qualified, error)
+                self._closing.wait(1)
+                continue
+            for _, entries in answer or []:
+                for entry_id, fields in entries:
+                    self.last_event_id = entry_id
+                    self._dispatch(entry_id, fields)
+
+    def _dispatch(self, entry_id: str, fields: dict[str, str]) -> None:
+        event = decode_event(entry_id, fields)
+        name = event.get("event", "")
+        targets = list(self._listeners.get(name, ())) + list(self._listeners.get("*", ()))
+        if "jobId" in event:
+            targets += self._listeners.get(f"{name}:{event['jobId']}", ())
+        for listener in targets:
+            try:
+                listener(event)
+            except Exception:
+                logger.exception("listener for %r failed", name)
+
+    def close(self) -> None:
+        self._closing.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(5)
+
+
+def decode_event(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
+    import json
+
+    event: dict[str, Any] = dict(fields)
+    event["id"] = entry_id
+    for name, field in (("completed", "returnvalue"), ("progress", "data")):
+        if event.get("event") == name and field in event:
+            try:
+                event[field] = json.loads(event[field])
+            except ValueError:
+                pass
+    if event.get("event") == "delayed" and "delay" in event:
+        try:
+            event["delay"] = int(float(event["delay"]))
+        except ValueError:
+            pass
+    return event

@@ -1,0 +1,103 @@
+"""The BullMQ key layout: `<prefix>:<queue>:<suffix>`; a job key is `<prefix>:<queue>:<id>`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import InvalidQueueName
+
+# `<prefix>:<queue>:<suffix>` keys of a queue; a job id equal to one would share its key
+QUEUE_KEY_SUFFIXES = frozenset(
+    {
+        "active",
+        "cancel",
+        "completed",
+        "de",
+        "delay",
+        "delayed",
+        "dn",
+        "events",
+        "failed",
+        "group",
+        "groups",
+        "id",
+        "limiter",
+        "marker",
+        "meta",
+        "metrics",
+        "paused",
+        "pc",
+        "prioritized",
+        "repeat",
+        "stalled",
+        "stalled-check",
+        "wait",
+        "waiting-children",
+    }
+)
+
+
+def check_name(what: str, value: str) -> None:
+    if not isinstance(value, str) or not value or not _is_unicode(value):
+        raise InvalidQueueName(f"{what} must be a non-empty string, got {value!r}")
+    if ":" in value:
+        raise InvalidQueueName(
+            f'{what} "{value}" contains ":", which breaks the BullMQ key layout '
+            "(<prefix>:<queue>:<job id>); choose a name without colons"
+        )
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False  # lone surrogates: not encodable as a key
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class QueueKeys:
+    prefix: str
+    name: str
+
+    def __post_init__(self) -> None:
+        check_name("prefix", self.prefix)
+        check_name("queue name", self.name)
+
+    @property
+    def qualified(self) -> str:
+        """`<prefix>:<queue>`: what BullMQ calls the queue key (parent `queueKey`)."""
+        return f"{self.prefix}:{self.name}"
+
+    def key(self, suffix: str) -> str:
+        return f"{self.prefix}:{self.name}:{suffix}"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}:{self.name}:{job_id}"
+
+    @property
+    def meta(self) -> str:
+        return self.key("meta")
+
+    @property
+    def events(self) -> str:
+        return self.key("events")
+
+    @property
+    def marker(self) -> str:
+        return self.key("marker")
+
+
+def split_queue_key(qualified: str) -> tuple[str, str]:
+    """`<prefix>:<queue>` -> (prefix, queue); the queue is the last part."""
+    prefix, _, name = qualified.rpartition(":")
+    return prefix, name
+
+
+def split_job_key(job_key: str) -> tuple[str, str, str]:
+    """`<prefix>:<queue>:<id>` -> (prefix, queue, id). Prefixes and queue names have no
+    colons; ids may (scheduler iterations are `repeat:<scheduler>:<ms>`)."""
+    prefix, name, job_id = (job_key.split(":", 2) + ["", ""])[:3]
+    if not job_id:
+        raise ValueError(f"not a job key: {job_key!r}")
+    return prefix, name, job_id

@@ -1,0 +1,135 @@
+--[[
+  Adds one or more jobs (a single add, an add_bulk, or every node of one or
+  more flow trees in pre-order) in one atomic step: every precondition is
+  checked before the first write, so on error nothing is written.
+
+  KEYS[1]  meta key of the first job's queue (routing only)
+  ARGV[1]  number of jobs n; then for job i = 1..n three values:
+           spec JSON {qk, id ("" = auto), name, ts, delay, priority, lifo,
+                      parentKey?, parent? {id, queueKey, fpof|cpof|idof|rdof},
+                      waitChildren?, rjk?, de? {id, ttl?, extend?, replace?,
+                      keepLastIfActive?}, gid? (group id)},
+           data JSON text, opts JSON text
+  Returns  {0, ids...} or {errorCode, index}:
+           -5 parent missing, -7 existing job attached to another parent
+  Events   added, then waiting | delayed | waiting-children; duplicated;
+           deduplicated (and removed for a replaced delayed job)
+]]
+--- @include "includes/base"
+--- @include "includes/parent"
+--- @include "includes/enqueue"
+--- @include "includes/dedup"
+
+local count = tonumber(ARGV[1])
+local jobs = {}
+local created = {}
+for i = 1, count do
+  local spec = cjson.decode(ARGV[3 * i - 1])
+  spec.data = ARGV[3 * i]
+  spec.opts = ARGV[3 * i + 1]
+  jobs[i] = spec
+  if spec.parentKey == cjson.null then
+    spec.parentKey = nil
+  end
+  if spec.id ~= "" then
+    local jobKey = spec.qk .. ":" .. spec.id
+    if created[jobKey] or rcall("EXISTS", jobKey) == 1 then
+      spec.duplicate = true
+      if spec.parentKey and not created[jobKey] then
+        local current = rcall("HGET", jobKey, "parentKey")
+        if current and current ~= spec.parentKey and rcall("EXISTS", current) == 1 then
+          return {-7, i}
+        end
+      end
+    end
+    created[jobKey] = true
+  end
+  if spec.parentKey and not created[spec.parentKey] and rcall("EXISTS", spec.parentKey) ~= 1 then
+    return {-5, i}
+  end
+end
+
+local result = {0}
+for i, spec in ipairs(jobs) do
+  local qk = spec.qk
+  local counter = rcall("INCR", qk .. ":id")
+  local jobId = spec.id
+  if jobId == "" then
+    jobId = tostring(counter)
+  end
+  local jobKey = qk .. ":" .. jobId
+  local parentJson = nil
+  if spec.parentKey then
+    parentJson = cjson.encode(spec.parent)
+  end
+
+  -- deduplication may keep another job instead of this one (nothing stored)
+  local keptId = nil
+  if not spec.duplicate and type(spec.de) == "table" then
+    keptId = deduplicateJob(qk, spec, jobId)
+  end
+
+  if keptId then
+    jobId = keptId
+  elseif spec.duplicate then
+    if spec.parentKey then
+      local current = rcall("HGET", jobKey, "parentKey")
+      if not current or current == spec.parentKey then
+        local parent = {key = spec.parentKey, id = spec.parent.id, qk = spec.parent.queueKey}
+        if rcall("ZSCORE", qk .. ":completed", jobId) then
+          local value = rcall("HGET", jobKey, "returnvalue") or "null"
+          rcall("HSET", spec.parentKey .. ":processed", jobKey, value)
+          releaseParentIfReady(parent, tonumber(spec.ts))
+        else
+          rcall("SADD", spec.parentKey .. ":dependencies", jobKey)
+        end
+        rcall("HSET", jobKey, "parentKey", spec.parentKey, "parent", parentJson)
+      end
+    end
+    emit(qk, "duplicated", "jobId", jobId)
+  else
+    local fields = {"name", spec.name, "data", spec.data, "opts", spec.opts, "timestamp", spec.ts,
+      "delay", spec.delay, "priority", spec.priority}
+    if spec.parentKey then
+      table.insert(fields, "parentKey")
+      table.insert(fields, spec.parentKey)
+      table.insert(fields, "parent")
+      table.insert(fields, parentJson)
+    end
+    if spec.rjk and spec.rjk ~= cjson.null then
+      table.insert(fields, "rjk")
+      table.insert(fields, spec.rjk)
+    end
+    if type(spec.de) == "table" then
+      table.insert(fields, "deid")
+      table.insert(fields, spec.de.id)
+    end
+    if type(spec.gid) == "string" then
+      table.insert(fields, "gid")
+      table.insert(fields, spec.gid)
+    end
+    rcall("HSET", jobKey, unpack(fields))
+    emit(qk, "added", "jobId", jobId, "name", spec.name)
+
+    local delay = tonumber(spec.delay)
+    local priority = tonumber(spec.priority)
+    if spec.waitChildren then
+      rcall("ZADD", qk .. ":waiting-children", spec.ts, jobId)
+      emit(qk, "waiting-children", "jobId", jobId)
+    elseif delay > 0 then
+      addDelayed(qk, jobId, tonumber(spec.ts) + delay)
+    else
+      enqueueReady(qk, jobId, priority, spec.lifo and priority == 0,
+        type(spec.gid) == "string" and spec.gid)
+      if not isPausedOrMaxed(qk) then
+        addWakeMarker(qk)
+      end
+      emit(qk, "waiting", "jobId", jobId)
+    end
+    if spec.parentKey then
+      rcall("SADD", spec.parentKey .. ":dependencies", jobKey)
+    end
+  end
+  result[#result + 1] = jobId
+end
+return result

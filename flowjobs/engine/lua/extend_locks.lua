@@ -1,0 +1,23 @@
+--[[
+  Renews the locks of many active jobs in one call; a renewed job is taken
+  off the stalled candidates.
+
+  KEYS[1]  stalled set key
+  ARGV[1]  qk  ARGV[2] duration ms  ARGV[3..] pairs of jobId, token
+  Returns  the ids whose lock could not be renewed (lost or taken)
+]]
+--- @include "includes/base"
+
+local qk, duration = ARGV[1], tonumber(ARGV[2])
+local lost = {}
+for i = 3, #ARGV, 2 do
+  local jobId, token = ARGV[i], ARGV[i + 1]
+  local lockKey = qk .. ":" .. jobId .. ":lock"
+  if rcall("GET", lockKey) == token then
+    rcall("SET", lockKey, token, "PX", duration)
+    rcall("SREM", KEYS[1], jobId)
+  else
+    lost[#lost + 1] = jobId
+  end
+end
+return lost

@@ -1,0 +1,177 @@
+--[[
+  Helpers shared by every flowjobs script (included once per script).
+  A queue is addressed by its qualified name `qk` = "<prefix>:<queue>"; every
+  queue key is qk .. ":" .. suffix and a job key is qk .. ":" .. jobId, the
+  same layout BullMQ uses, so keys of other queues (parents, children) can be
+  derived without being passed in.
+]]
+local rcall = redis.call
+
+-- Read once per script run and queue: a script may emit many events.
+local maxEventsOf = {}
+local function maxEvents(qk)
+  local cached = maxEventsOf[qk]
+  if cached then
+    return cached
+  end
+  local value = tonumber(rcall("HGET", qk .. ":meta", "opts.maxLenEvents"))
+  if not value then
+    value = 10000
+    rcall("HSET", qk .. ":meta", "opts.maxLenEvents", value)
+  end
+  maxEventsOf[qk] = value
+  return value
+end
+
+local function emit(qk, event, ...)
+  rcall("XADD", qk .. ":events", "MAXLEN", "~", maxEvents(qk), "*", "event", event, ...)
+end
+
+-- HINCRBY of a job's counter (ats, atm, stc). A hash written by a foreign producer
+-- may hold a non-integer there; that must not abort the script half-way (its
+-- earlier writes would stay), so such a counter restarts at 1.
+local function incrementCounter(jobKey, field)
+  local value = redis.pcall("HINCRBY", jobKey, field, 1)
+  if type(value) == "table" and value.err then
+    rcall("HSET", jobKey, field, 1)
+    return 1
+  end
+  return value
+end
+
+-- A queue is "paused or maxed" when it is paused or its global concurrency is
+-- reached; such a queue gets no wake-up marker and hands out no jobs.
+local function isPausedOrMaxed(qk)
+  local meta = rcall("HMGET", qk .. ":meta", "paused", "concurrency")
+  if meta[1] then
+    return true
+  end
+  if meta[2] then
+    return rcall("LLEN", qk .. ":active") >= tonumber(meta[2])
+  end
+  return false
+end
+
+local function addWakeMarker(qk)
+  rcall("ZADD", qk .. ":marker", 0, "0")
+end
+
+-- Marker "1" carries the due time of the earliest delayed job so that idle
+-- workers block exactly until then.
+local function addDelayMarker(qk)
+  local first = rcall("ZRANGE", qk .. ":delayed", 0, 0, "WITHSCORES")
+  if first[2] then
+    rcall("ZADD", qk .. ":marker", math.floor(tonumber(first[2]) / 4096), "1")
+  end
+end
+
+local function addToPrioritized(qk, jobId, priority)
+  local counter = rcall("INCR", qk .. ":pc")
+  rcall("ZADD", qk .. ":prioritized", priority * 4294967296 + counter % 4294967296, jobId)
+end
+
+--- @include "includes/groups"
+
+-- Puts a ready job where workers take it: the wait list (left = back of the
+-- line, right = served next) or the prioritized set; a grouped job goes to its
+-- group (priority does not apply there). `gid`: the job's group when the caller
+-- knows it (false = none); nil looks it up.
+local function enqueueReady(qk, jobId, priority, toFront, gid)
+  if gid == nil then
+    gid = rcall("HGET", qk .. ":" .. jobId, "gid")
+  end
+  if gid then
+    enqueueGrouped(qk, jobId, gid, toFront)
+  elseif priority > 0 then
+    addToPrioritized(qk, jobId, priority)
+  elseif toFront then
+    rcall("RPUSH", qk .. ":wait", jobId)
+  else
+    rcall("LPUSH", qk .. ":wait", jobId)
+  end
+end
+
+-- Score of a delayed job: due ms * 4096 plus a sequence that keeps FIFO order
+-- among jobs due in the same millisecond.
+local function delayedScore(qk, dueMs)
+  local base = dueMs * 4096
+  local last = rcall("ZREVRANGEBYSCORE", qk .. ":delayed", base + 4095, base, "WITHSCORES", "LIMIT", 0, 1)
+  if last[2] then
+    return math.min(tonumber(last[2]) + 1, base + 4095)
+  end
+  return base
+end
+
+local function addDelayed(qk, jobId, dueMs)
+  rcall("ZADD", qk .. ":delayed", delayedScore(qk, dueMs), jobId)
+  emit(qk, "delayed", "jobId", jobId, "delay", dueMs)
+  addDelayMarker(qk)
+end
+
+local function promoteDueJobs(qk, now)
+  local ids = rcall("ZRANGEBYSCORE", qk .. ":delayed", 0, (now + 1) * 4096 - 1, "LIMIT", 0, 1000)
+  if #ids == 0 then
+    return
+  end
+  for _, jobId in ipairs(ids) do
+    local jobKey = qk .. ":" .. jobId
+    rcall("ZREM", qk .. ":delayed", jobId)
+    local fields = rcall("HMGET", jobKey, "priority", "gid")
+    enqueueReady(qk, jobId, tonumber(fields[1]) or 0, false, fields[2] or false)
+    emit(qk, "waiting", "jobId", jobId, "prev", "delayed")
+    rcall("HSET", jobKey, "delay", 0)
+  end
+  if not isPausedOrMaxed(qk) then
+    addWakeMarker(qk)
+  end
+end
+
+-- Lock check for every move out of active: token "0" skips it (manual moves).
+local function releaseLock(qk, jobKey, jobId, token)
+  if token == "0" then
+    return 0
+  end
+  local holder = rcall("GET", jobKey .. ":lock")
+  if holder == token then
+    rcall("DEL", jobKey .. ":lock")
+    rcall("SREM", qk .. ":stalled", jobId)
+    return 0
+  end
+  if holder then
+    return -6
+  end
+  return -2
+end
+
+-- Every move out of active: the job exists, the caller holds its lock, and it is in
+-- active. Returns 0 (lock released, job out of active) or the error code.
+local function takeFromActive(qk, jobKey, jobId, token)
+  if rcall("EXISTS", jobKey) == 0 then
+    return -1
+  end
+  local lockResult = releaseLock(qk, jobKey, jobId, token)
+  if lockResult ~= 0 then
+    return lockResult
+  end
+  if rcall("LREM", qk .. ":active", -1, jobId) == 0 then
+    return -3
+  end
+  groupJobLeftActive(qk, jobKey, jobId)
+  -- a queue that was at its global concurrency wakes one idle worker for the freed slot
+  local meta = rcall("HMGET", qk .. ":meta", "concurrency", "paused")
+  if meta[1] and not meta[2] and rcall("LLEN", qk .. ":active") + 1 == tonumber(meta[1]) then
+    addWakeMarker(qk)
+  end
+  return 0
+end
+
+local function removeJobKeys(jobKey)
+  rcall("DEL", jobKey, jobKey .. ":logs", jobKey .. ":dependencies", jobKey .. ":processed",
+    jobKey .. ":failed", jobKey .. ":unsuccessful")
+end
+
+-- Splits "<prefix>:<queue>:<id>" into the queue's qualified name and the id.
+local function splitJobKey(jobKey)
+  local qk, jobId = string.match(jobKey, "^(.*):([^:]+)$")
+  return qk, jobId
+end

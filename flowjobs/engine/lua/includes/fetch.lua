@@ -1,0 +1,152 @@
+--[[
+  Taking jobs from a queue (moveToActive), shared by move_to_active and the
+  fetch-next path of the finishing scripts. Needs base.lua (and its groups.lua).
+  Returns {jobs, rateLimitDelayMs, nextDueMs} where jobs is a list of
+  {jobId, flatHash} and nextDueMs the earliest delayed job or rate-limited
+  group.
+]]
+
+-- The next ungrouped ready job, moved to active: wait first, then prioritized.
+-- With group limits set, a grouped job found there goes to its group instead.
+local function takePlain(qk, rerouteGrouped)
+  local waitKey, activeKey = qk .. ":wait", qk .. ":active"
+  while true do
+    local jobId = rcall("RPOPLPUSH", waitKey, activeKey)
+    if jobId and string.sub(jobId, 1, 2) == "0:" then
+      rcall("LREM", activeKey, 1, jobId)
+      jobId = rcall("RPOPLPUSH", waitKey, activeKey)
+    end
+    if not jobId then
+      local popped = rcall("ZPOPMIN", qk .. ":prioritized")
+      if not popped[1] then
+        rcall("DEL", qk .. ":pc")
+        return nil
+      end
+      jobId = popped[1]
+      rcall("LPUSH", activeKey, jobId)
+    end
+    local gid = rerouteGrouped and rcall("HGET", qk .. ":" .. jobId, "gid")
+    if not gid then
+      return jobId
+    end
+    rcall("LREM", activeKey, 1, jobId)
+    rcall("SREM", groupKey(qk, gid, "active"), jobId)
+    enqueueGrouped(qk, jobId, gid, true)
+  end
+end
+
+-- The next job in round-robin order over the groups (and the plain queue),
+-- moved to active; nil when no group can run now.
+local function takeFromRing(qk, limits, now, rerouteGrouped)
+  local ring = qk .. ":groups:ready"
+  for _ = 1, rcall("ZCARD", ring) do
+    local member = rcall("ZPOPMIN", ring)[1]
+    if not member then
+      return nil
+    end
+    if member == plainTurn then
+      local jobId = takePlain(qk, rerouteGrouped)
+      if rcall("ZCARD", ring) > 0 then
+        giveTurn(qk, plainTurn)
+      end
+      if jobId then
+        return jobId
+      end
+    else
+      local jobId = takeFromGroup(qk, member, limits, now)
+      if jobId then
+        rcall("LPUSH", qk .. ":active", jobId)
+        return jobId
+      end
+    end
+  end
+  return nil
+end
+
+local function fetchJobs(qk, now, tokens, lockDuration, limiterMax, limiterDuration, workerName)
+  local meta = rcall("HMGET", qk .. ":meta", "paused", "concurrency", "max", "duration",
+    "groupConcurrency", "groupMax", "groupDuration")
+  promoteDueJobs(qk, now)
+
+  local budget = #tokens
+  local maxJobs = tonumber(meta[3]) or limiterMax
+  local limiterKey = qk .. ":limiter"
+  local used = 0
+  if maxJobs then
+    used = tonumber(rcall("GET", limiterKey) or "0")
+    if used >= maxJobs then
+      local ttl = rcall("PTTL", limiterKey)
+      if ttl > 0 then
+        return {{}, ttl, 0}
+      end
+      rcall("DEL", limiterKey)
+      used = 0
+    end
+    budget = math.min(budget, maxJobs - used)
+  end
+  if meta[1] then
+    return {{}, 0, 0}
+  end
+  if meta[2] then
+    budget = math.min(budget, tonumber(meta[2]) - rcall("LLEN", qk .. ":active"))
+  end
+
+  local jobs = {}
+  local limits = groupLimits(meta[5], meta[6], meta[7])
+  local reroute = limits.concurrency ~= nil or limits.max ~= nil
+  releaseLimitedGroups(qk, now)
+  local grouped = rcall("ZCARD", qk .. ":groups:ready") > 0
+    or rcall("EXISTS", qk .. ":groups:maxed") == 1
+  local healed = false
+  while #jobs < budget do
+    local jobId
+    if grouped then
+      jobId = takeFromRing(qk, limits, now, reroute)
+      if not jobId and not healed then
+        healed = true
+        if healMaxedGroups(qk, limits) then
+          jobId = takeFromRing(qk, limits, now, reroute)
+        end
+      end
+    end
+    if not jobId then
+      jobId = takePlain(qk, reroute)
+    end
+    if not jobId then
+      break
+    end
+    local jobKey = qk .. ":" .. jobId
+    local token = tokens[#jobs + 1]
+    if token ~= "0" then
+      rcall("SET", jobKey .. ":lock", token, "PX", lockDuration)
+    end
+    emit(qk, "active", "jobId", jobId, "prev", "waiting")
+    if workerName then
+      rcall("HSET", jobKey, "processedOn", now, "pb", workerName)
+    else
+      rcall("HSET", jobKey, "processedOn", now)
+    end
+    incrementCounter(jobKey, "ats")
+    jobs[#jobs + 1] = {jobId, rcall("HGETALL", jobKey)}
+  end
+
+  if #jobs > 0 then
+    if maxJobs then
+      if rcall("INCRBY", limiterKey, #jobs) == #jobs then
+        rcall("PEXPIRE", limiterKey, math.floor(math.abs(limiterDuration or tonumber(meta[4]) or 0)))
+      end
+    end
+    addWakeMarker(qk)
+    return {jobs, 0, 0}
+  end
+  local nextDue = 0
+  local first = rcall("ZRANGE", qk .. ":delayed", 0, 0, "WITHSCORES")
+  if first[2] then
+    nextDue = math.floor(tonumber(first[2]) / 4096)
+  end
+  local limited = rcall("ZRANGE", qk .. ":groups:limited", 0, 0, "WITHSCORES")
+  if limited[2] and (nextDue == 0 or tonumber(limited[2]) < nextDue) then
+    nextDue = tonumber(limited[2])
+  end
+  return {{}, 0, nextDue}
+end

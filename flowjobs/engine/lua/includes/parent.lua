@@ -1,0 +1,108 @@
+--[[
+  Parent bookkeeping when a child finishes (flows). Needs base.lua.
+  A parent is addressed by its qualified queue name and id, read from the
+  child's `parent` JSON ({id, queueKey, fpof|cpof|idof|rdof}) or, failing
+  that, derived from `parentKey`.
+]]
+
+local function parentOf(jobKey)
+  local fields = rcall("HMGET", jobKey, "parentKey", "parent")
+  local parentKey, parentJson = fields[1], fields[2]
+  if not parentKey then
+    return nil
+  end
+  local parent = {key = parentKey}
+  if parentJson then
+    local ok, decoded = pcall(cjson.decode, parentJson)
+    if ok and type(decoded) == "table" then
+      parent.id = decoded.id
+      parent.qk = decoded.queueKey
+      parent.fpof = decoded.fpof
+      parent.cpof = decoded.cpof
+      parent.idof = decoded.idof
+      parent.rdof = decoded.rdof
+    end
+  end
+  if not parent.qk or not parent.id then
+    parent.qk, parent.id = splitJobKey(parentKey)
+  end
+  return parent
+end
+
+-- Moves a parent out of waiting-children (or delayed) into its queue,
+-- honouring its own delay and priority; it goes to the front of the line.
+local function releaseParent(parent, now, fromState)
+  local fields = rcall("HMGET", parent.key, "priority", "delay")
+  local priority = tonumber(fields[1]) or 0
+  local delay = tonumber(fields[2]) or 0
+  if delay > 0 and fromState ~= "delayed" then
+    local due = now + delay
+    rcall("ZADD", parent.qk .. ":delayed", due * 4096, parent.id)
+    emit(parent.qk, "delayed", "jobId", parent.id, "delay", due)
+    addDelayMarker(parent.qk)
+    return
+  end
+  if priority > 0 then
+    addToPrioritized(parent.qk, parent.id, priority)
+  else
+    rcall("RPUSH", parent.qk .. ":wait", parent.id)
+  end
+  emit(parent.qk, "waiting", "jobId", parent.id, "prev", fromState)
+  if not isPausedOrMaxed(parent.qk) then
+    addWakeMarker(parent.qk)
+  end
+end
+
+local function releaseParentIfReady(parent, now)
+  if rcall("SCARD", parent.key .. ":dependencies") == 0 and rcall("EXISTS", parent.key) == 1
+      and rcall("ZREM", parent.qk .. ":waiting-children", parent.id) == 1 then
+    releaseParent(parent, now, "waiting-children")
+  end
+end
+
+local function onChildCompleted(parent, childKey, returnvalue, now)
+  if rcall("SREM", parent.key .. ":dependencies", childKey) == 1 then
+    rcall("HSET", parent.key .. ":processed", childKey, returnvalue)
+    releaseParentIfReady(parent, now)
+  end
+end
+
+local function onChildFailed(parent, childKey, failedReason, now)
+  if parent.fpof then
+    rcall("SREM", parent.key .. ":dependencies", childKey)
+    rcall("ZADD", parent.key .. ":unsuccessful", now, childKey)
+    local reason = "child " .. childKey .. " failed"
+    if rcall("ZREM", parent.qk .. ":waiting-children", parent.id) == 1 then
+      rcall("HSET", parent.key, "defa", reason)
+      releaseParent(parent, now, "waiting-children")
+    elseif rcall("ZREM", parent.qk .. ":delayed", parent.id) == 1 then
+      rcall("HSET", parent.key, "defa", reason, "delay", 0)
+      releaseParent(parent, now, "delayed")
+    elseif not rcall("ZSCORE", parent.qk .. ":failed", parent.id) then
+      rcall("HSET", parent.key, "defa", reason)
+    end
+  elseif parent.cpof then
+    rcall("SREM", parent.key .. ":dependencies", childKey)
+    rcall("HSET", parent.key .. ":failed", childKey, failedReason)
+    if rcall("ZREM", parent.qk .. ":waiting-children", parent.id) == 1 then
+      releaseParent(parent, now, "waiting-children")
+    end
+  elseif parent.idof then
+    if rcall("SREM", parent.key .. ":dependencies", childKey) == 1 then
+      rcall("HSET", parent.key .. ":failed", childKey, failedReason)
+      releaseParentIfReady(parent, now)
+    end
+  elseif parent.rdof then
+    if rcall("SREM", parent.key .. ":dependencies", childKey) == 1 then
+      releaseParentIfReady(parent, now)
+    end
+  end
+end
+
+-- A job removed by retention or removal stops being a pending dependency.
+local function unlinkFromParent(jobKey, now)
+  local parent = parentOf(jobKey)
+  if parent and rcall("SREM", parent.key .. ":dependencies", jobKey) == 1 then
+    releaseParentIfReady(parent, now)
+  end
+end

@@ -1,0 +1,49 @@
+--[[
+  Retention of finished jobs (removeOnComplete / removeOnFail) and the
+  per-minute metrics. Needs base.lua and parent.lua.
+]]
+
+local function removeFinishedJobs(qk, setKey, ids, now)
+  for _, jobId in ipairs(ids) do
+    local jobKey = qk .. ":" .. jobId
+    unlinkFromParent(jobKey, now)
+    removeJobKeys(jobKey)
+  end
+  if #ids > 0 then
+    rcall("ZREM", setKey, unpack(ids))
+  end
+end
+
+-- keepCount -1 keeps everything; keepAge (seconds) trims at most keepLimit
+-- old jobs per call, like BullMQ.
+local function applyRetention(qk, setKey, keepCount, keepAge, keepLimit, now)
+  if keepAge then
+    local ids = rcall("ZRANGEBYSCORE", setKey, "-inf", now - keepAge * 1000, "LIMIT", 0, keepLimit or 1000)
+    removeFinishedJobs(qk, setKey, ids, now)
+  end
+  if keepCount > 0 then
+    local extra = rcall("ZREVRANGE", setKey, keepCount, keepCount + 999)
+    removeFinishedJobs(qk, setKey, extra, now)
+  end
+end
+
+local function updateMetrics(qk, target, maxPoints, now)
+  local key = qk .. ":metrics:" .. target
+  local previous = rcall("HMGET", key, "count", "prevTS", "prevCount")
+  local count = tonumber(previous[1]) or 0
+  rcall("HINCRBY", key, "count", 1)
+  if not previous[2] then
+    rcall("HSET", key, "prevTS", now, "prevCount", 0)
+    return
+  end
+  local minutes = math.min(math.floor(now / 60000) - math.floor(tonumber(previous[2]) / 60000), maxPoints)
+  if minutes > 0 then
+    local dataKey = key .. ":data"
+    rcall("LPUSH", dataKey, count - (tonumber(previous[3]) or 0))
+    for _ = 2, minutes do
+      rcall("LPUSH", dataKey, 0)
+    end
+    rcall("LTRIM", dataKey, 0, maxPoints - 1)
+    rcall("HSET", key, "prevCount", count, "prevTS", now)
+  end
+end

@@ -1,0 +1,107 @@
+--[[
+  Moves an active job to completed or failed (final outcome), updates its
+  parent, applies retention and metrics, and optionally takes the next jobs.
+
+  KEYS[1]  meta key (routing only)
+  ARGV[1]  qk  ARGV[2] jobId  ARGV[3] now  ARGV[4] token
+  ARGV[5]  "completed" | "failed"
+  ARGV[6]  returnvalue JSON | failed reason (plain text)
+  ARGV[7]  keep count (-1 keep all, 0 remove now)  ARGV[8] keep age s ("" none)
+  ARGV[9]  keep limit ("" = 1000)  ARGV[10] attempts
+  ARGV[11] metrics max data points ("" = off)
+  ARGV[12] extra fields to HSET, JSON object ("" = none)
+  ARGV[13] lock duration  ARGV[14] limiter max  ARGV[15] limiter duration
+  ARGV[16] worker name  ARGV[17..] lock tokens for fetching next jobs
+  Returns  0, an error code (-1 missing, -2/-6 lock, -3 not active,
+           -4 pending children, -9 failed children), or the fetch tuple
+  Events   completed | failed (+ retries-exhausted), drained, parent events
+]]
+--- @include "includes/base"
+--- @include "includes/fields"
+--- @include "includes/parent"
+--- @include "includes/retention"
+--- @include "includes/fetch"
+--- @include "includes/enqueue"
+--- @include "includes/dedup"
+
+local qk, jobId, now, token, target = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local value = ARGV[6]
+local jobKey = qk .. ":" .. jobId
+
+if target == "completed" then
+  if rcall("SCARD", jobKey .. ":dependencies") ~= 0 then
+    return -4
+  end
+  if rcall("ZCARD", jobKey .. ":unsuccessful") ~= 0 then
+    return -9
+  end
+end
+local taken = takeFromActive(qk, jobKey, jobId, token)
+if taken ~= 0 then
+  return taken
+end
+setFieldsFromJson(jobKey, ARGV[12])
+
+local dedupId = rcall("HGET", jobKey, "deid")
+if dedupId then
+  finishDeduplicated(qk, dedupId, jobId, now)
+end
+
+local parent = parentOf(jobKey)
+if parent then
+  if target == "completed" then
+    onChildCompleted(parent, jobKey, value, now)
+  else
+    onChildFailed(parent, jobKey, value, now)
+  end
+end
+
+local attemptsMade = incrementCounter(jobKey, "atm")
+local keepCount = tonumber(ARGV[7])
+local setKey = qk .. ":" .. target
+if keepCount == 0 then
+  unlinkFromParent(jobKey, now)
+  removeJobKeys(jobKey)
+else
+  rcall("ZADD", setKey, now, jobId)
+  if target == "completed" then
+    rcall("HSET", jobKey, "returnvalue", value, "finishedOn", now)
+  else
+    rcall("HSET", jobKey, "failedReason", value, "finishedOn", now)
+    rcall("HDEL", jobKey, "defa")
+  end
+  applyRetention(qk, setKey, keepCount, tonumber(ARGV[8]), tonumber(ARGV[9]), now)
+end
+
+if target == "completed" then
+  emit(qk, "completed", "jobId", jobId, "returnvalue", value, "prev", "active")
+else
+  emit(qk, "failed", "jobId", jobId, "failedReason", value, "prev", "active")
+  if attemptsMade >= (tonumber(ARGV[10]) or 0) then
+    emit(qk, "retries-exhausted", "jobId", jobId, "attemptsMade", attemptsMade)
+  end
+end
+if ARGV[11] ~= "" then
+  updateMetrics(qk, target, tonumber(ARGV[11]), now)
+end
+
+if #ARGV >= 17 then
+  local tokens = {}
+  for i = 17, #ARGV do
+    tokens[#tokens + 1] = ARGV[i]
+  end
+  local name = ARGV[16]
+  if name == "" then
+    name = nil
+  end
+  local fetched = fetchJobs(qk, now, tokens, tonumber(ARGV[13]), tonumber(ARGV[14]),
+    tonumber(ARGV[15]), name)
+  if #fetched[1] > 0 or fetched[2] > 0 or fetched[3] > 0 then
+    return fetched
+  end
+end
+if rcall("LLEN", qk .. ":wait") == 0 and rcall("LLEN", qk .. ":active") == 0
+    and rcall("ZCARD", qk .. ":prioritized") == 0 then
+  emit(qk, "drained")
+end
+return 0

@@ -1,0 +1,39 @@
+--[[
+  Pauses or resumes a queue (BullMQ 6: jobs stay in wait; only meta
+  `paused` marks the pause). Resume also drains a legacy 5.x `paused` list.
+
+  KEYS[1]  meta key
+  ARGV[1]  qk  ARGV[2] "paused" | "resumed"
+  Returns  0
+  Events   paused | resumed
+]]
+--- @include "includes/base"
+
+local qk, action = ARGV[1], ARGV[2]
+if action == "paused" then
+  rcall("HSET", KEYS[1], "paused", 1)
+  rcall("DEL", qk .. ":marker")
+else
+  rcall("HDEL", KEYS[1], "paused")
+  local legacy = qk .. ":paused"
+  if rcall("EXISTS", legacy) == 1 then
+    if rcall("EXISTS", qk .. ":wait") == 0 then
+      rcall("RENAME", legacy, qk .. ":wait")
+    else
+      local ids = rcall("LRANGE", legacy, 0, -1)
+      for i = 1, #ids, 5000 do
+        rcall("RPUSH", qk .. ":wait", unpack(ids, i, math.min(i + 4999, #ids)))
+      end
+      rcall("DEL", legacy)
+    end
+  end
+  if rcall("LLEN", qk .. ":wait") > 0 or rcall("ZCARD", qk .. ":prioritized") > 0 then
+    if not isPausedOrMaxed(qk) then
+      addWakeMarker(qk)
+    end
+  else
+    addDelayMarker(qk)
+  end
+end
+rcall("XADD", qk .. ":events", "MAXLEN", "~", maxEvents(qk), "*", "event", action)
+return 0

@@ -1,0 +1,609 @@
+"""Queue: adding jobs, reading them, and managing the queue as a whole."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import redis
+import redis.asyncio
+
+from . import cancellation, groups, schedulers, scripts, telemetry
+from .connection import Connection, check_cluster_prefix, describe, sync_client
+from .errors import (
+    ConnectionFailed,
+    FlowJobsError,
+    InvalidJobOptions,
+    QueueHasActiveJobs,
+    QueueNotPaused,
+    error_for_code,
+)
+from .finishing import (
+    FetchSettings,
+    completed_value,
+    failure_call,
+    finish_call,
+    keep_jobs,
+    plan_failure,
+)
+from .job import Job
+from .keys import QueueKeys
+from .options import EncodedJob, encode_job, now_ms
+
+# Job states as BullMQ names them, and the Redis structure holding each.
+STATES: dict[str, tuple[str, str]] = {
+    "waiting": ("wait", "list"),
+    "active": ("active", "list"),
+    "prioritized": ("prioritized", "zset"),
+    "delayed": ("delayed", "zset"),
+    "completed": ("completed", "zset"),
+    "failed": ("failed", "zset"),
+    "waiting-children": ("waiting-children", "zset"),
+}
+STATE_ALIASES = {"wait": "waiting", "paused": "waiting"}
+MAX_MANUAL_RATE_LIMIT = 9007199254740991
+
+
+def _state_name(state: str) -> str:
+    name = STATE_ALIASES.get(state, state)
+    if name not in STATES:
+        raise FlowJobsError(f'unknown job state "{state}"; known: {", ".join(STATES)}')
+    return name
+
+
+class Queue:
+    """A BullMQ queue on Redis (`<prefix>:<name>:*`)."""
+
+    def __init__(
+        self,
+        name: str,
+        connection: Connection = None,
+        prefix: str = "bull",
+        default_job_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.keys = QueueKeys(prefix, name)
+        self.name = name
+        self.prefix = prefix
+        self.connection = connection
+        self.client: redis.Redis = sync_client(connection)
+        check_cluster_prefix(self.client, prefix)
+        self.default_job_options = dict(default_job_options or {})
+        self._aclient: redis.asyncio.Redis | None = None
+
+    def aclient(self) -> redis.asyncio.Redis:
+        """The asyncio client of the worker running this queue's jobs."""
+        if self._aclient is None:
+            raise FlowJobsError(
+                "async job methods (a*) are only available inside a worker's async processor"
+            )
+        return self._aclient
+
+    def __repr__(self) -> str:
+        return f"<Queue {self.keys.qualified}>"
+
+    # --- adding ----------------------------------------------------------------------------
+    def encode(self, name: str, data: Any = None, **options: Any) -> EncodedJob:
+        """Validates a job for this queue without writing anything."""
+        return encode_job(
+            self.keys.qualified,
+            self.prefix,
+            name,
+            data,
+            options,
+            self.default_job_options,
+        )
+
+    def add(self, name: str, data: Any = None, **options: Any) -> Job:
+        """Adds one job; with an existing `job_id` returns that job unchanged."""
+        with telemetry.add_span(self.name, name) as metadata:
+            if metadata is not None and options.get("telemetry") is None:
+                options["telemetry"] = metadata
+            return self.add_encoded([self.encode(name, data, **options)])[0]
+
+    def add_bulk(self, jobs: Iterable[dict[str, Any] | tuple]) -> list[Job]:
+        """Adds many jobs atomically: every job is validated first, then all are
+        written in one script call (all or none)."""
+        encoded = self.encode_bulk(jobs)
+        return self.add_encoded(encoded) if encoded else []
+
+    def encode_bulk(self, jobs: Iterable[dict[str, Any] | tuple]) -> list[EncodedJob]:
+        """Validates `[{"name", "data", "opts"}, ...]` (or `(name, data, opts)` tuples)
+        without writing anything."""
+        encoded = []
+        for index, item in enumerate(jobs):
+            if isinstance(item, tuple):
+                name, data, options = (*item, None, None)[:3]
+                options = options or {}
+            elif isinstance(item, dict):
+                unknown = set(item) - {"name", "data", "opts"}
+                if unknown:
+                    raise InvalidJobOptions(
+                        f"add_bulk item {index}: unknown keys {sorted(unknown)} (name, data, opts)"
+                    )
+                name, data, options = item.get("name"), item.get("data"), item.get("opts") or {}
+            else:
+                raise InvalidJobOptions(f"add_bulk item {index} must be a dict, got {item!r}")
+            encoded.append(self.encode(name, data, **options))
+        return encoded
+
+    def add_encoded(self, jobs: Sequence[EncodedJob]) -> list[Job]:
+        args: list[Any] = [len(jobs)]
+        for job in jobs:
+            args.extend(job.script_args())
+        try:
+            result = scripts.run(self.client, "add_jobs", [self.keys.meta], args)
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            raise connection_failed("add", jobs, self.connection, error) from error
+        if result[0] != 0:
+            failed = jobs[result[1] - 1]
+            raise error_for_code(result[0], failed.job_id or "(new)", failed.queue_key, "add")
+        added = []
+        for job, job_id in zip(jobs, result[1:], strict=True):
+            fields = {
+                "name": job.name,
+                "data": job.data_json,
+                "timestamp": str(job.timestamp),
+                "delay": str(job.delay),
+                "priority": str(job.priority),
+            }
+            instance = Job(
+                self if job.queue_key == self.keys.qualified else _queue_for(self, job.queue_key),
+                job_id,
+                fields,
+            )
+            instance.opts = job.opts
+            instance.parent_key = job.parent_key
+            instance.parent = job.parent
+            added.append(instance)
+        return added
+
+    # --- reading ---------------------------------------------------------------------------
+    def get_job(self, job_id: str) -> Job | None:
+        fields = self.client.hgetall(self.keys.job(str(job_id)))
+        return Job(self, str(job_id), fields) if fields else None
+
+    def get_jobs_by_id(self, ids: Sequence[str]) -> list[Job]:
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hgetall(self.keys.job(job_id))
+        return [
+            Job(self, job_id, fields)
+            for job_id, fields in zip(ids, pipe.execute(), strict=True)
+            if fields
+        ]
+
+    def get_job_ids(
+        self,
+        states: Iterable[str] | str,
+        start: int = 0,
+        end: int = -1,
+        asc: bool = False,
+    ) -> list[str]:
+        if isinstance(states, str):
+            states = [states]
+        ids: list[str] = []
+        seen: set[str] = set()
+        for state in states:
+            suffix, kind = STATES[_state_name(state)]
+            key = self.keys.key(suffix)
+            if kind == "list":
+                if asc:
+                    page = self.client.lrange(key, -(end + 1) if end >= 0 else 0, -(start + 1))[
+                        ::-1
+                    ]
+                else:
+                    page = self.client.lrange(key, start, end)
+            elif asc:
+                page = self.client.zrange(key, start, end)
+            else:
+                page = self.client.zrevrange(key, start, end)
+            for job_id in page:
+                if job_id not in seen:
+                    seen.add(job_id)
+                    ids.append(job_id)
+        return ids
+
+    def get_jobs(
+        self,
+        states: Iterable[str] | str = (
+            "waiting",
+            "active",
+            "delayed",
+            "completed",
+            "failed",
+            "prioritized",
+            "waiting-children",
+        ),
+        start: int = 0,
+        end: int = -1,
+        asc: bool = False,
+    ) -> list[Job]:
+        return self.get_jobs_by_id(self.get_job_ids(states, start, end, asc))
+
+    def get_job_counts(self, *states: str) -> dict[str, int]:
+        names = [_state_name(s) for s in states] if states else list(STATES)
+        pipe = self.client.pipeline(transaction=False)
+        for name in names:
+            suffix, kind = STATES[name]
+            (pipe.llen if kind == "list" else pipe.zcard)(self.keys.key(suffix))
+        counts = dict(zip(names, pipe.execute(), strict=True))
+        if not states or "waiting" in names:
+            counts["waiting"] = counts.get("waiting", 0) + self.client.llen(self.keys.key("paused"))
+        return {state: counts[_state_name(state)] for state in states} if states else counts
+
+    def count(self) -> int:
+        """Jobs waiting to run (waiting + prioritized + delayed)."""
+        counts = self.get_job_counts("waiting", "prioritized", "delayed")
+        return sum(counts.values())
+
+    def get_job_state(self, job_id: str) -> str:
+        job_id = str(job_id)
+        pipe = self.client.pipeline(transaction=False)
+        order = [
+            "completed",
+            "failed",
+            "delayed",
+            "prioritized",
+            "active",
+            "waiting",
+            "paused",
+            "waiting-children",
+        ]
+        for state in order:
+            suffix = "paused" if state == "paused" else STATES[state][0]
+            if state in ("active", "waiting", "paused"):
+                pipe.lpos(self.keys.key(suffix), job_id)
+            else:
+                pipe.zscore(self.keys.key(suffix), job_id)
+        for state, found in zip(order, pipe.execute(), strict=True):
+            if found is not None:
+                return "waiting" if state == "paused" else state
+        group_id = self.client.hget(self.keys.job(job_id), "gid")
+        group_wait = self.keys.key(f"group:{group_id}:wait")
+        if group_id and self.client.lpos(group_wait, job_id) is not None:
+            return "waiting"
+        return "unknown"
+
+    def get_job_logs(
+        self, job_id: str, start: int = 0, end: int = -1, asc: bool = True
+    ) -> tuple[list[str], int]:
+        key = f"{self.keys.job(str(job_id))}:logs"
+        pipe = self.client.pipeline(transaction=False)
+        if asc:
+            pipe.lrange(key, start, end)
+        else:
+            pipe.lrange(key, -(end + 1) if end >= 0 else 0, -(start + 1))
+        pipe.llen(key)
+        logs, total = pipe.execute()
+        return (logs if asc else logs[::-1]), total
+
+    def get_meta(self) -> dict[str, str]:
+        return self.client.hgetall(self.keys.meta)
+
+    # --- managing --------------------------------------------------------------------------
+    def pause(self) -> None:
+        scripts.run(self.client, "pause", [self.keys.meta], [self.keys.qualified, "paused"])
+
+    def resume(self) -> None:
+        scripts.run(self.client, "pause", [self.keys.meta], [self.keys.qualified, "resumed"])
+
+    def is_paused(self) -> bool:
+        return bool(self.client.hexists(self.keys.meta, "paused"))
+
+    def drain(self, delayed: bool = False) -> int:
+        """Removes every job waiting to run (and delayed ones if asked); returns how many."""
+        return scripts.run(
+            self.client,
+            "drain",
+            [self.keys.meta],
+            [self.keys.qualified, "1" if delayed else "0", now_ms()],
+        )
+
+    def clean(self, grace_ms: int, limit: int = 0, state: str = "completed") -> list[str]:
+        """Removes jobs of `state` finished (or created) more than grace_ms ago."""
+        name = _state_name(state)
+        suffix = STATES[name][0]
+        removed: list[str] = []
+        while True:
+            batch_limit = min(limit - len(removed), 10_000) if limit else 10_000
+            batch = scripts.run(
+                self.client,
+                "clean_jobs",
+                [self.keys.key(suffix)],
+                [
+                    self.keys.qualified,
+                    now_ms() - int(grace_ms),
+                    batch_limit,
+                    suffix,
+                    now_ms(),
+                ],
+            )
+            removed.extend(batch)
+            if len(batch) < batch_limit or (limit and len(removed) >= limit):
+                return removed
+
+    def obliterate(self, force: bool = False, count: int = 1000) -> None:
+        """Deletes the queue and all its jobs (pauses it first)."""
+        self.pause()
+        while True:
+            result = scripts.run(
+                self.client,
+                "obliterate",
+                [self.keys.meta],
+                [self.keys.qualified, count, "1" if force else "0"],
+            )
+            if result == -1:
+                raise QueueNotPaused(f'obliterate: queue "{self.name}" is not paused')
+            if result == -2:
+                raise QueueHasActiveJobs(
+                    f'obliterate: queue "{self.name}" has active jobs; use force=True'
+                )
+            if result == 0:
+                break
+        # keys no state structure points at (deduplication, scheduler hashes, strays)
+        for key in self.client.scan_iter(match=f"{self.keys.qualified}:*", count=1000):
+            self.client.delete(key)
+
+    def retry_jobs(
+        self, state: str = "failed", count: int = 1000, timestamp: int | None = None
+    ) -> None:
+        """Moves failed (or completed) jobs back to wait."""
+        name = _state_name(state)
+        if name not in ("failed", "completed"):
+            raise FlowJobsError(f'retry_jobs: state must be "failed" or "completed", got {state!r}')
+        self._move_jobs_to_wait(name, count, timestamp or now_ms())
+
+    def promote_jobs(self, count: int = 1000) -> None:
+        """Moves every delayed job to wait now."""
+        self._move_jobs_to_wait("delayed", count, "+inf")
+
+    def _move_jobs_to_wait(self, state: str, count: int, max_score: Any) -> None:
+        while (
+            scripts.run(
+                self.client,
+                "move_jobs_to_wait",
+                [self.keys.key(state)],
+                [self.keys.qualified, count, max_score, state],
+            )
+            == 1
+        ):
+            pass
+
+    def rate_limit(self, ms: int) -> None:
+        """Stops every worker of this queue from taking jobs for `ms` (needs a limiter)."""
+        self.client.set(self.keys.key("limiter"), MAX_MANUAL_RATE_LIMIT, px=int(ms))
+
+    def get_rate_limit_ttl(self, max_jobs: int | None = None) -> int:
+        limiter = self.keys.key("limiter")
+        if max_jobs is None:
+            meta_max = self.client.hget(self.keys.meta, "max")
+            max_jobs = int(meta_max) if meta_max else None
+        if max_jobs is not None:
+            current = self.client.get(limiter)
+            if current is None or int(current) < max_jobs:
+                return 0
+        ttl = self.client.pttl(limiter)
+        return ttl if ttl > 0 else 0
+
+    def remove_rate_limit_key(self) -> None:
+        self.client.delete(self.keys.key("limiter"))
+
+    def set_global_concurrency(self, concurrency: int) -> None:
+        if not isinstance(concurrency, int) or concurrency < 1:
+            raise FlowJobsError(
+                f"global concurrency must be a positive integer, got {concurrency!r}"
+            )
+        self.client.hset(self.keys.meta, "concurrency", concurrency)
+
+    def get_global_concurrency(self) -> int | None:
+        value = self.client.hget(self.keys.meta, "concurrency")
+        return int(value) if value else None
+
+    def remove_global_concurrency(self) -> None:
+        self.client.hdel(self.keys.meta, "concurrency")
+
+    def set_global_rate_limit(self, max_jobs: int, duration_ms: int) -> None:
+        self.client.hset(
+            self.keys.meta, mapping={"max": int(max_jobs), "duration": int(duration_ms)}
+        )
+
+    def remove_global_rate_limit(self) -> None:
+        self.client.hdel(self.keys.meta, "max", "duration")
+
+    def trim_events(self, max_length: int) -> int:
+        return self.client.xtrim(self.keys.events, maxlen=max_length, approximate=True)
+
+    def check_stalled(
+        self, max_stalled_count: int = 1, stalled_interval_ms: int = 30_000
+    ) -> list[str]:
+        """One run of the stalled-job check (skipped, returning [], if another process ran
+        it less than `stalled_interval_ms` ago). Returns the ids moved back to wait."""
+        return scripts.run(
+            self.client,
+            "move_stalled_jobs_to_wait",
+            [self.keys.key("stalled-check")],
+            [self.keys.qualified, max_stalled_count, now_ms(), stalled_interval_ms],
+        )
+
+    # --- deduplication ---------------------------------------------------------------------
+    def get_deduplication_job_id(self, dedup_id: str) -> str | None:
+        """The id of the job that currently owns deduplication id `dedup_id`."""
+        return self.client.get(self.keys.key(f"de:{dedup_id}"))
+
+    def remove_deduplication_key(self, dedup_id: str, job_id: str | None = None) -> bool:
+        """Releases a deduplication id so the next add with it creates a job. With
+        `job_id`, only if that job still owns it."""
+        key = self.keys.key(f"de:{dedup_id}")
+        if job_id is None:
+            return bool(self.client.delete(key))
+        return bool(scripts.run(self.client, "remove_deduplication_key", [key], [str(job_id)]))
+
+    # --- job schedulers (see schedulers.py) ---------------------------------------------------
+    def upsert_job_scheduler(
+        self,
+        scheduler_id: str,
+        every: int | None = None,
+        pattern: str | None = None,
+        **options: Any,
+    ) -> Job | None:
+        """Creates or replaces a job scheduler: `every` ms or a cron `pattern`, with
+        `tz`, `limit`, `start_date`, `end_date`, `immediately`, `offset` and
+        `template={"name", "data", "opts"}`. Returns its pending iteration."""
+        return schedulers.upsert_job_scheduler(self, scheduler_id, every, pattern, **options)
+
+    def remove_job_scheduler(self, scheduler_id: str) -> bool:
+        return schedulers.remove_job_scheduler(self, scheduler_id)
+
+    def get_job_scheduler(self, scheduler_id: str) -> schedulers.JobScheduler | None:
+        return schedulers.get_job_scheduler(self, scheduler_id)
+
+    def get_job_schedulers(
+        self, start: int = 0, end: int = -1, asc: bool = False
+    ) -> list[schedulers.JobScheduler]:
+        return schedulers.get_job_schedulers(self, start, end, asc)
+
+    def get_job_schedulers_count(self) -> int:
+        return schedulers.get_job_schedulers_count(self)
+
+    # --- metrics ---------------------------------------------------------------------------
+    def get_metrics(self, kind: str, start: int = 0, end: int = -1) -> dict[str, Any]:
+        """Jobs `"completed"` or `"failed"` per minute, recorded by workers running with
+        `metrics_max_data_points`: `{"meta": {"count", "prev_ts", "prev_count"}, "data":
+        [newest minute first, ...], "count": number of data points}`."""
+        if kind not in ("completed", "failed"):
+            raise FlowJobsError(f'get_metrics: kind must be "completed" or "failed", got {kind!r}')
+        key = self.keys.key(f"metrics:{kind}")
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hmget(key, "count", "prevTS", "prevCount")
+        pipe.lrange(f"{key}:data", start, end)
+        pipe.llen(f"{key}:data")
+        (count, prev_ts, prev_count), data, length = pipe.execute()
+        return {
+            "meta": {
+                "count": int(count or 0),
+                "prev_ts": int(prev_ts or 0),
+                "prev_count": int(prev_count or 0),
+            },
+            "data": [int(point) for point in data],
+            "count": length,
+        }
+
+    # --- job groups (see groups.py) -----------------------------------------------------------
+    def set_group_concurrency(self, concurrency: int) -> None:
+        """At most `concurrency` jobs of each group run at once, across all workers."""
+        groups.set_group_limits(self, concurrency=concurrency)
+
+    def remove_group_concurrency(self) -> None:
+        self.client.hdel(self.keys.meta, "groupConcurrency")
+
+    def set_group_rate_limit(self, max_jobs: int, duration_ms: int) -> None:
+        """At most `max_jobs` jobs of each group start per `duration_ms` window."""
+        groups.set_group_limits(self, max_jobs=max_jobs, duration_ms=duration_ms)
+
+    def remove_group_rate_limit(self) -> None:
+        self.client.hdel(self.keys.meta, "groupMax", "groupDuration")
+
+    def get_group_settings(self) -> dict[str, int | None]:
+        """`{"concurrency", "max", "duration"}` of the queue's group limits (None = unset)."""
+        return groups.group_settings(self)
+
+    def get_groups(self) -> list[groups.GroupInfo]:
+        """Groups with jobs waiting or held back, in the order of their turns."""
+        return groups.get_groups(self)
+
+    def get_group(self, group_id: str) -> groups.GroupInfo:
+        return groups.get_group(self, group_id)
+
+    # --- cancelling a running job (see cancellation.py) -----------------------------------
+    def cancel_job(self, job_id: str, reason: str = "") -> bool:
+        """Asks the worker running `job_id` to stop it; the job then fails with
+        `cancelled: <reason>`. False when the job is not running."""
+        return cancellation.cancel_job(self, job_id, reason)
+
+    def get_workers(self) -> list[dict[str, str]]:
+        """Connected workers of this queue (by connection name, as BullMQ lists them)."""
+        import base64
+
+        node_name = f"{self.prefix}:{base64.b64encode(self.name.encode()).decode()}"
+        names = {node_name, self.keys.qualified}
+        workers = []
+        for client in self.client.client_list():
+            name = client.get("name", "")
+            if name in names or any(name.startswith(f"{n}:w:") for n in names):
+                workers.append(client)
+        return workers
+
+    def close(self) -> None:
+        if self.connection is None or isinstance(self.connection, str):
+            self.client.close()
+
+    # --- manual processing ------------------------------------------------------------------
+    def _finish(
+        self,
+        job: Job,
+        target: str,
+        value: Any,
+        token: str,
+        fetch_next: bool,
+        keep_option: Any,
+    ) -> Job | None:
+        fetch_tokens = [new_token()] if fetch_next else None
+        if target == "completed":
+            keep = keep_jobs(keep_option, job.opts.get("removeOnComplete"))
+            call = finish_call(
+                job,
+                "completed",
+                completed_value(value, job),
+                token,
+                keep,
+                fetch_tokens,
+                FetchSettings(),
+            )
+        else:
+            keep = keep_jobs(keep_option, job.opts.get("removeOnFail"))
+            call = failure_call(
+                job,
+                value,
+                token,
+                plan_failure(job, value),
+                keep,
+                fetch_tokens,
+                FetchSettings(),
+            )
+        result = scripts.run(self.client, *call)
+        if isinstance(result, int) and result < 0:
+            raise error_for_code(result, job.id, self.name, f"move to {target}")
+        if isinstance(result, list) and result[0]:
+            job_id, flat = result[0][0]
+            next_job = Job.from_flat(self, job_id, flat)
+            next_job.token = fetch_tokens[0] if fetch_tokens else None
+            return next_job
+        return None
+
+
+def connection_failed(
+    operation: str, jobs: Sequence[EncodedJob], connection: Connection, error: BaseException
+) -> ConnectionFailed:
+    first = jobs[0]
+    what = f'job "{first.name}" for queue "{first.queue_key}"'
+    if len(jobs) > 1:
+        what = f"{len(jobs)} jobs ({what}, ...)"
+    if isinstance(error, redis.AuthenticationError):
+        return ConnectionFailed(
+            f"{operation}: Redis at {describe(connection)} refused the credentials ({error}); "
+            f"{what} not added: check the user name and password in the connection URL"
+        )
+    return ConnectionFailed(
+        f"{operation}: Redis at {describe(connection)} did not answer ({error}); "
+        f"{what} not confirmed: retry with the same job_id to stay idempotent"
+    )
+
+
+def new_token() -> str:
+    return f"{uuid.uuid4()}:1"
+
+
+def _queue_for(base: Queue, qualified: str) -> Queue:
+    prefix, _, name = qualified.rpartition(":")
+    return Queue(name, base.client, prefix)

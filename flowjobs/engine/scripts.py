@@ -1,0 +1,201 @@
+"""Loading the Lua scripts (one per state transition) and running them.
+
+Each `lua/<name>.lua` may pull in shared helpers with a line
+`--- @include "includes/<file>"`; every include is inlined once, in order.
+Scripts are sent once per server with SCRIPT LOAD and run with EVALSHA; a
+server that lost its script cache (restart, SCRIPT FLUSH) gets them again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import redis
+import redis.asyncio
+from redis.exceptions import NoScriptError, ResponseError
+
+LUA_DIR = Path(__file__).parent / "lua"
+_INCLUDE = re.compile(r'^--- @include "([^"]+)"\s*$', re.MULTILINE)
+
+Arg = str | int | float
+
+
+def _expand(path: Path, seen: set[Path]) -> str:
+    def replace(match: re.Match[str]) -> str:
+        included = (LUA_DIR / f"{match.group(1)}.lua").resolve()
+        if included in seen:
+            return ""
+        seen.add(included)
+        return _expand(included, seen)
+
+    return _INCLUDE.sub(replace, path.read_text())
+
+
+@cache
+def source(name: str) -> tuple[str, str]:
+    """The flattened text of script `name` and its SHA1."""
+    text = _expand(LUA_DIR / f"{name}.lua", set())
+    return text, hashlib.sha1(text.encode()).hexdigest()
+
+
+def script_names() -> list[str]:
+    return sorted(p.stem for p in LUA_DIR.glob("*.lua"))
+
+
+def _is_noscript(error: BaseException) -> bool:
+    return isinstance(error, NoScriptError) or (
+        isinstance(error, ResponseError) and str(error).startswith("NOSCRIPT")
+    )
+
+
+def run(client: redis.Redis, name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+    text, sha = source(name)
+    try:
+        return client.evalsha(sha, len(keys), *keys, *args)
+    except NoScriptError:
+        client.script_load(text)
+        return client.evalsha(sha, len(keys), *keys, *args)
+
+
+async def arun(
+    client: redis.asyncio.Redis, name: str, keys: Sequence[str], args: Sequence[Arg]
+) -> Any:
+    text, sha = source(name)
+    try:
+        return await client.evalsha(sha, len(keys), *keys, *args)
+    except NoScriptError:
+        await client.script_load(text)
+        return await client.evalsha(sha, len(keys), *keys, *args)
+
+
+def queue_in_pipeline(pipe: Any, name: str, keys: Sequence[str], args: Sequence[Arg]) -> None:
+    """Adds an EVALSHA to a pipeline (sync or async); see `fix_noscript_results`."""
+    pipe.evalsha(source(name)[1], len(keys), *keys, *args)
+
+
+def load_all(client: redis.Redis) -> None:
+    for name in script_names():
+        client.script_load(source(name)[0])
+
+
+async def aload_all(client: redis.asyncio.Redis) -> None:
+    for name in script_names():
+        await client.script_load(source(name)[0])
+
+
+def has_noscript(results: Sequence[Any]) -> bool:
+    return any(_is_noscript(r) for r in results if isinstance(r, BaseException))
+
+
+Call = tuple[str, Sequence[str], Sequence[Arg]]
+
+
+def run_many(client: redis.Redis, calls: Sequence[Call]) -> list[Any]:
+    """Runs several scripts in one round trip; errors come back as exception objects."""
+    results = _pipeline(client, calls)
+    if has_noscript(results):
+        load_all(client)
+        retry = [
+            i for i, r in enumerate(results) if isinstance(r, BaseException) and _is_noscript(r)
+        ]
+        for i, value in zip(retry, _pipeline(client, [calls[i] for i in retry]), strict=True):
+            results[i] = value
+    return results
+
+
+def _pipeline(client: redis.Redis, calls: Sequence[Call]) -> list[Any]:
+    pipe = client.pipeline(transaction=False)
+    for name, keys, args in calls:
+        queue_in_pipeline(pipe, name, keys, args)
+    return pipe.execute(raise_on_error=False)
+
+
+def _bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%b\r\n" % (len(value), value)
+
+
+@cache
+def _packed_head(name: str, total: int, numkeys: int) -> bytes:
+    sha = source(name)[1].encode()
+    return b"*%d\r\n$7\r\nEVALSHA\r\n%b%b" % (total, _bulk(sha), _bulk(b"%d" % numkeys))
+
+
+def pack_call(name: str, keys: Sequence[str], args: Sequence[Arg]) -> bytes:
+    """The RESP bytes of one EVALSHA, built directly (redis-py's generic packer costs
+    more than the script itself on the worker's hot path)."""
+    parts = [_packed_head(name, 3 + len(keys) + len(args), len(keys))]
+    for value in (*keys, *args):
+        if isinstance(value, str):
+            data = value.encode()
+        elif isinstance(value, bytes):
+            data = value
+        else:
+            data = str(value).encode()
+        parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+async def run_on_connection(connection: Any, calls: Sequence[Call]) -> list[Any]:
+    """Runs several scripts in one round trip on a connection the caller owns; errors
+    come back as exception objects. A broken connection is closed and the error raised."""
+    try:
+        await connection.send_packed_command(
+            b"".join(pack_call(*call) for call in calls), check_health=False
+        )
+        results: list[Any] = []
+        for _ in calls:
+            try:
+                results.append(await connection.read_response())
+            except ResponseError as error:
+                results.append(error)
+    except BaseException:
+        await connection.disconnect()
+        raise
+    if has_noscript(results):
+        for name in script_names():
+            await connection.send_command("SCRIPT", "LOAD", source(name)[0])
+            await connection.read_response()
+        retry = [
+            i for i, r in enumerate(results) if isinstance(r, BaseException) and _is_noscript(r)
+        ]
+        redone = await run_on_connection(connection, [calls[i] for i in retry])
+        for i, value in zip(retry, redone, strict=True):
+            results[i] = value
+    return results
+
+
+class ClusterLane:
+    """Stands in for a dedicated connection on Redis Cluster, where connections belong
+    to nodes and redis-py refuses EVALSHA in cluster pipelines: a lane runs its calls
+    one after the other (in order, each atomic as everywhere)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+
+async def run_on_lane(lane: Any, calls: Sequence[Call]) -> list[Any]:
+    """`run_on_connection` for a connection or a `ClusterLane`."""
+    if not isinstance(lane, ClusterLane):
+        return await run_on_connection(lane, calls)
+    results: list[Any] = []
+    for name, keys, args in calls:
+        try:
+            results.append(await arun(lane.client, name, keys, args))
+        except ResponseError as error:
+            results.append(error)
+    return results
+
+
+async def arun_many(client: redis.asyncio.Redis, calls: Sequence[Call]) -> list[Any]:
+    """Runs several scripts in one round trip on a pooled connection."""
+    pool = client.connection_pool
+    connection = await pool.get_connection()
+    try:
+        return await run_on_connection(connection, calls)
+    finally:
+        await pool.release(connection)

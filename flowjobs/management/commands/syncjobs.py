@@ -1,0 +1,78 @@
+"""``manage.py syncjobs``: run the SQL mirror projector (or one reconcile with --once)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandParser
+
+from flowjobs import mirror
+
+
+class Command(BaseCommand):
+    help = (
+        "Mirror jobs and flows from Redis into the database. Runs until stopped, following "
+        "every queue's events stream (one projector per deployment holds a Redis lock; "
+        "others stand by). With --once, reconcile every queue from Redis and exit."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--once",
+            action="store_true",
+            help="scan Redis once, repair the mirror (new, changed and vanished jobs), exit",
+        )
+        parser.add_argument(
+            "--queue",
+            action="append",
+            dest="queues",
+            metavar="NAME",
+            help="with --once: only this queue (repeatable)",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if options["once"]:
+            result = mirror.reconcile(queues=options["queues"])
+            for queue, counts in sorted(result.per_queue.items()):
+                self.stdout.write(
+                    f"{queue}: {counts['upserted']} job(s) mirrored, "
+                    f"{counts['marked_missing']} no longer in Redis",
+                )
+            self.stdout.write(
+                self.style.SUCCESS(
+                    f"reconciled {result.queues} queue(s): {result.upserted} job(s) mirrored, "
+                    f"{result.marked_missing} marked as gone from Redis"
+                )
+            )
+            return
+        stop = threading.Event()
+
+        def request_stop(signum: int, frame: Any) -> None:
+            stop.set()
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, request_stop)
+        config = mirror.mirror_settings()
+        self.stdout.write(
+            f"mirroring {config.prefix}:* into the database "
+            f"(lock {config.lock_key}); Ctrl+C to stop"
+        )
+
+        def on_state(state: str) -> None:
+            if options["verbosity"] >= 1:
+                self.stdout.write(f"mirror: {state}")
+
+        mirror.run_mirror(stop, config=config, on_state=_once_per_change(on_state))
+
+
+def _once_per_change(callback: Any) -> Any:
+    last: list[str] = []
+
+    def report(state: str) -> None:
+        if not last or last[0] != state:
+            last[:] = [state]
+            callback(state)
+
+    return report

@@ -1,0 +1,511 @@
+"""Running workers for ``manage.py runworker``: one process, or a supervisor of several.
+
+``WorkerProcess`` runs one engine ``Worker`` per queue in this process (each in its own
+thread, jobs dispatched by ``flowjobs.registry``) and watches for the reasons to stop:
+a signal, ``--burst`` finding nothing left to do, ``--max-jobs`` / ``--max-memory``,
+or a worker dying. ``Supervisor`` starts N such processes as children
+(``python -m django runworker --child ...``), restarts the ones that exit, and
+forwards SIGTERM.
+
+Shutdown: the first SIGTERM/SIGINT stops fetching and waits for the active jobs
+(at most ``SHUTDOWN_TIMEOUT`` seconds when set), then exits 0. A second signal
+stops at once, leaving unfinished jobs to the stalled-job check, and exits 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+import redis
+
+from . import conf, registry
+from .engine import Worker
+from .engine.connection import probe
+
+__all__ = [
+    "EXIT_FATAL",
+    "EXIT_OK",
+    "EXIT_RECYCLE",
+    "RunOptions",
+    "Supervisor",
+    "WorkerProcess",
+    "current_rss_mb",
+]
+
+logger = logging.getLogger("flowjobs.worker")
+runner_logger = logging.getLogger("flowjobs.runner")
+
+MIRROR_STOP_TIMEOUT_S = 10.0
+EXIT_OK = 0
+EXIT_FATAL = 1
+# A child that stops for --max-jobs/--max-memory says so with this code (EX_TEMPFAIL);
+# the supervisor then starts a fresh one even in --burst mode.
+EXIT_RECYCLE = 75
+
+POLL_S = 0.1
+REDIS_TIMEOUT_S = 5.0
+
+
+@dataclass
+class RunOptions:
+    """What ``runworker`` was asked to do (None: use the setting)."""
+
+    queues: list[str]
+    concurrency: int | None = None
+    lock_duration: int | None = None
+    burst: bool = False
+    max_jobs: int | None = None
+    max_memory_mb: int | None = None
+    shutdown_timeout: float | None = None
+    worker_name: str | None = None
+    child: bool = False
+    mirror: bool = True
+    pool: str = "thread"
+    job_timeout_ms: int | None = None
+    extra_argv: list[str] = field(default_factory=list)
+
+
+class FatalError(Exception):
+    """Something that makes starting (or going on) pointless: exit non-zero."""
+
+
+def current_rss_mb() -> float:
+    """Resident memory of this process in MB (peak RSS where /proc is missing)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            pages = int(statm.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def check_redis_at_start(url: str) -> None:
+    """Raises FatalError when Redis does not answer (the workers warn about a risky
+    eviction policy themselves)."""
+    try:
+        probe(url, REDIS_TIMEOUT_S)
+    except (redis.RedisError, OSError) as error:
+        raise FatalError(f"cannot reach Redis at {conf.mask_url(url)}: {error}") from None
+
+
+def _sync_schedulers(queue: str, declarations: Any) -> None:
+    """Makes the queue's job schedulers match FLOWJOBS["QUEUES"][queue]["SCHEDULERS"]
+    (idempotent: unchanged ones keep their pending run)."""
+    from .engine.schedulers import sync_job_schedulers
+
+    report = sync_job_schedulers(conf.get_queue(queue), conf.thaw(declarations))
+    changed = {k: v for k, v in report.items() if v and k != "unchanged"}
+    if changed:
+        runner_logger.info("job schedulers of %s: %s", queue, changed)
+
+
+def resolve_queues(requested: Sequence[str]) -> list[str]:
+    """The queues to work on: the requested ones (each must have a processor), or every
+    registered queue. Raises FatalError when there is nothing to run."""
+    registered = registry.queue_names()
+    if not requested:
+        if not registered:
+            raise FatalError(
+                "no processors are registered: define them with @processor in an app's "
+                "jobs.py (and add the app to INSTALLED_APPS), or name the queues to run"
+            )
+        return registered
+    missing = [q for q in requested if q not in registered]
+    if missing:
+        known = ", ".join(registered) or "none"
+        raise FatalError(
+            f"no processor registered for queue(s) {', '.join(missing)} (registered: {known})"
+        )
+    return list(dict.fromkeys(requested))
+
+
+class _Signals:
+    """SIGTERM/SIGINT handling: the first asks for a graceful stop, the second forces."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.event = threading.Event()
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for number in (signal.SIGTERM, signal.SIGINT):
+            self._previous[number] = signal.signal(number, self._handle)
+
+    def restore(self) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous.clear()
+
+    def _handle(self, number: int, frame: FrameType | None) -> None:
+        self.count += 1
+        self.event.set()
+
+
+def _start_mirror(stop_event: threading.Event) -> threading.Thread | None:
+    """Starts flowjobs.mirror's projector thread when that module provides one."""
+    try:
+        from . import mirror
+    except ImportError:
+        return None
+    start = getattr(mirror, "start_in_worker", None)
+    if start is None:
+        return None
+    return start(stop_event)
+
+
+def _stop_mirror(stop_event: threading.Event, thread: threading.Thread | None) -> None:
+    """Stops the projector and waits for it, so it releases its deployment lock now and
+    another runworker takes over at once (not after the lock's TTL)."""
+    stop_event.set()
+    if thread is not None:
+        thread.join(MIRROR_STOP_TIMEOUT_S)
+
+
+class WorkerProcess:
+    """Workers for some queues in this process, until a reason to stop."""
+
+    def __init__(self, options: RunOptions) -> None:
+        self.options = options
+        self.workers: list[Worker] = []
+        self.dispatchers: list[registry.Dispatcher] = []
+        self.signals = _Signals()
+        self.stop_reason = ""
+        self._parent_pid = os.getppid()
+
+    # ----------------------------------------------------------------------- running
+    def run(self) -> int:
+        self.signals.install()
+        mirror_stop = threading.Event()
+        mirror_thread = None
+        try:
+            try:
+                current = conf.settings()
+                queues = resolve_queues(self.options.queues)
+                check_redis_at_start(current.REDIS_URL)
+                self._start(queues, current)
+            except FatalError as error:
+                runner_logger.error("runworker: %s", error)
+                self._close_workers(force=True)
+                return EXIT_FATAL
+            if self.options.mirror and current.MIRROR and not self.options.child:
+                mirror_thread = _start_mirror(mirror_stop)
+            code = self._watch()
+            return code
+        finally:
+            _stop_mirror(mirror_stop, mirror_thread)
+            self.signals.restore()
+            for dispatcher in self.dispatchers:
+                dispatcher.close()
+
+    def _start(self, queues: list[str], current: conf.FlowJobsSettings) -> None:
+        name = self.options.worker_name or f"{socket.gethostname()}:{os.getpid()}"
+        for queue in queues:
+            queue_settings = current.queue(queue)
+            concurrency = self.options.concurrency or queue_settings.concurrency
+            dispatcher = registry.get_dispatcher(queue, concurrency)
+            if queue_settings.schedulers:
+                _sync_schedulers(queue, queue_settings.schedulers)
+            isolated = self.options.pool == "process"
+            worker = Worker(
+                queue,
+                # an isolated child imports its processor by path and sets Django up itself
+                "flowjobs.registry:isolated_dispatch" if isolated else dispatcher.as_processor(),
+                isolation=self.options.pool,
+                process_initializer="flowjobs.registry:setup_isolated_child" if isolated else None,
+                job_timeout_ms=self.options.job_timeout_ms,
+                connection=current.REDIS_URL,
+                prefix=current.PREFIX,
+                concurrency=concurrency,
+                lock_duration=self.options.lock_duration or queue_settings.lock_duration,
+                stalled_interval=queue_settings.stalled_interval,
+                max_stalled_count=queue_settings.max_stalled_count,
+                limiter=dict(queue_settings.limiter) if queue_settings.limiter else None,
+                autorun=False,
+                name=name,
+            )
+            from . import signals
+
+            signals.connect_worker(worker)
+            self.dispatchers.append(dispatcher)
+            self.workers.append(worker)
+        for worker in self.workers:
+            worker.start()
+        runner_logger.info(
+            f"flowjobs worker {name} (pid {os.getpid()}): queues {', '.join(queues)} on "
+            f"{current.redis_url_masked} prefix {current.PREFIX!r}"
+            + (" (burst)" if self.options.burst else "")
+        )
+
+    def _watch(self) -> int:
+        idle_checks = 0
+        while True:
+            if self.signals.event.wait(POLL_S):
+                return self._shutdown("signal received")
+            dead = [w for w in self.workers if not w.is_running()]
+            if dead:
+                names = ", ".join(w.queue.name for w in dead)
+                runner_logger.error("worker for queue(s) %s stopped unexpectedly", names)
+                self._close_workers(force=True)
+                return EXIT_FATAL
+            if self.options.child and os.getppid() != self._parent_pid:
+                return self._shutdown("supervisor is gone")
+            recycle = self._recycle_reason()
+            if recycle:
+                code = self._shutdown(recycle)
+                if code == EXIT_OK and self.options.child:
+                    return EXIT_RECYCLE
+                return code
+            if self.options.burst:
+                idle_checks = idle_checks + 1 if self._all_idle() else 0
+                # Twice in a row: a job handed from one queue to another (a parent
+                # released by its last child) shows up in between.
+                if idle_checks >= 2:
+                    return self._shutdown("burst: no jobs left")
+
+    def _recycle_reason(self) -> str:
+        if self.options.max_jobs:
+            done = sum(w.jobs_processed for w in self.workers)
+            if done >= self.options.max_jobs:
+                return f"processed {done} jobs (--max-jobs {self.options.max_jobs})"
+        if self.options.max_memory_mb:
+            rss = current_rss_mb()
+            if rss >= self.options.max_memory_mb:
+                return f"uses {rss:.0f} MB (--max-memory {self.options.max_memory_mb})"
+        return ""
+
+    def _all_idle(self) -> bool:
+        if any(w.active_count for w in self.workers):
+            return False
+        try:
+            return all(queue_is_drained(w.queue) for w in self.workers)
+        except redis.RedisError:
+            return False
+
+    # ----------------------------------------------------------------------- stopping
+    def _shutdown(self, reason: str) -> int:
+        """Graceful stop; a further signal while waiting turns it into a forced one."""
+        self.stop_reason = reason
+        active = sum(w.active_count for w in self.workers)
+        runner_logger.info("runworker: stopping (%s); waiting for %d active job(s)", reason, active)
+        timeout = self.options.shutdown_timeout
+        if timeout is None:
+            timeout = conf.settings().SHUTDOWN_TIMEOUT
+        self.signals.event.clear()
+        closers = [
+            threading.Thread(
+                target=w.close,
+                kwargs={"timeout": timeout},
+                name=f"flowjobs-close-{w.queue.name}",
+                daemon=True,
+            )
+            for w in self.workers
+        ]
+        for closer in closers:
+            closer.start()
+        while any(c.is_alive() for c in closers):
+            if self.signals.event.wait(POLL_S):
+                self.signals.event.clear()
+                if self.signals.count >= 2:
+                    return self._force("second signal")
+        if any(w.active_count for w in self.workers):
+            return self._force("shutdown timeout")
+        from . import signals
+
+        if not signals.flush(timeout=30):
+            runner_logger.warning("runworker: job signal receivers still busy; not waiting")
+        runner_logger.info("runworker: stopped")
+        return EXIT_OK
+
+    def _force(self, reason: str) -> int:
+        runner_logger.warning("runworker: %s: stopping now, unfinished jobs stay active", reason)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Processor threads cannot be interrupted and the interpreter would wait for them
+        # at exit (so would a graceful Worker.close); the jobs they hold keep their
+        # locks until lock_duration and are then recovered by the stalled-job check.
+        os._exit(EXIT_FATAL)
+
+    def _close_workers(self, force: bool) -> None:
+        for worker in self.workers:
+            try:
+                worker.close(force=force, timeout=5)
+            except Exception:  # noqa: BLE001 - stopping anyway
+                runner_logger.exception("closing the worker of %s failed", worker.queue.name)
+
+
+def queue_is_drained(queue: Any) -> bool:
+    """No job of ``queue`` can run now: nothing waiting, prioritized, active or delayed
+    and due (a paused queue counts as drained: its jobs will not run either)."""
+    from .engine.options import now_ms
+
+    keys = queue.keys
+    client = queue.client
+    pipe = client.pipeline(transaction=False)
+    pipe.hexists(keys.meta, "paused")
+    pipe.llen(keys.key("wait"))
+    pipe.zcard(keys.key("prioritized"))
+    pipe.llen(keys.key("active"))
+    # Delayed scores are timestamp * 0x1000 + a counter (BullMQ layout).
+    pipe.zcount(keys.key("delayed"), 0, (now_ms() + 1) * 0x1000 - 1)
+    paused, waiting, prioritized, active, due = pipe.execute()
+    if active:
+        return False
+    if paused:
+        return True
+    return not (waiting or prioritized or due)
+
+
+# --------------------------------------------------------------------------- supervisor
+
+
+@dataclass
+class _Child:
+    process: subprocess.Popen
+    started: float
+
+
+class Supervisor:
+    """Keeps ``processes`` worker processes running (``runworker --processes N``)."""
+
+    def __init__(
+        self,
+        options: RunOptions,
+        processes: int,
+        child_argv: list[str],
+    ) -> None:
+        self.options = options
+        self.processes = processes
+        self.child_argv = child_argv
+        self.children: list[_Child] = []
+        self.env: dict[str, str] = {}
+        self.signals = _Signals()
+        self.failures = 0
+
+    def _child_env(self) -> dict[str, str]:
+        from django.conf import settings as django_settings
+
+        env = dict(os.environ)
+        # override_settings hides SETTINGS_MODULE; the environment still has it then.
+        module = getattr(django_settings, "SETTINGS_MODULE", None) or env.get(
+            "DJANGO_SETTINGS_MODULE"
+        )
+        if not module:
+            raise FatalError("--processes needs a settings module (DJANGO_SETTINGS_MODULE)")
+        env["DJANGO_SETTINGS_MODULE"] = module
+        paths = [p for p in (sys.path[0], os.getcwd()) if p]
+        if env.get("PYTHONPATH"):
+            paths.append(env["PYTHONPATH"])
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+        return env
+
+    def _spawn(self) -> _Child:
+        command = [sys.executable, "-m", "django", "runworker", "--child", *self.child_argv]
+        # Own process group: a terminal's Ctrl-C reaches the supervisor only, which
+        # then asks each child once (a second signal would force the children).
+        process = subprocess.Popen(command, env=self.env, process_group=0)
+        runner_logger.info("runworker: started worker process %s", process.pid)
+        return _Child(process, time.monotonic())
+
+    def run(self) -> int:
+        from django.db import connections
+
+        current = conf.settings()
+        try:
+            resolve_queues(self.options.queues)
+            check_redis_at_start(current.REDIS_URL)
+            self.env = self._child_env()
+        except FatalError as error:
+            runner_logger.error("runworker: %s", error)
+            return EXIT_FATAL
+        # Children are fresh interpreters, but nothing of ours should stay open across them.
+        connections.close_all()
+        self.signals.install()
+        mirror_stop = threading.Event()
+        mirror_thread = None
+        try:
+            if self.options.mirror and current.MIRROR:
+                mirror_thread = _start_mirror(mirror_stop)
+            self.children = [self._spawn() for _ in range(self.processes)]
+            return self._watch()
+        finally:
+            _stop_mirror(mirror_stop, mirror_thread)
+            self.signals.restore()
+
+    def _watch(self) -> int:
+        stopping = False
+        forced = False
+        exit_code = EXIT_OK
+        restart_at: list[float] = []
+        while self.children or restart_at:
+            if self.signals.event.wait(POLL_S):
+                self.signals.event.clear()
+                if not stopping:
+                    stopping = True
+                    restart_at.clear()
+                    runner_logger.info("runworker: stopping worker processes (signal received)")
+                    self._signal_children(signal.SIGTERM)
+                elif not forced and self.signals.count >= 2:
+                    forced = True
+                    runner_logger.warning(
+                        "runworker: second signal: forcing worker processes to stop"
+                    )
+                    self._signal_children(signal.SIGTERM)
+            now = time.monotonic()
+            for child in list(self.children):
+                code = child.process.poll()
+                if code is None:
+                    continue
+                self.children.remove(child)
+                if stopping:
+                    # -SIGTERM: a child still starting up, before its handlers were set.
+                    if code not in (EXIT_OK, EXIT_RECYCLE, -signal.SIGTERM) or forced:
+                        exit_code = EXIT_FATAL
+                    continue
+                if self.options.burst and code == EXIT_OK:
+                    runner_logger.info("runworker: worker process %s finished", child.process.pid)
+                    continue
+                self._report_exit(child, code)
+                lived = now - child.started
+                restart_at.append(now + (0 if lived >= 1 or code == EXIT_RECYCLE else 1))
+            for due in sorted(restart_at):
+                if due <= now and not stopping:
+                    restart_at.remove(due)
+                    self.children.append(self._spawn())
+        if forced:
+            exit_code = EXIT_FATAL
+        runner_logger.info("runworker: all worker processes stopped")
+        return exit_code
+
+    def _report_exit(self, child: _Child, code: int) -> None:
+        pid = child.process.pid
+        if code == EXIT_RECYCLE:
+            runner_logger.info(
+                "runworker: worker process %s recycled itself; starting a new one", pid
+            )
+        else:
+            how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+            runner_logger.warning("runworker: worker process %s %s; starting a new one", pid, how)
+
+    def _signal_children(self, number: int) -> None:
+        for child in self.children:
+            try:
+                child.process.send_signal(number)
+            except ProcessLookupError:
+                pass

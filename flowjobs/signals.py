@@ -1,0 +1,106 @@
+"""Django signals sent from inside ``runworker`` as jobs run.
+
+- ``job_started(sender=queue_name, job=job)``: the worker took the job.
+- ``job_completed(sender=queue_name, job=job, result=value)``: recorded as completed.
+- ``job_failed(sender=queue_name, job=job, exception=error)``: an attempt failed
+  (``job.failed_reason`` holds the reason; the job may still be retried).
+
+They hang on the engine Worker's local events (``active``, ``completed``, ``failed``),
+which fire on the worker's event loop. Receivers must be free to use the ORM, so the
+signals are sent from one sender thread per process instead, in the order the events
+happened, with ``close_old_connections()`` around each (as around a request). A
+receiver that raises is logged and does not affect the job or the other receivers.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Any
+
+from django.dispatch import Signal
+
+__all__ = ["connect_worker", "flush", "job_completed", "job_failed", "job_started"]
+
+logger = logging.getLogger("flowjobs.signals")
+
+job_started = Signal()
+job_completed = Signal()
+job_failed = Signal()
+
+
+class _Sender:
+    """A daemon thread sending queued signals one after the other."""
+
+    def __init__(self) -> None:
+        self.pending: queue.Queue[tuple[Signal, str, dict[str, Any]]] = queue.Queue()
+        self.thread: threading.Thread | None = None
+        self.lock = threading.Lock()
+
+    def put(self, signal: Signal, sender: str, **kwargs: Any) -> None:
+        if not signal.has_listeners(sender):
+            return
+        self.pending.put((signal, sender, kwargs))
+        with self.lock:
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(
+                    target=self._run, name="flowjobs-signals", daemon=True
+                )
+                self.thread.start()
+
+    def _run(self) -> None:
+        from django.db import close_old_connections
+
+        while True:
+            signal, sender, kwargs = self.pending.get()
+            try:
+                close_old_connections()
+                for receiver, error in signal.send_robust(sender=sender, **kwargs):
+                    if error is not None:
+                        logger.error(
+                            "receiver %r of a flowjobs signal raised %r",
+                            receiver,
+                            error,
+                            exc_info=(type(error), error, error.__traceback__),
+                        )
+                close_old_connections()
+            finally:
+                self.pending.task_done()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Waits until every queued signal was sent; False on timeout."""
+        done = threading.Event()
+
+        def wait() -> None:
+            self.pending.join()
+            done.set()
+
+        threading.Thread(target=wait, daemon=True).start()
+        return done.wait(timeout)
+
+
+_sender = _Sender()
+
+
+def flush(timeout: float | None = None) -> bool:
+    """Waits for the signals queued so far to be sent (runworker calls it before exiting)."""
+    return _sender.flush(timeout)
+
+
+def connect_worker(worker: Any) -> None:
+    """Sends the signals above for the jobs of an engine ``Worker``."""
+    queue_name = worker.queue.name
+
+    def on_active(job: Any) -> None:
+        _sender.put(job_started, queue_name, job=job)
+
+    def on_completed(job: Any, result: Any) -> None:
+        _sender.put(job_completed, queue_name, job=job, result=result)
+
+    def on_failed(job: Any, error: Any) -> None:
+        _sender.put(job_failed, queue_name, job=job, exception=error)
+
+    worker.on("active", on_active)
+    worker.on("completed", on_completed)
+    worker.on("failed", on_failed)

@@ -1,0 +1,77 @@
+"""The example site: migrate, loaddemo, and a real runworker finishing every demo flow."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+from flowjobs import conf
+from tests.django.conftest import REPO
+from tests.helpers import wait_for
+
+
+def _manage(env: dict[str, str], *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "manage.py"), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_demo_flows_all_finish(worker_env, start_worker, tmp_path):
+    env = {
+        **worker_env,
+        "DJANGO_SETTINGS_MODULE": "example_project.settings",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'demo.sqlite3'}",
+        "DEMO_JOB_SECONDS": "0",
+    }
+    _manage(env, "migrate", "--noinput", "-v", "0")
+    output = _manage(env, "loaddemo", "--count", "1", "--chunks", "3", "--pause-ms", "10")
+    assert "added 5 demo flows/jobs" in output
+
+    worker = start_worker("--no-mirror", "--concurrency", "4", env=env)
+
+    def counts(queue: str, state: str) -> int:
+        return conf.get_queue(queue).get_job_counts(state)[state]
+
+    expected = {
+        "reports": 1,
+        "report-fetch": 2,
+        "etl": 3,
+        "payments": 1,
+        "inventory": 1,
+        "orders": 1,
+        "steps": 1,
+        "mapreduce": 4,
+    }
+    wait_for(
+        lambda: all(counts(q, "completed") == n for q, n in expected.items()),
+        timeout=60,
+        message="demo flows did not finish",
+    )
+    assert counts("notifications", "failed") == 1  # the optional SMS, ignored by its order
+
+    (order,) = conf.get_queue("orders").get_jobs(["completed"])
+    assert order.returnvalue["steps_done"] == 2
+    assert order.returnvalue["optional_failures"] == ["SMS gateway refused +15550000001"]
+    (reduce_job,) = [
+        j for j in conf.get_queue("mapreduce").get_jobs(["completed"]) if j.name == "reduce"
+    ]
+    assert reduce_job.returnvalue == {
+        "chunks": 3,
+        "sum_of_squares": sum(n * n for n in range(3000)),
+    }
+    (report,) = conf.get_queue("reports").get_jobs(["completed"])
+    assert report.returnvalue["sources"] == ["sales", "traffic"]
+    (step_job,) = conf.get_queue("steps").get_jobs(["completed"])
+    assert step_job.returnvalue == {"user": "user1", "steps": 3}
+    assert step_job.data["step"] == 3
+
+    worker.signal(signal.SIGTERM)
+    assert worker.wait() == 0, worker.output()

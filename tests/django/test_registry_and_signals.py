@@ -1,0 +1,149 @@
+"""@processor registration and dispatch, and the job signals, with an in-process worker."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from flowjobs import InvalidQueueName, UnrecoverableError, conf, processor, registry, signals
+from flowjobs.runner import EXIT_OK, RunOptions, WorkerProcess
+
+
+@pytest.fixture
+def scratch_queue(prefix):
+    """A queue name of this test's own; its registrations are removed afterwards."""
+    name = f"scratch-{prefix}"
+    yield name
+    for key in (None, "a", "b", "c"):
+        registry.unregister(name, key)
+
+
+def test_autodiscovery_registered_the_test_app_processors():
+    assert {"fj-echo", "fj-named", "fj-slow", "fj-orm"} <= set(registry.queue_names())
+    info = registry.get_processor("fj-named", "add")
+    assert info.label == "tests.testapp.jobs.add" and info.token_mode == "positional"
+    assert registry.get_processor("fj-named", "missing") is None
+    assert registry.get_processor("fj-echo", "anything").name is None
+
+
+def test_named_processors_and_the_default(scratch_queue):
+    @processor(scratch_queue, name="a")
+    def handle_a(job):
+        return "a"
+
+    @processor(scratch_queue)
+    def handle_rest(job, token):
+        return f"default:{job.name}"
+
+    assert registry.get_processor(scratch_queue, "a").function is handle_a
+    assert registry.get_processor(scratch_queue, "zzz").function is handle_rest
+    assert handle_a(None) == "a"  # the decorator returns the function unchanged
+
+
+def test_token_modes(scratch_queue):
+    @processor(scratch_queue, name="a")
+    def plain(job):
+        return None
+
+    @processor(scratch_queue, name="b")
+    def keyword(job, *, token):
+        return token
+
+    @processor(scratch_queue, name="c")
+    async def positional(job, token):
+        return token
+
+    assert registry.get_processor(scratch_queue, "a").token_mode == ""
+    assert registry.get_processor(scratch_queue, "b").token_mode == "keyword"
+    info = registry.get_processor(scratch_queue, "c")
+    assert info.token_mode == "positional" and info.is_async
+    assert registry.get_processor(scratch_queue, "b").call(None, "tok") == "tok"
+
+
+def test_conflicting_registration_is_an_error(scratch_queue):
+    @processor(scratch_queue, name="a")
+    def first(job):
+        return 1
+
+    with pytest.raises(ValueError, match='already has job "a"'):
+
+        @processor(scratch_queue, name="a")
+        def second(job):
+            return 2
+
+
+def test_bad_queue_names_are_refused():
+    with pytest.raises(InvalidQueueName, match="without ':'"):
+        processor("a:b")
+
+
+def test_dispatcher_kinds(scratch_queue):
+    @processor(scratch_queue, name="a")
+    def sync_one(job):
+        return 1
+
+    assert not registry.get_dispatcher(scratch_queue).is_async
+
+    @processor(scratch_queue, name="b")
+    async def async_one(job):
+        return 2
+
+    dispatcher = registry.get_dispatcher(scratch_queue)
+    assert dispatcher.is_async
+    assert asyncio.iscoroutinefunction(dispatcher.as_processor())
+
+
+def test_dispatcher_fails_unknown_names_as_unrecoverable(scratch_queue):
+    @processor(scratch_queue, name="a")
+    def only_a(job):
+        return 1
+
+    job = conf.get_queue(scratch_queue).add("b")
+    with pytest.raises(UnrecoverableError) as raised:
+        registry.get_dispatcher(scratch_queue).sync_call(job, "token")
+    assert str(raised.value) == f'no processor registered for job "b" in queue "{scratch_queue}"'
+
+
+def test_signals_and_an_in_process_burst_worker():
+    received: list[tuple[str, str, object]] = []
+    lock = threading.Lock()
+
+    def on_started(sender, job, **kwargs):
+        with lock:
+            received.append(("started", job.name, None))
+
+    def on_completed(sender, job, result, **kwargs):
+        with lock:
+            received.append(("completed", job.name, result))
+
+    def on_failed(sender, job, exception, **kwargs):
+        with lock:
+            received.append(("failed", job.name, str(exception)))
+
+    signals.job_started.connect(on_started)
+    signals.job_completed.connect(on_completed)
+    signals.job_failed.connect(on_failed)
+    try:
+        conf.get_queue("fj-named").add("add", {"a": 20, "b": 22})
+        conf.get_queue("fj-named").add("mystery", {})
+        code = WorkerProcess(RunOptions(queues=["fj-named"], burst=True)).run()
+    finally:
+        signals.job_started.disconnect(on_started)
+        signals.job_completed.disconnect(on_completed)
+        signals.job_failed.disconnect(on_failed)
+    assert code == EXIT_OK
+    assert sorted(received, key=repr) == sorted(
+        [
+            ("started", "add", None),
+            ("completed", "add", 42),
+            ("started", "mystery", None),
+            (
+                "failed",
+                "mystery",
+                'no processor registered for job "mystery" in queue "fj-named"',
+            ),
+        ],
+        key=repr,
+    )

@@ -1,0 +1,213 @@
+"""runworker as a real process: burst, signals, supervisor restarts, unknown names, DB loss."""
+
+from __future__ import annotations
+
+import re
+import signal
+
+import pytest
+import redis
+
+from flowjobs import conf
+from tests.helpers import free_port, wait_for
+from tests.testapp.models import Note
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _job_state(queue_name: str, job_id: str) -> str:
+    return conf.get_queue(queue_name).get_job_state(job_id)
+
+
+def test_burst_processes_every_registered_queue_then_exits_zero(start_worker):
+    echo = conf.get_queue("fj-echo").add("hello", {"n": 1})
+    add = conf.get_queue("fj-named").add("add", {"a": 2, "b": 3})
+    upper = conf.get_queue("fj-named").add("upper", {"text": "abc"})
+    note = conf.get_queue("fj-orm").add("note", {"text": "from a worker"})
+
+    worker = start_worker("--burst")
+    assert worker.wait() == 0, worker.output()
+
+    assert conf.get_queue("fj-echo").get_job(echo.id).returnvalue == {"echo": {"n": 1}}
+    assert conf.get_queue("fj-named").get_job(add.id).returnvalue == 5
+    assert conf.get_queue("fj-named").get_job(upper.id).returnvalue == "ABC"
+    assert conf.get_queue("fj-orm").get_job(note.id).returnvalue == 1
+    assert list(Note.objects.values_list("text", flat=True)) == ["from a worker"]
+    output = worker.output()
+    assert re.search(rf"job completed: queue=fj-echo id={echo.id} name=hello duration=", output)
+    assert "burst: no jobs left" in output
+
+
+def test_unknown_job_name_fails_with_a_clear_reason_and_the_next_job_succeeds(start_worker):
+    queue = conf.get_queue("fj-named")
+    unknown = queue.add("nope", {}, attempts=3)
+    known = queue.add("add", {"a": 1, "b": 1})
+
+    worker = start_worker("fj-named", "--burst")
+    assert worker.wait() == 0, worker.output()
+
+    failed = queue.get_job(unknown.id)
+    assert failed.get_state() == "failed"
+    assert failed.failed_reason == 'no processor registered for job "nope" in queue "fj-named"'
+    assert failed.attempts_made == 1  # not retried: retrying cannot help
+    assert queue.get_job(known.id).returnvalue == 2
+
+
+def test_sigterm_lets_the_active_job_finish_then_exits_zero(start_worker, redis_client, prefix):
+    job = conf.get_queue("fj-slow").add("long", {})
+    worker = start_worker("fj-slow")
+    wait_for(
+        lambda: redis_client.lrange(f"{prefix}:fj-test:started", 0, -1) == [job.id],
+        timeout=20,
+        message="the slow job never started",
+    )
+
+    worker.signal(signal.SIGTERM)
+    wait_for(lambda: "waiting for 1 active job" in worker.output(), message=worker.output())
+    assert worker.proc.poll() is None
+    redis_client.rpush(f"{prefix}:fj-test:release", "go")
+
+    assert worker.wait() == 0, worker.output()
+    finished = conf.get_queue("fj-slow").get_job(job.id)
+    assert finished.get_state() == "completed"
+    assert finished.returnvalue == "finished"
+
+
+def test_a_second_signal_stops_at_once_with_a_non_zero_status(start_worker, redis_client, prefix):
+    job = conf.get_queue("fj-slow").add("long", {})
+    worker = start_worker("fj-slow")
+    wait_for(lambda: redis_client.lrange(f"{prefix}:fj-test:started", 0, -1), timeout=20)
+
+    worker.signal(signal.SIGTERM)
+    wait_for(lambda: "waiting for 1 active job" in worker.output(), message=worker.output())
+    worker.signal(signal.SIGTERM)
+
+    assert worker.wait() == 1, worker.output()
+    assert "second signal" in worker.output()
+    # Left active for the stalled-job check to recover.
+    assert _job_state("fj-slow", job.id) == "active", (
+        conf.get_queue("fj-slow").get_job(job.id).failed_reason
+    )
+    redis_client.rpush(f"{prefix}:fj-test:release", "go")
+
+
+def test_supervisor_restarts_a_killed_child_and_the_queue_keeps_moving(
+    start_worker, redis_client, prefix
+):
+    worker = start_worker("fj-echo", "--processes", "2")
+
+    def children() -> list[int]:
+        return [int(p) for p in re.findall(r"started worker process (\d+)", worker.output())]
+
+    first = wait_for(lambda: len(children()) >= 2 and children(), timeout=20)
+    # Both children are up once each has set its Redis client name.
+    queue = conf.get_queue("fj-echo")
+    wait_for(lambda: len(queue.get_workers()) >= 2, timeout=20, message=worker.output())
+
+    import os
+
+    os.kill(first[0], signal.SIGKILL)
+    wait_for(lambda: len(children()) >= 3, timeout=20, message=worker.output())
+    assert f"worker process {first[0]} killed by signal {signal.SIGKILL}" in worker.output()
+    new_pid = children()[2]
+    assert new_pid not in first
+    wait_for(lambda: f"(pid {new_pid}): queues fj-echo" in worker.output(), timeout=20)
+
+    jobs = [queue.add("hello", {"n": n}) for n in range(20)]
+    wait_for(
+        lambda: all(queue.get_job_state(j.id) == "completed" for j in jobs),
+        timeout=20,
+        message=worker.output(),
+    )
+
+    worker.signal(signal.SIGTERM)
+    assert worker.wait() == 0, worker.output()
+    for pid in (first[1], new_pid):
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_worker_keeps_going_after_its_database_connection_is_broken(start_worker):
+    queue = conf.get_queue("fj-orm")
+    before = queue.add("note", {"text": "before"})
+    sabotage = queue.add("sabotage", {})
+    after = queue.add("note", {"text": "after"})
+
+    worker = start_worker("fj-orm", "--burst", "--concurrency", "1")
+    assert worker.wait() == 0, worker.output()
+
+    assert queue.get_job_state(before.id) == "completed"
+    assert queue.get_job_state(sabotage.id) in ("completed", "failed")
+    assert queue.get_job_state(after.id) == "completed", queue.get_job(after.id).failed_reason
+    assert sorted(Note.objects.values_list("text", flat=True)) == ["after", "before"]
+
+
+def test_max_jobs_makes_a_single_worker_exit_zero_and_say_why(start_worker):
+    queue = conf.get_queue("fj-echo")
+    jobs = [queue.add("hello", {"n": n}) for n in range(3)]
+
+    worker = start_worker("fj-echo", "--max-jobs", "2")
+    assert worker.wait() == 0, worker.output()
+
+    assert "--max-jobs 2" in worker.output()
+    done = [j for j in jobs if queue.get_job_state(j.id) == "completed"]
+    assert len(done) >= 2
+
+
+def test_supervisor_replaces_recycled_children_in_burst_mode(start_worker):
+    queue = conf.get_queue("fj-echo")
+    jobs = [queue.add("hello", {"n": n}) for n in range(6)]
+
+    worker = start_worker("fj-echo", "--processes", "2", "--max-jobs", "1", "--burst")
+    assert worker.wait(60) == 0, worker.output()
+
+    assert all(queue.get_job_state(j.id) == "completed" for j in jobs)
+    assert "recycled itself" in worker.output()
+
+
+def test_unreachable_redis_is_fatal_at_start(start_worker):
+    url = f"redis://:secret@127.0.0.1:{free_port()}/0"
+    worker = start_worker("fj-echo", env={"FLOWJOBS_REDIS_URL": url})
+    assert worker.wait() == 1
+    output = worker.output()
+    assert "cannot reach Redis at redis://:***@127.0.0.1:" in output
+    assert "secret" not in output
+
+
+def test_queue_without_processor_is_an_error(start_worker):
+    worker = start_worker("no-such-queue", "--burst")
+    assert worker.wait() == 1
+    assert "no processor registered for queue(s) no-such-queue" in worker.output()
+
+
+def test_eviction_policy_warning(start_worker, redis_server):
+    client = redis_server.client()
+    client.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        worker = start_worker("fj-echo", "--burst")
+        assert worker.wait() == 0, worker.output()
+    finally:
+        client.config_set("maxmemory-policy", "noeviction")
+    assert 'maxmemory-policy "allkeys-lru"' in worker.output()
+
+
+def test_redis_password_urls_reach_the_worker(start_worker, prefix):
+    from tests.redis_server import RedisServer
+
+    server = RedisServer(password="s3cret")
+    try:
+        url = server.url
+        assert "s3cret" in url
+        client = redis.Redis.from_url(url, decode_responses=True)
+        from flowjobs.engine import Queue
+
+        queue = Queue("fj-echo", connection=url, prefix=prefix)
+        job = queue.add("hello", {"n": 7})
+        worker = start_worker("fj-echo", "--burst", env={"FLOWJOBS_REDIS_URL": url})
+        assert worker.wait() == 0, worker.output()
+        assert queue.get_job(job.id).returnvalue == {"echo": {"n": 7}}
+        assert "s3cret" not in worker.output()
+        client.close()
+        queue.close()
+    finally:
+        server.close()

@@ -1,0 +1,57 @@
+"""QueueEvents: every transition is written to the stream and read back in order."""
+
+from __future__ import annotations
+
+import threading
+
+from flowjobs.engine import QueueEvents
+from tests.helpers import wait_for
+
+
+def test_listener_sees_the_lifecycle_in_order(queue, make_worker, redis_url, prefix):
+    seen: list[tuple[str, str]] = []
+    completed = threading.Event()
+    events = QueueEvents("q", connection=redis_url, prefix=prefix)
+    try:
+        events.on("*", lambda e: seen.append((e["event"], e.get("jobId", ""))))
+        events.on(
+            "completed",
+            lambda e: completed.set() if e["returnvalue"] == {"v": 2} else None,
+        )
+        job = queue.add("x", {"v": 1})
+        make_worker("q", lambda job: {"v": job.data["v"] + 1})
+        assert completed.wait(10)
+        wait_for(lambda: ("drained", "") in seen)
+    finally:
+        events.close()
+    assert seen == [
+        ("added", job.id),
+        ("waiting", job.id),
+        ("active", job.id),
+        ("completed", job.id),
+        ("drained", ""),
+    ]
+
+
+def test_listener_for_one_job_and_progress_and_delayed(queue, redis_url, prefix):
+    progress: list[dict] = []
+    delayed: list[dict] = []
+    events = QueueEvents("q", connection=redis_url, prefix=prefix)
+    try:
+        events.on("delayed", delayed.append)
+        job = queue.add("x", delay=5000)
+        other = queue.add("y")
+        events.on(f"progress:{job.id}", progress.append)
+        other.update_progress(99)
+        job.update_progress(33)
+        wait_for(lambda: len(progress) == 1 and len(delayed) == 1)
+        assert progress[0]["event"] == "progress" and progress[0]["data"] == 33
+        assert delayed[0]["jobId"] == job.id and delayed[0]["delay"] == job.timestamp + 5000
+    finally:
+        events.close()
+
+
+def test_events_stream_is_trimmed(queue, redis_client, prefix):
+    redis_client.hset(f"{prefix}:q:meta", "opts.maxLenEvents", 100)
+    queue.add_bulk([{"name": "x"} for _ in range(2000)])
+    assert redis_client.xlen(f"{prefix}:q:events") < 1000

@@ -1,0 +1,56 @@
+"""Test helpers: waiting on a condition with a deadline (never a bare sleep), free ports."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+
+import redis
+
+from tests.redis_server import free_port
+
+__all__ = ["delete_prefixed_keys", "free_port", "new_prefix", "wait_for"]
+
+
+def wait_for[T](
+    predicate: Callable[[], T],
+    timeout: float = 10.0,
+    interval: float = 0.005,
+    message: str = "",
+) -> T:
+    """Poll `predicate` until it returns something truthy, and return that value.
+
+    Raises AssertionError (so the test fails with `message`) when the deadline passes;
+    the predicate is always tried once more at the deadline, so a slow machine that
+    only gets to check late still sees a condition that has become true.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        last_try = time.monotonic() >= deadline
+        value = predicate()
+        if value:
+            return value
+        if last_try:
+            detail = f": {message}" if message else ""
+            raise AssertionError(f"condition not met within {timeout}s{detail}")
+        time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+
+
+def new_prefix() -> str:
+    """A BullMQ key prefix no other test uses: keys are `<prefix>:<queue>:...`."""
+    return "fj" + uuid.uuid4().hex[:10]
+
+
+def delete_prefixed_keys(client: redis.Redis, prefix: str) -> int:
+    """Delete every `<prefix>:*` key; returns how many were deleted."""
+    deleted = 0
+    batch: list[bytes | str] = []
+    for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+        batch.append(key)
+        if len(batch) >= 500:
+            deleted += client.unlink(*batch)
+            batch.clear()
+    if batch:
+        deleted += client.unlink(*batch)
+    return deleted

@@ -1,0 +1,1 @@
+from tests.mirror.support import *  # noqa: F403 (shared fixtures)

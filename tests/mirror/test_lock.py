@@ -1,0 +1,114 @@
+"""One projector per deployment: the Redis lock, standby and takeover."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from flowjobs import mirror
+from flowjobs.models import JobRecord
+from tests.helpers import wait_for
+
+
+def test_lock_is_exclusive_renewable_and_released(rclient, prefix):
+    key = f"{prefix}:flowjobs:mirror-lock"
+    first = mirror.MirrorLock(rclient, key, ttl_ms=5000)
+    second = mirror.MirrorLock(rclient, key, ttl_ms=5000)
+    assert first.acquire()
+    assert not second.acquire()
+    assert first.renew() and not second.renew()
+    second.release()  # not the holder: no effect
+    assert rclient.get(key) == first.token
+    first.release()
+    assert second.acquire()
+    with pytest.raises(mirror.LockLost):
+        first._renewed_at = 0
+        first.keep()
+
+
+class _Contender:
+    def __init__(self, config: mirror.MirrorSettings, rclient) -> None:
+        self.stop = threading.Event()
+        self.states: list[str] = []
+        self.thread = threading.Thread(
+            target=mirror.run_mirror,
+            args=(self.stop,),
+            kwargs={"config": config, "client": rclient, "on_state": self.states.append},
+            daemon=True,
+        )
+        self.thread.start()
+
+    @property
+    def state(self) -> str | None:
+        return self.states[-1] if self.states else None
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_projector_runs_and_a_standby_takes_over(flowjobs_settings, make_queue, rclient):
+    config = mirror.MirrorSettings(
+        **{
+            **mirror.mirror_settings().__dict__,
+            "lock_ttl_ms": 900,
+            "block_ms": 100,
+            "discover_interval": 0.2,
+        }
+    )
+    first = _Contender(config, rclient)
+    wait_for(lambda: first.state == "projecting", message="first projector running")
+    second = _Contender(config, rclient)
+    try:
+        wait_for(lambda: second.state == "standby", message="second projector standing by")
+        queue = make_queue("q")
+        job = queue.add("a", {"n": 1})
+        wait_for(lambda: JobRecord.objects.filter(job_id=job.id).exists(), message="mirrored")
+        assert "projecting" not in second.states
+
+        first.close()  # releases the lock
+        wait_for(lambda: second.state == "projecting", message="takeover after release")
+        later = queue.add("b", {"n": 2})
+        wait_for(lambda: JobRecord.objects.filter(job_id=later.id).exists(), message="mirrored")
+    finally:
+        first.close()
+        second.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_crashed_holder_is_replaced_when_its_lock_expires(flowjobs_settings, rclient):
+    config = mirror.MirrorSettings(
+        **{
+            **mirror.mirror_settings().__dict__,
+            "lock_ttl_ms": 900,
+            "block_ms": 100,
+            "discover_interval": 0.2,
+        }
+    )
+    rclient.set(config.lock_key, "dead-host:1:abc", px=700)  # a holder that stopped renewing
+    contender = _Contender(config, rclient)
+    try:
+        wait_for(lambda: contender.state == "standby")
+        wait_for(lambda: contender.state == "projecting", timeout=5, message="takeover")
+        assert rclient.get(config.lock_key) != "dead-host:1:abc"
+    finally:
+        contender.close()
+    assert rclient.get(config.lock_key) is None  # released on the way out
+
+
+@pytest.mark.django_db(transaction=True)
+def test_start_in_worker_follows_the_mirror_setting(settings, flowjobs_settings):
+    settings.FLOWJOBS = {**flowjobs_settings, "MIRROR": False}
+    assert mirror.start_in_worker(threading.Event()) is None
+
+    settings.FLOWJOBS = {**flowjobs_settings, "MIRROR": True, "MIRROR_BLOCK_MS": 100}
+    stop = threading.Event()
+    thread = mirror.start_in_worker(stop)
+    assert thread is not None and thread.daemon
+    wait_for(lambda: mirror.redis_client().get(mirror.mirror_settings().lock_key))
+    stop.set()
+    thread.join(10)
+    assert not thread.is_alive()

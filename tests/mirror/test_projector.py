@@ -1,0 +1,305 @@
+"""The events-stream projector: catching up, restarts, trimming, flows, foreign data."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from flowjobs.engine import Flow
+from flowjobs.mirror import _compare_ids, reconcile
+from flowjobs.models import JobRecord, StreamPosition
+from tests.helpers import wait_for
+
+pytestmark = pytest.mark.django_db
+
+
+def _rows(queue: str = "q") -> dict[str, JobRecord]:
+    return {row.job_id: row for row in JobRecord.objects.filter(queue=queue)}
+
+
+def test_new_jobs_are_mirrored_with_their_fields(make_queue, make_projector):
+    queue = make_queue("q")
+    job = queue.add("render", {"id": 7, "text": "é"}, attempts=3, priority=5)
+    delayed = queue.add("later", {}, delay=60_000)
+
+    make_projector().catch_up()
+
+    rows = _rows()
+    row = rows[job.id]
+    assert (row.name, row.state, row.data) == ("render", "prioritized", {"id": 7, "text": "é"})
+    assert row.opts["attempts"] == 3
+    assert row.priority == 5
+    assert row.created_at is not None and row.in_redis
+    assert row.root_key == row.key == f"{queue.prefix}:q:{job.id}"
+    assert rows[delayed.id].state == "delayed"
+
+
+def test_projector_catches_up_after_being_stopped_while_1000_jobs_finished(
+    make_queue, make_worker, make_projector, rclient, prefix
+):
+    queue = make_queue("q")
+    queue.add_bulk([{"name": "n", "data": {"i": i}} for i in range(1000)])
+    first = make_projector()
+    first.catch_up()
+    assert JobRecord.objects.filter(queue="q", state="waiting").count() == 1000
+    stopped_at = StreamPosition.objects.get(prefix=prefix, queue="q").last_id
+    del first  # the projector is stopped: nothing reads the stream now
+
+    worker = make_worker("q", lambda job: job.data["i"] * 2, concurrency=20)
+    wait_for(lambda: queue.get_job_counts("completed")["completed"] == 1000, timeout=60)
+    worker.close()
+
+    second = make_projector()
+    assert second.streams[f"{prefix}:q:events"].last_id == stopped_at
+    second.catch_up()
+
+    completed = JobRecord.objects.filter(queue="q", state="completed")
+    assert completed.count() == 1000
+    values = dict(completed.values_list("data__i", "returnvalue"))
+    assert all(values[i] == i * 2 for i in range(1000))
+    assert completed.filter(finished_at__isnull=True).count() == 0
+    # It resumed from the stored position instead of replaying the stream.
+    after = rclient.xrange(f"{prefix}:q:events", f"({stopped_at}", "+")
+    assert second.events_applied == len(after)
+
+
+def test_position_persists_across_a_projector_restart(make_queue, make_projector, rclient, prefix):
+    queue = make_queue("q")
+    for i in range(3):
+        queue.add("a", {"i": i})
+    make_projector().catch_up()
+    position = StreamPosition.objects.get(prefix=prefix, queue="q")
+    last = rclient.xrevrange(f"{prefix}:q:events", count=1)[0][0]
+    assert position.last_id == last
+    assert position.entries_read == rclient.xlen(f"{prefix}:q:events")
+
+    for i in range(5):
+        queue.add("b", {"i": i})
+    restarted = make_projector()
+    restarted.catch_up()
+    assert restarted.events_applied == 10  # 5 x (added + waiting), nothing replayed
+    assert JobRecord.objects.filter(queue="q").count() == 8
+    assert restarted.reconciles == 0
+
+
+def test_stream_trimmed_past_the_position_falls_back_to_reconcile(
+    make_queue, make_projector, rclient, prefix
+):
+    queue = make_queue("q")
+    for i in range(10):
+        queue.add("early", {"i": i})
+    make_projector().catch_up()
+
+    for i in range(50):
+        queue.add("late", {"i": i})
+    gone = queue.get_job(queue.get_job_ids("waiting", 0, -1, asc=True)[0])
+    rclient.delete(gone.key)  # deleted without an event: only a reconcile can notice
+    rclient.xtrim(f"{prefix}:q:events", maxlen=5, approximate=False)
+
+    projector = make_projector()
+    projector.catch_up()
+
+    assert projector.reconciles == 1
+    rows = JobRecord.objects.filter(queue="q")
+    assert rows.filter(in_redis=True).count() == 59
+    assert rows.filter(name="late").count() == 50
+    assert rows.get(job_id=gone.id).in_redis is False
+    position = StreamPosition.objects.get(prefix=prefix, queue="q")
+    tail = rclient.xrevrange(f"{prefix}:q:events", count=1)[0][0]
+    assert _compare_ids(position.last_id, tail) == 0
+
+
+def test_stream_not_trimmed_does_not_reconcile(make_queue, make_projector):
+    queue = make_queue("q")
+    queue.add("a", {})
+    projector = make_projector()
+    projector.catch_up()
+    queue.add("b", {})
+    projector.catch_up()
+    assert projector.reconciles == 0
+
+
+def test_flow_rows_know_their_parent_root_and_children(make_queue, make_projector, flow_producer):
+    tree = flow_producer.add(
+        Flow(
+            "report",
+            "reports",
+            data={"r": 1},
+            children=[
+                Flow(
+                    "extract",
+                    "etl",
+                    children=[Flow("fetch", "fetchers"), Flow("fetch", "fetchers")],
+                ),
+                Flow("load", "etl"),
+            ],
+        )
+    )
+    make_projector().catch_up()
+
+    root = JobRecord.objects.get(queue="reports", job_id=tree.job.id)
+    assert root.state == "waiting-children"
+    assert root.children_count == 2 and root.parent_key == ""
+    extract = JobRecord.objects.get(queue="etl", name="extract")
+    assert extract.parent_key == root.key
+    assert (extract.parent_queue, extract.parent_job_id) == ("reports", tree.job.id)
+    assert extract.children_count == 2
+    fetches = JobRecord.objects.filter(queue="fetchers")
+    assert fetches.count() == 2
+    assert {row.root_key for row in fetches} == {root.key}
+    assert set(JobRecord.objects.filter(root_key=root.key).values_list("name", flat=True)) == {
+        "report",
+        "extract",
+        "load",
+        "fetch",
+    }
+
+
+def test_children_added_before_their_parent_row_still_count(
+    make_queue, make_projector, flow_producer
+):
+    tree = flow_producer.add(Flow("p", "parents", children=[Flow("c", "kids")]))
+    projector = make_projector()
+    projector.catch_up()
+    JobRecord.objects.filter(queue="parents").delete()
+    projector.catch_up()
+    reconcile(queues=["parents"])
+    parent = JobRecord.objects.get(queue="parents", job_id=tree.job.id)
+    assert parent.children_count == 1
+
+
+def test_foreign_invalid_json_is_kept_as_raw_text(make_queue, make_projector, rclient, prefix):
+    make_queue("q").add("ok", {})
+    key = f"{prefix}:q:foreign1"
+    rclient.hset(
+        key,
+        mapping={
+            "name": "foreign",
+            "data": "{not json",
+            "opts": "{}",
+            "timestamp": str(int(time.time() * 1000)),
+            "progress": "NaN",
+        },
+    )
+    rclient.lpush(f"{prefix}:q:wait", "foreign1")
+    rclient.xadd(f"{prefix}:q:events", {"event": "added", "jobId": "foreign1", "name": "foreign"})
+    rclient.xadd(f"{prefix}:q:events", {"event": "waiting", "jobId": "foreign1"})
+
+    make_projector().catch_up()
+
+    row = JobRecord.objects.get(queue="q", job_id="foreign1")
+    assert row.data == "{not json"
+    assert row.progress == "NaN"
+    assert sorted(row.invalid_json) == ["data", "progress"]
+    assert row.state == "waiting"
+
+
+def test_progress_retry_and_removal_follow_the_events(make_queue, make_worker, make_projector):
+    queue = make_queue("q")
+    job = queue.add("flaky", {"x": 1})
+    attempts = []
+
+    def process(job):
+        attempts.append(job.id)
+        job.update_progress({"pct": 50})
+        raise RuntimeError("boom <b>")
+
+    worker = make_worker("q", process)
+    wait_for(lambda: queue.get_job_state(job.id) == "failed")
+    worker.close()
+    projector = make_projector()
+    projector.catch_up()
+    row = JobRecord.objects.get(queue="q", job_id=job.id)
+    assert row.state == "failed"
+    assert row.failed_reason == "boom <b>"
+    assert row.progress == {"pct": 50}
+    assert row.attempts_made == 1
+    assert any("RuntimeError" in line for line in row.stacktrace)
+
+    queue.get_job(job.id).retry()
+    projector.catch_up()
+    assert JobRecord.objects.get(pk=row.pk).state == "waiting"
+
+    queue.get_job(job.id).remove()
+    projector.catch_up()
+    row.refresh_from_db()
+    assert row.in_redis is False
+    assert row.data == {"x": 1}  # the last copy stays
+
+
+def test_cleaned_event_triggers_a_queue_reconcile(make_queue, make_worker, make_projector):
+    queue = make_queue("q")
+    for i in range(5):
+        queue.add("a", {"i": i})
+    worker = make_worker("q", lambda job: None)
+    wait_for(lambda: queue.get_job_counts("completed")["completed"] == 5)
+    worker.close()
+    projector = make_projector()
+    projector.catch_up()
+    assert JobRecord.objects.filter(queue="q", in_redis=True).count() == 5
+
+    queue.clean(0, 0, "completed")
+    projector.catch_up()
+    assert JobRecord.objects.filter(queue="q", in_redis=False).count() == 5
+
+
+@pytest.mark.slow
+def test_mirroring_10000_completed_jobs_is_fast(
+    make_queue, make_worker, make_projector, rclient, prefix, capsys
+):
+    # Keep every event so the projector really applies all of them.
+    rclient.hset(f"{prefix}:bulk:meta", "opts.maxLenEvents", "1000000")
+    queue = make_queue("bulk")
+    for start in range(0, 10_000, 1000):
+        queue.add_bulk([{"name": "n", "data": {"i": i}} for i in range(start, start + 1000)])
+    worker = make_worker("bulk", lambda job: {"ok": True}, concurrency=50)
+    wait_for(
+        lambda: queue.get_job_counts("completed")["completed"] == 10_000,
+        timeout=120,
+        message="10,000 jobs completed",
+    )
+    worker.close()
+    events = rclient.xlen(f"{prefix}:bulk:events")
+
+    projector = make_projector()
+    started = time.perf_counter()
+    projector.catch_up()
+    projected = time.perf_counter() - started
+    assert projector.reconciles == 0
+    assert projector.events_applied == events
+    assert JobRecord.objects.filter(queue="bulk", state="completed").count() == 10_000
+
+    JobRecord.objects.filter(queue="bulk").delete()
+    started = time.perf_counter()
+    reconcile(queues=["bulk"])
+    reconciled = time.perf_counter() - started
+    assert JobRecord.objects.filter(queue="bulk", state="completed").count() == 10_000
+
+    with capsys.disabled():
+        print(
+            f"\nmirror speed: projector {events} events of 10,000 completed jobs in "
+            f"{projected:.2f} s ({10_000 / projected:,.0f} jobs/s); "
+            f"reconcile of 10,000 jobs in {reconciled:.2f} s"
+        )
+    assert projected < 20, f"projecting 10,000 jobs took {projected:.1f} s"
+    assert reconciled < 20, f"reconciling 10,000 jobs took {reconciled:.1f} s"
+
+
+def test_foreign_returnvalue_from_event_when_hash_is_gone(make_projector, rclient, prefix):
+    rclient.hset(f"{prefix}:q:meta", "opts.maxLenEvents", "10000")
+    rclient.xadd(f"{prefix}:q:events", {"event": "added", "jobId": "x1", "name": "ghost"})
+    rclient.xadd(
+        f"{prefix}:q:events",
+        {"event": "completed", "jobId": "x1", "returnvalue": json.dumps([1, 2]), "prev": "active"},
+    )
+    make_projector().catch_up()
+    row = JobRecord.objects.get(queue="q", job_id="x1")
+    assert (row.name, row.state, row.returnvalue, row.in_redis) == (
+        "ghost",
+        "completed",
+        [1, 2],
+        False,
+    )
+    assert row.finished_at is not None

@@ -37,7 +37,12 @@ def test_node_worker_exits_mid_job_and_can_be_killed(node: NodeHarness, r: redis
     node.producer.addBulk(
         queue="crash", jobs=[{"name": "exit", "data": {}}, {"name": "hang", "data": {}}]
     )
-    exiting = node.worker({"queue": "crash", "behaviours": {"exit": {"action": "exit", "code": 7}}})
+    # The job is already waiting, so this worker may take it and exit before
+    # it prints "ready": do not wait for that line.
+    exiting = node.worker(
+        {"queue": "crash", "behaviours": {"exit": {"action": "exit", "code": 7}}},
+        wait_ready=False,
+    )
     exiting.expect("process", id="1")
     assert exiting.wait_exit() == 7
     assert node.producer.getJobState(queue="crash", id="1") == "active"

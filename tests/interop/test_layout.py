@@ -15,6 +15,8 @@ from typing import Any
 
 import redis
 
+from tests.helpers import wait_for
+
 from .flowjobs_side import FlowjobsHarness
 from .node import NodeHarness
 
@@ -150,6 +152,11 @@ def test_same_operations_leave_the_same_keys(
 
     process_all(node, "lay-node")
     process_all(flowjobs, "lay-flowjobs")
+    # Markers are wake-up signals: a worker that fetched its jobs without
+    # blocking pops the leftover marker only when it goes idle, so wait for
+    # both workers to rest before comparing.
+    for queue in ("lay-node", "lay-flowjobs"):
+        wait_for(lambda q=queue: not r.exists(f"{prefix}:{q}:marker"), timeout=10)
     done_node, done_flowjobs = snapshot(r, prefix, "lay-node"), snapshot(r, prefix, "lay-flowjobs")
     assert sorted(done_flowjobs) == sorted(done_node)
     for key in done_node:

@@ -105,6 +105,8 @@ def finish_call(
 
 
 def completed_value(returnvalue: Any, job: Job) -> str:
+    if returnvalue is None:
+        return "null"
     return dumps(returnvalue, f'return value of job "{job.id}"')
 
 

@@ -38,9 +38,15 @@ class Operation:
 
 
 def _int(value: Any) -> int:
+    if value is None:
+        return 0
     try:
-        return int(float(value)) if value not in (None, "") else 0
+        return int(value)
     except (TypeError, ValueError):
+        pass
+    try:
+        return int(float(value))
+    except (TypeError, ValueError, OverflowError):
         return 0
 
 

@@ -8,7 +8,9 @@ server that lost its script cache (restart, SCRIPT FLUSH) gets them again.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import math
 import re
 from collections.abc import Sequence
 from functools import cache
@@ -18,6 +20,7 @@ from typing import Any
 import redis
 import redis.asyncio
 from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 LUA_DIR = Path(__file__).parent / "lua"
 _INCLUDE = re.compile(r'^--- @include "([^"]+)"\s*$', re.MULTILINE)
@@ -148,13 +151,20 @@ async def run_on_connection(connection: Any, calls: Sequence[Call]) -> list[Any]
             b"".join(pack_call(*call) for call in calls), check_health=False
         )
         results: list[Any] = []
-        for _ in calls:
-            try:
-                results.append(await connection.read_response())
-            except ResponseError as error:
-                results.append(error)
-    except BaseException:
+        # one deadline (the socket timeout) for the whole batch instead of one timer
+        # per answer: math.inf tells redis-py not to arm its own
+        async with asyncio.timeout(connection.socket_timeout):
+            for _ in calls:
+                try:
+                    results.append(await connection.read_response(timeout=math.inf))
+                except ResponseError as error:
+                    results.append(error)
+    except BaseException as error:
         await connection.disconnect()
+        if isinstance(error, TimeoutError):
+            raise RedisTimeoutError(
+                f"no answer from Redis within {connection.socket_timeout}s"
+            ) from error
         raise
     if has_noscript(results):
         for name in script_names():

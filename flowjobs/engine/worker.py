@@ -329,9 +329,7 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         # A processor runs at once, up to its first real wait: quick jobs cost no
         # scheduling round of the event loop.
-        if isinstance(self._loop, asyncio.BaseEventLoop):
-            # (uvloop on Python 3.13 rejects the eager factory's arguments)
-            self._loop.set_task_factory(asyncio.eager_task_factory)
+        self._loop.set_task_factory(_eager_task)
         self._wake = asyncio.Event()
         self._blocking_task: asyncio.Task | None = None
         self._aclient = async_client(self._connection)
@@ -595,12 +593,15 @@ class Worker:
                     return await self._pool.run(job, timeout, self._executor)  # type: ignore[arg-type]
                 args = (job, job.token) if self._pass_token else (job,)
                 if self._is_async:
-                    task = asyncio.ensure_future(self.processor(*args))  # type: ignore[misc]
-                    job._task = task  # type: ignore[attr-defined]
+                    # awaited in this job's own task (no second task per job): a cancel
+                    # request cancels this task, and the except below turns the
+                    # CancelledError into JobCancelled
+                    job._task = asyncio.current_task()  # type: ignore[attr-defined]
                     if not timeout:
-                        return await task
+                        return await self.processor(*args)  # type: ignore[misc]
                     try:
-                        return await asyncio.wait_for(task, timeout / 1000)
+                        async with asyncio.timeout(timeout / 1000):
+                            return await self.processor(*args)  # type: ignore[misc]
                     except TimeoutError:
                         if job.cancel_reason is not None:
                             raise
@@ -884,6 +885,13 @@ class Worker:
             except redis.RedisError as error:
                 self._emit("error", error)
             await asyncio.sleep(self.stalled_interval / 1000)
+
+
+def _eager_task(loop: asyncio.AbstractEventLoop, coro: Any, **options: Any) -> asyncio.Task:
+    """asyncio.eager_task_factory, written out because uvloop passes `eager_start`
+    itself (as None), which the stock factory then receives twice."""
+    options["eager_start"] = True
+    return asyncio.Task(coro, loop=loop, **options)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -143,17 +143,26 @@ def pack_call(name: str, keys: Sequence[str], args: Sequence[Arg]) -> bytes:
     return b"".join(parts)
 
 
-async def run_on_connection(connection: Any, calls: Sequence[Call]) -> list[Any]:
+_SOCKET_TIMEOUT = object()
+
+
+async def run_on_connection(
+    connection: Any, calls: Sequence[Call], deadline: Any = _SOCKET_TIMEOUT
+) -> list[Any]:
     """Runs several scripts in one round trip on a connection the caller owns; errors
-    come back as exception objects. A broken connection is closed and the error raised."""
+    come back as exception objects. A broken connection is closed and the error raised.
+    `deadline` (seconds, None for none; default: the connection's socket timeout)
+    covers the whole round trip."""
+    if deadline is _SOCKET_TIMEOUT:
+        deadline = connection.socket_timeout
     try:
-        await connection.send_packed_command(
-            b"".join(pack_call(*call) for call in calls), check_health=False
-        )
-        results: list[Any] = []
-        # one deadline (the socket timeout) for the whole batch instead of one timer
-        # per answer: math.inf tells redis-py not to arm its own
-        async with asyncio.timeout(connection.socket_timeout):
+        # one deadline for the batch instead of one timer per write and per answer:
+        # math.inf tells redis-py not to arm its own for a read
+        async with asyncio.timeout(deadline):
+            await connection.send_packed_command(
+                b"".join(pack_call(*call) for call in calls), check_health=False
+            )
+            results: list[Any] = []
             for _ in calls:
                 try:
                     results.append(await connection.read_response(timeout=math.inf))
@@ -162,9 +171,7 @@ async def run_on_connection(connection: Any, calls: Sequence[Call]) -> list[Any]
     except BaseException as error:
         await connection.disconnect()
         if isinstance(error, TimeoutError):
-            raise RedisTimeoutError(
-                f"no answer from Redis within {connection.socket_timeout}s"
-            ) from error
+            raise RedisTimeoutError(f"no answer from Redis within {deadline}s") from error
         raise
     if has_noscript(results):
         for name in script_names():
@@ -173,10 +180,25 @@ async def run_on_connection(connection: Any, calls: Sequence[Call]) -> list[Any]
         retry = [
             i for i, r in enumerate(results) if isinstance(r, BaseException) and _is_noscript(r)
         ]
-        redone = await run_on_connection(connection, [calls[i] for i in retry])
+        redone = await run_on_connection(connection, [calls[i] for i in retry], deadline)
         for i, value in zip(retry, redone, strict=True):
             results[i] = value
     return results
+
+
+class Lane:
+    """A dedicated pooled connection that runs batches of script calls. Its socket
+    timeout becomes the deadline of each whole batch (redis-py would otherwise arm a
+    timer for the write and one for every answer); `release` gives it back as it was."""
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+        self.deadline = connection.socket_timeout
+        connection.socket_timeout = None
+
+    async def release(self, pool: Any) -> None:
+        self.connection.socket_timeout = self.deadline
+        await pool.release(self.connection)
 
 
 class ClusterLane:
@@ -189,9 +211,9 @@ class ClusterLane:
 
 
 async def run_on_lane(lane: Any, calls: Sequence[Call]) -> list[Any]:
-    """`run_on_connection` for a connection or a `ClusterLane`."""
-    if not isinstance(lane, ClusterLane):
-        return await run_on_connection(lane, calls)
+    """`run_on_connection` for a `Lane` or a `ClusterLane`."""
+    if isinstance(lane, Lane):
+        return await run_on_connection(lane.connection, calls, lane.deadline)
     results: list[Any] = []
     for name, keys, args in calls:
         try:

@@ -349,7 +349,7 @@ class Worker:
                 self._lanes = [scripts.ClusterLane(self._aclient) for _ in range(2)]
             else:
                 pool = self._aclient.connection_pool
-                self._lanes = [await pool.get_connection() for _ in range(2)]
+                self._lanes = [scripts.Lane(await pool.get_connection()) for _ in range(2)]
             self._free_lanes = list(self._lanes)
             if self._pool is not None:
                 await self._pool.start(self._executor)  # type: ignore[arg-type]
@@ -384,8 +384,8 @@ class Worker:
             if self._executor is not None:
                 self._executor.shutdown(wait=not self._force, cancel_futures=True)
             for lane in getattr(self, "_lanes", []):
-                if not isinstance(lane, scripts.ClusterLane):
-                    await self._aclient.connection_pool.release(lane)
+                if isinstance(lane, scripts.Lane):
+                    await lane.release(self._aclient.connection_pool)
             await self._aclient.aclose()
             await self._blocking_client.aclose()
             self._emit("closed")

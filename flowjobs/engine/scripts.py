@@ -57,12 +57,36 @@ def _is_noscript(error: BaseException) -> bool:
 
 
 def run(client: redis.Redis, name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+    if type(client) is redis.Redis and client.connection is None:
+        return _run_packed(client, name, keys, args)
     text, sha = source(name)
     try:
         return client.evalsha(sha, len(keys), *keys, *args)
     except NoScriptError:
         client.script_load(text)
         return client.evalsha(sha, len(keys), *keys, *args)
+
+
+def _run_packed(client: redis.Redis, name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+    """`run` on a pooled connection with the call packed by `pack_call` (redis-py's
+    generic command path costs about as much as the round trip). A script call that
+    may have reached Redis is never re-sent: a broken connection raises."""
+    pool = client.connection_pool
+    connection = pool.get_connection()
+    try:
+        connection.send_packed_command([pack_call(name, keys, args)])
+        try:
+            return connection.read_response()
+        except NoScriptError:
+            connection.send_command("SCRIPT", "LOAD", source(name)[0])
+            connection.read_response()
+            connection.send_packed_command([pack_call(name, keys, args)])
+            return connection.read_response()
+    except (redis.ConnectionError, redis.TimeoutError):
+        connection.disconnect()
+        raise
+    finally:
+        pool.release(connection)
 
 
 async def arun(

@@ -35,6 +35,9 @@ LABELS = {
     ("W1.bulk", "jobs_per_s"): "W1 add {BENCH_N} in bulk chunks of {BENCH_BULK_CHUNK}",
     ("W2.c1", "jobs_per_s"): "W2 process {BENCH_N}, concurrency 1",
     ("W2.c50", "jobs_per_s"): "W2 process {BENCH_N}, concurrency 50",
+    ("W2.c50.p2", "jobs_per_s"): "W2 process {BENCH_N}, 2 worker processes at concurrency 50",
+    ("W2.cpu.p1", "jobs_per_s"): "W2 {BENCH_N} jobs of 0.5 ms CPU, 1 worker process",
+    ("W2.cpu.p2", "jobs_per_s"): "W2 {BENCH_N} jobs of 0.5 ms CPU, 2 worker processes",
     ("W3.flow", "create_s"): "W3 flow 1+{BENCH_FLOW_CHILDREN}: create",
     ("W3.flow", "done_s"): "W3 flow 1+{BENCH_FLOW_CHILDREN}: until the parent is done",
     ("W4.latency", "p50_ms"): "W4 add-to-start p50 ({BENCH_LAT_SAMPLES} samples)",
@@ -113,6 +116,8 @@ def base_case(case: str) -> str:
 
 def case_rank(case: str) -> tuple[int, str]:
     base = base_case(case)
+    if base not in CASE_ORDER:  # flowjobs-only variants sit with their workload
+        base = next((c for c in CASE_ORDER if base.startswith(c.split(".")[0] + ".")), base)
     return (CASE_ORDER.index(base) if base in CASE_ORDER else len(CASE_ORDER), case)
 
 
@@ -122,6 +127,8 @@ def best_variant(values: dict, contestant: str, case: str, metric: str) -> str:
     exact = values.get((contestant, base_case(case), metric))
     if exact:
         return fmt(statistics.median(exact))
+    if base_case(case) not in CASE_ORDER:
+        return "-"  # a flowjobs-only case (W2.cpu.p2, ...): no anchor runs that workload
     workload = case.split(".")[0]
     found = []
     for (c, cs, m), vals in values.items():

@@ -17,6 +17,8 @@ contestant), so the numbers here and in bench/run are measured the same way:
                to parent finishedOn with one worker at concurrency 1 (n/a without FlowProducer)
   W4.latency   add-to-start p50/p99 with an idle worker, 500 samples (+10 warm-up) measured
                inside the processor against t_add_ms in the job data
+  W2.c50.p2    the same with 2 worker processes; W2.cpu.p1/p2: jobs of 0.5 ms CPU, 1 and 2
+               worker processes (what `runworker --processes` is for)
   W5.flows     200 flows of 10 children added one by one while 2 worker processes run
 
 Environment: REPEATS [1] (medians over rounds), CASES [.] (regex on case ids),
@@ -53,6 +55,9 @@ ALL_CASES = [
     "W2.c50",
     "W2.c1.sync",
     "W2.c50.sync",
+    "W2.c50.p2",
+    "W2.cpu.p1",
+    "W2.cpu.p2",
     "W3.flow",
     "W4.latency",
     "W4.latency.sync",

@@ -1,6 +1,7 @@
 """Contestant 'flowjobs' for the anchor benchmark harness (shared/bench-anchors).
 
-usage: flowjobs_bench.py cases | version | run CASE | latency-worker STYLE | w5-worker IDX
+usage: flowjobs_bench.py cases | version | run CASE | latency-worker STYLE |
+       worker-process IDX CONCURRENCY [noop|cpu]
 
 Speaks the harness protocol: result lines `flowjobs <case> <metric> <value>` on
 stdout, everything else on stderr. Measures exactly like the anchors (see the
@@ -57,6 +58,9 @@ CASES = [
     "W1.bulk",
     "W2.c1",
     "W2.c50",
+    "W2.c50.p2",
+    "W2.cpu.p1",
+    "W2.cpu.p2",
     "W2.c1.sync",
     "W2.c50.sync",
     "W3.flow",
@@ -149,6 +153,20 @@ async def noop_async(job: Any) -> None:
 
 def noop_sync(job: Any) -> None:
     return None
+
+
+CPU_JOB_S = float(os.environ.get("BENCH_CPU_JOB_MS", "0.5")) / 1000
+
+
+async def cpu_async(job: Any) -> None:
+    """Holds the interpreter for BENCH_CPU_JOB_MS [0.5] ms, as a job doing real
+    Python work would: what several worker processes are for."""
+    end = time.perf_counter() + CPU_JOB_S
+    while time.perf_counter() < end:
+        pass
+
+
+PROCESSORS: dict[str, Callable[..., Any]] = {"noop": noop_async, "cpu": cpu_async}
 
 
 def bulk_specs(start: int, stop: int) -> list[dict[str, Any]]:
@@ -363,13 +381,56 @@ def w4_latency(style: str, case: str) -> None:
     emit(case, "p99_ms", pct(lats, 99))
 
 
-def w5_worker(idx: str) -> None:
-    """Runs in a subprocess: one of W5's worker processes."""
-    w = new_worker(noop_async, W5_CONCURRENCY)
+def worker_process(idx: str, concurrency: int, processor: str = "noop") -> None:
+    """Runs in a subprocess: a worker that signals `ready:<idx>` once it runs."""
+    w = new_worker(PROCESSORS[processor], concurrency)
     time.sleep(0.2)
     sync_redis().set(aux_key(f"ready:{idx}"), "1")
     wait_for_sigterm()
     w.close()
+
+
+def start_worker_processes(
+    r: redis.Redis, count: int, concurrency: int, processor: str = "noop"
+) -> list:
+    me = os.path.abspath(__file__)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, me, "worker-process", str(i), str(concurrency), processor]
+        )
+        for i in range(count)
+    ]
+    try:
+        for i in range(count):
+            wait_ready(r, aux_key(f"ready:{i}"))
+    except BaseException:
+        for p in procs:
+            stop_subprocess(p)
+        raise
+    return procs
+
+
+def w2_processes(processes: int, concurrency: int, case: str, processor: str = "noop") -> None:
+    """W2 with several worker processes (as `runworker --processes N` runs them): the
+    queue is paused while it fills and the processes start, then resumed."""
+    r = sync_redis()
+    q = new_queue()
+    q.pause()
+    prefill(N_JOBS)
+    procs = start_worker_processes(r, processes, concurrency, processor)
+    try:
+        dl = Deadline()
+        q.resume()
+        wait_completed(r, N_JOBS, dl)
+    finally:
+        for p in procs:
+            stop_subprocess(p)
+        q.close()
+    ids = r.zrange(key("completed"), 0, -1)
+    if r.zcard(key("failed")) or len(ids) != N_JOBS:
+        raise RuntimeError(f"completed={len(ids)} failed={r.zcard(key('failed'))}")
+    t_first, t_last = span_ms(r, ids)
+    emit(case, "jobs_per_s", N_JOBS / ((t_last - t_first) / 1000.0))
 
 
 def w5_flows() -> None:
@@ -377,11 +438,8 @@ def w5_flows() -> None:
     while W5_WORKERS idle worker processes (concurrency W5_CONCURRENCY each) run.
     done_s: from just before the first add to the last parent's finishedOn."""
     r = sync_redis()
-    me = os.path.abspath(__file__)
-    procs = [subprocess.Popen([sys.executable, me, "w5-worker", str(i)]) for i in range(W5_WORKERS)]
+    procs = start_worker_processes(r, W5_WORKERS, W5_CONCURRENCY)
     try:
-        for i in range(W5_WORKERS):
-            wait_ready(r, aux_key(f"ready:{i}"))
         fp = flow_producer()
         specs = [flow_spec(f * 100, W5_CHILDREN) for f in range(W5_FLOWS)]
         dl = Deadline()
@@ -457,8 +515,8 @@ def main(argv: list[str]) -> int:
     if cmd == "latency-worker":
         latency_worker(argv[2] if len(argv) > 2 else "async")
         return 0
-    if cmd == "w5-worker":
-        w5_worker(argv[2])
+    if cmd == "worker-process":
+        worker_process(argv[2], int(argv[3]), *argv[4:5])
         return 0
     if cmd != "run" or len(argv) < 3:
         raise SystemExit(__doc__)
@@ -467,6 +525,9 @@ def main(argv: list[str]) -> int:
         "W1.bulk": w1_bulk,
         "W2.c1": lambda: w2(1, "W2.c1", noop_async),
         "W2.c50": lambda: w2(50, "W2.c50", noop_async),
+        "W2.c50.p2": lambda: w2_processes(2, 50, "W2.c50.p2"),
+        "W2.cpu.p1": lambda: w2_processes(1, 50, "W2.cpu.p1", "cpu"),
+        "W2.cpu.p2": lambda: w2_processes(2, 50, "W2.cpu.p2", "cpu"),
         "W2.c1.sync": lambda: w2(1, "W2.c1.sync", noop_sync),
         "W2.c50.sync": lambda: w2(50, "W2.c50.sync", noop_sync),
         "W3.flow": w3_flow,

@@ -56,6 +56,7 @@ from .isolation import ProcessorTimedOut, ProcessPool, processor_path, resolve_p
 from .job import Job
 from .options import now_ms
 from .queue import Queue
+from .threadpool import ThreadPool
 
 logger = logging.getLogger("flowjobs.worker")
 
@@ -155,6 +156,7 @@ class Worker:
                 process_initializer,
             )
         self._executor: ThreadPoolExecutor | None = None
+        self._threads: ThreadPool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
@@ -338,10 +340,13 @@ class Worker:
             self._connection, single_connection_client=True, socket_timeout=None
         )
         self.queue._aclient = self._aclient
-        if not self._is_async:
+        if self._pool is not None:
+            # threads that wait on the child processes
             self._executor = ThreadPoolExecutor(
                 self.concurrency, thread_name_prefix=f"flowjobs-{self.queue.name}"
             )
+        elif not self._is_async:
+            self._threads = ThreadPool(self._loop, self.concurrency, f"flowjobs-{self.queue.name}")
         tasks: list[asyncio.Task] = []
         try:
             await self._connect()
@@ -354,7 +359,9 @@ class Worker:
             if self._pool is not None:
                 await self._pool.start(self._executor)  # type: ignore[arg-type]
             cancels = None
-            with contextlib.suppress(redis.ConnectionError, redis.TimeoutError, OSError):
+            # (a refusal, e.g. an ACL user without channel rights, is reported by the
+            # listener, which tries again)
+            with contextlib.suppress(redis.RedisError, OSError):
                 cancels = await self._subscribe_cancels()
             self._started.set()
             tasks = [asyncio.create_task(self._fetcher())]
@@ -383,6 +390,8 @@ class Worker:
                 self._pool.close(force=self._force)
             if self._executor is not None:
                 self._executor.shutdown(wait=not self._force, cancel_futures=True)
+            if self._threads is not None:
+                self._threads.shutdown(wait=not self._force)
             for lane in getattr(self, "_lanes", []):
                 if isinstance(lane, scripts.Lane):
                     await lane.release(self._aclient.connection_pool)
@@ -606,8 +615,8 @@ class Worker:
                         if job.cancel_reason is not None:
                             raise
                         raise ProcessorTimedOut(f"processor timed out after {timeout} ms") from None
-                return await self._loop.run_in_executor(  # type: ignore[union-attr]
-                    self._executor, telemetry.in_context(self.processor), *args
+                return await self._threads.run(  # type: ignore[union-attr]
+                    telemetry.in_context(self.processor), *args
                 )
         except (*MOVED_BY_PROCESSOR, RateLimitError):
             raise
@@ -653,6 +662,15 @@ class Worker:
             except (redis.ConnectionError, redis.TimeoutError, OSError):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, CONNECTION_RETRY_MAX_S)
+            except redis.ResponseError as error:
+                logger.warning(
+                    "worker for %s cannot subscribe to cancel requests (%s): a cancelled "
+                    "job learns of it at the next lock renewal instead (every %d ms)",
+                    self.queue.keys.qualified,
+                    error,
+                    self.lock_renew_time,
+                )
+                return
             finally:
                 if pubsub is not None:
                     with contextlib.suppress(Exception):

@@ -1,0 +1,46 @@
+"""Synchronous processors: the worker's own thread pool (flowjobs.engine.threadpool)."""
+
+from __future__ import annotations
+
+import threading
+
+from tests.helpers import wait_for
+
+
+def test_sync_processors_run_side_by_side_up_to_the_concurrency(queue, make_worker):
+    # four jobs meet at a barrier of four: it only opens if they run at the same time
+    barrier = threading.Barrier(4, timeout=20)
+    names: list[str] = []
+
+    def process(job):
+        names.append(threading.current_thread().name)
+        barrier.wait()
+        return job.data["n"]
+
+    jobs = [queue.add("x", {"n": n}) for n in range(8)]
+    make_worker("q", process, concurrency=4)
+    wait_for(lambda: queue.get_job_counts("completed")["completed"] == 8, timeout=20)
+    assert [queue.get_job(job.id).returnvalue for job in jobs] == list(range(8))
+    assert all(name.startswith("flowjobs-q-") for name in names)
+    assert 1 < len(set(names)) <= 4
+
+
+def test_a_burst_of_sync_jobs_all_complete(queue, make_worker):
+    queue.add_bulk([{"name": "x", "data": {"n": n}} for n in range(500)])
+    make_worker("q", lambda job: job.data["n"] * 2, concurrency=20)
+    wait_for(lambda: queue.get_job_counts("completed")["completed"] == 500, timeout=30)
+    assert queue.get_job_counts("failed", "active") == {"failed": 0, "active": 0}
+
+
+def test_stop_iteration_from_a_sync_processor_fails_the_job(queue, make_worker):
+    def process(job):
+        raise StopIteration("out of items")
+
+    job = queue.add("x")
+    make_worker("q", process)
+    wait_for(lambda: queue.get_job_state(job.id) == "failed")
+    assert "StopIteration" in queue.get_job(job.id).failed_reason
+
+    # the worker keeps going
+    ok = queue.add("y")
+    wait_for(lambda: queue.get_job_state(ok.id) == "failed")

@@ -60,7 +60,7 @@ def round_trip(connection: Any, prefix: str) -> None:
         queue.close()
 
 
-def cancel_a_running_job(connection: Any, prefix: str) -> None:
+def cancel_a_running_job(connection: Any, prefix: str, **worker_options: Any) -> None:
     queue = Queue("slow", connection=connection, prefix=prefix)
     started = threading.Event()
 
@@ -68,7 +68,7 @@ def cancel_a_running_job(connection: Any, prefix: str) -> None:
         started.set()
         await asyncio.sleep(30)
 
-    worker = Worker("slow", slow, connection=connection, prefix=prefix)
+    worker = Worker("slow", slow, connection=connection, prefix=prefix, **worker_options)
     try:
         job = queue.add("slow", {})
         assert started.wait(10)
@@ -89,22 +89,28 @@ def test_password_url_works_end_to_end(password_server: RedisServer) -> None:
     round_trip(password_server.url, "auth" + uuid.uuid4().hex[:6])
 
 
-def test_acl_user_with_least_privilege_works_end_to_end(password_server, caplog) -> None:
-    """An ACL user limited to its prefix's keys and without dangerous commands (CONFIG,
-    CLIENT LIST, KEYS, FLUSHALL...) is enough for producers, workers and events."""
-    caplog.set_level(logging.INFO, logger="flowjobs")
-    prefix = "acl" + uuid.uuid4().hex[:6]
+def acl_user_url(server: RedisServer, prefix: str, **rules: Any) -> str:
+    """A new ACL user confined to `prefix`'s keys, without dangerous commands; its URL."""
     user = "app" + uuid.uuid4().hex[:6]
-    with password_server.client(decode_responses=True) as admin:
+    with server.client(decode_responses=True) as admin:
         assert admin.acl_setuser(
             user,
             enabled=True,
             passwords=[f"+{APP_PASSWORD}"],
             keys=[f"{prefix}:*"],
-            channels=[f"{prefix}:*"],  # cancel requests are published on <prefix>:<queue>:cancel
             commands=["+@all", "-@dangerous"],
+            **rules,
         )
-    url = f"redis://{user}:{APP_PASSWORD}@127.0.0.1:{password_server.port}/0"
+    return f"redis://{user}:{APP_PASSWORD}@127.0.0.1:{server.port}/0"
+
+
+def test_acl_user_with_least_privilege_works_end_to_end(password_server, caplog) -> None:
+    """An ACL user limited to its prefix's keys and without dangerous commands (CONFIG,
+    CLIENT LIST, KEYS, FLUSHALL...) is enough for producers, workers and events."""
+    caplog.set_level(logging.INFO, logger="flowjobs")
+    prefix = "acl" + uuid.uuid4().hex[:6]
+    # cancel requests are published on <prefix>:<queue>:cancel
+    url = acl_user_url(password_server, prefix, channels=[f"{prefix}:*"])
     round_trip(url, prefix)
     cancel_a_running_job(url, prefix)
     # the user really is confined: other keys and admin commands are refused
@@ -118,6 +124,17 @@ def test_acl_user_with_least_privilege_works_end_to_end(password_server, caplog)
     # a queue outside the user's prefix is refused by Redis, not silently empty
     with pytest.raises(redis.exceptions.NoPermissionError):
         Queue("secure", connection=url, prefix="other").add("x", {})
+
+
+def test_acl_user_without_channel_rights_still_cancels(password_server, caplog) -> None:
+    """Without pub/sub rights the worker warns that cancel requests come through lock
+    renewal, and they do; the producer's request is not refused."""
+    caplog.set_level(logging.INFO, logger="flowjobs")
+    prefix = "nochan" + uuid.uuid4().hex[:6]
+    url = acl_user_url(password_server, prefix)  # no channels: Redis 7 grants none
+    cancel_a_running_job(url, prefix, lock_duration=1000)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("cannot subscribe to cancel requests" in m for m in warnings), warnings
 
 
 # the worker's thread ends with the AuthenticationError, as it should

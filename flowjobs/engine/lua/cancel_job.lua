@@ -19,5 +19,6 @@ if not token then
 end
 local request = cjson.encode({token = token, reason = reason})
 rcall("HSET", KEYS[1], "cancel", request)
-rcall("PUBLISH", qk .. ":cancel", cjson.encode({jobId = jobId, token = token, reason = reason}))
+-- pcall: a user without rights on the channel still cancels, through the hash
+redis.pcall("PUBLISH", qk .. ":cancel", cjson.encode({jobId = jobId, token = token, reason = reason}))
 return 1

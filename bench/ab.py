@@ -1,0 +1,112 @@
+"""Interleaved A/B runs: flowjobs and Node BullMQ take turns on the same cases.
+
+usage: .venv/bin/python bench/ab.py [ROUNDS] [CASE ...]
+       (default: 5 rounds of W1.add W1.bulk W2.c1 W2.c50 W2.c50.sync)
+
+On a shared machine the speed drifts by tens of percent within minutes, so a full
+`bench/run` (which runs each contestant's cases in one block) can compare a fast
+minute of one with a slow minute of the other. Here each round runs one case for
+both contestants back to back, in alternating order, on one private Redis that is
+flushed before every run; the table gives medians and the median of the per-round
+ratios. Needs a previous `bench/run` (the harness copy in bench/.cache/anchors and
+the anchors installed). A `.sync` case of flowjobs is compared with Node's case of
+the same name without the suffix (Node has no synchronous processors).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(BENCH)
+HARNESS = os.path.join(BENCH, ".cache", "anchors")
+CONTESTANTS = ("flowjobs", "bullmq-node")
+DEFAULT_CASES = ["W1.add", "W1.bulk", "W2.c1", "W2.c50", "W2.c50.sync"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_case(contestant: str, case: str, env: dict[str, str]) -> float | None:
+    if contestant != "flowjobs":
+        case = case.removesuffix(".sync")
+    script = os.path.join(HARNESS, "contestants", f"{contestant}.sh")
+    out = subprocess.run(
+        ["bash", script, "run", case], env=env, capture_output=True, text=True, timeout=600
+    )
+    for line in out.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 4 and parts[0] == contestant and parts[2] == "jobs_per_s":
+            return float(parts[3])
+    print(f"{contestant} {case}: no result\n{out.stderr[-2000:]}", file=sys.stderr)
+    return None
+
+
+def main(argv: list[str]) -> int:
+    rounds = int(argv[1]) if len(argv) > 1 and argv[1].isdigit() else 5
+    cases = [a for a in argv[1:] if not a.isdigit()] or DEFAULT_CASES
+    if not os.path.isdir(os.path.join(HARNESS, "contestants")):
+        raise SystemExit("run bench/run once first (it prepares bench/.cache/anchors)")
+    port = free_port()
+    scratch = tempfile.mkdtemp(prefix="flowjobs-ab-")
+    redis = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+        + ["--appendonly", "no", "--dir", scratch],
+        stdout=subprocess.DEVNULL,
+    )
+    env = dict(os.environ, REDIS_HOST="127.0.0.1", REDIS_PORT=str(port))
+    env.setdefault("FLOWJOBS_PYTHON", os.path.join(REPO, ".venv", "bin", "python"))
+    env.setdefault("FLOWJOBS_SRC", REPO)
+    cli = ["redis-cli", "-p", str(port)]
+    try:
+        for _ in range(100):
+            if subprocess.run([*cli, "ping"], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.05)
+        results: dict[tuple[str, str], list[float]] = {}
+        ratios: dict[str, list[float]] = {}
+        for r in range(rounds):
+            for case in cases:
+                order = CONTESTANTS if r % 2 == 0 else CONTESTANTS[::-1]
+                got = {}
+                for contestant in order:
+                    subprocess.run([*cli, "flushall"], capture_output=True, check=True)
+                    got[contestant] = run_case(contestant, case, env)
+                    if got[contestant] is not None:
+                        results.setdefault((contestant, case), []).append(got[contestant])
+                if None not in got.values():
+                    ratios.setdefault(case, []).append(got["flowjobs"] / got["bullmq-node"])
+                print(f"round {r + 1} {case}: {got}", file=sys.stderr, flush=True)
+        print(
+            f"| case | flowjobs jobs/s | Node BullMQ jobs/s | flowjobs / Node (median of {rounds} rounds) | range |"
+        )
+        print("|---|---|---|---|---|")
+        for case in cases:
+            mine = results.get(("flowjobs", case), [])
+            theirs = results.get(("bullmq-node", case), [])
+            each = ratios.get(case, [])
+            print(
+                f"| {case} | {statistics.median(mine):,.0f} | {statistics.median(theirs):,.0f} "
+                f"| {statistics.median(each):.2f}× | {min(each):.2f}-{max(each):.2f} |"
+                if mine and theirs and each
+                else f"| {case} | - | - | - | - |"
+            )
+    finally:
+        redis.terminate()
+        redis.wait(timeout=10)
+        shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

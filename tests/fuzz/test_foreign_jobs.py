@@ -5,6 +5,7 @@ what it cannot run, with a reason that says why, and goes on with the rest."""
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 
@@ -142,14 +143,18 @@ def test_worker_fails_what_it_cannot_run_and_goes_on(foreign_queue, redis_url, p
     assert counts["active"] == counts["waiting"] == 0
 
 
-def test_a_job_key_of_the_wrong_type_does_not_stop_the_worker(
+def test_a_job_key_of_the_wrong_type_is_dropped_and_reported(
     foreign_queue, redis_url, prefix, caplog
 ):
-    """A foreign producer wrote a list where the job hash should be: fetching it fails
-    inside Redis. The worker logs it, keeps running, and the other jobs complete."""
+    """A foreign producer wrote a list where a job hash should be, and queued its id; a
+    string sits under another id that is already in active (a crashed foreign worker).
+    Fetching and the stalled check drop both ids with a `failed` event naming the
+    problem, no script fails half-way, and the other jobs complete."""
     queue = foreign_queue
     queue.client.rpush(queue.keys.job("wrong-type"), "not", "a", "hash")
     queue.client.lpush(queue.keys.key("wait"), "wrong-type")
+    queue.client.set(queue.keys.job("stuck-string"), "not a hash")
+    queue.client.lpush(queue.keys.key("active"), "stuck-string")
     good = [queue.add("good", {"n": n}) for n in range(6)]
     worker = Worker(
         "foreign",
@@ -167,8 +172,25 @@ def test_a_job_key_of_the_wrong_type_does_not_stop_the_worker(
             timeout=20,
             message=f"the good jobs did not complete: {queue.get_job_counts()}",
         )
+        wait_for(
+            lambda: queue.client.lrange(queue.keys.key("active"), 0, -1) == [],
+            timeout=20,
+            message="the stalled check did not drop the string key's id from active",
+        )
         assert worker.is_running()
     finally:
         worker.close(timeout=10)
     assert [queue.get_job(job.id).returnvalue for job in good] == list(range(6))
-    assert any("fetching jobs of queue" in r.getMessage() for r in caplog.records)
+    assert queue.client.lrange(queue.keys.key("wait"), 0, -1) == []
+    failed = {
+        fields["jobId"]: fields
+        for _, fields in queue.client.xrange(queue.keys.key("events"))
+        if fields.get("event") == "failed"
+    }
+    assert failed["wrong-type"]["failedReason"] == "the job key holds a list, not a job hash"
+    assert failed["wrong-type"]["prev"] == "waiting"
+    assert failed["stuck-string"]["failedReason"] == "the job key holds a string, not a job hash"
+    assert failed["stuck-string"]["prev"] == "active"
+    # the foreign keys themselves are left alone
+    assert queue.client.type(queue.keys.job("wrong-type")) == "list"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -28,7 +28,10 @@ for _, jobId in ipairs(candidates) do
     rcall("LREM", activeKey, 1, jobId)
   else
     local jobKey = qk .. ":" .. jobId
-    if rcall("EXISTS", jobKey .. ":lock") == 0 and rcall("LREM", activeKey, 1, jobId) > 0 then
+    local keyType = rcall("TYPE", jobKey)["ok"]
+    if keyType ~= "hash" and keyType ~= "none" then
+      dropNotAJob(qk, jobId, keyType, "active")
+    elseif rcall("EXISTS", jobKey .. ":lock") == 0 and rcall("LREM", activeKey, 1, jobId) > 0 then
       local stalledCount = incrementCounter(jobKey, "stc")
       if stalledCount > maxStalled then
         local rjk = rcall("HGET", jobKey, "rjk")

@@ -165,6 +165,16 @@ local function takeFromActive(qk, jobKey, jobId, token)
   return 0
 end
 
+-- A job id whose key holds something other than a hash (a foreign producer's
+-- list or string) cannot be run or recorded: it leaves active and is reported
+-- as failed on the events stream, instead of failing the script that met it.
+local function dropNotAJob(qk, jobId, keyType, prev)
+  rcall("LREM", qk .. ":active", 1, jobId)
+  rcall("DEL", qk .. ":" .. jobId .. ":lock")
+  emit(qk, "failed", "jobId", jobId, "failedReason",
+    "the job key holds a " .. keyType .. ", not a job hash", "prev", prev)
+end
+
 local function removeJobKeys(jobKey)
   rcall("DEL", jobKey, jobKey .. ":logs", jobKey .. ":dependencies", jobKey .. ":processed",
     jobKey .. ":failed", jobKey .. ":unsuccessful")

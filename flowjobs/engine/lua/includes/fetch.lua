@@ -116,18 +116,23 @@ local function fetchJobs(qk, now, tokens, lockDuration, limiterMax, limiterDurat
       break
     end
     local jobKey = qk .. ":" .. jobId
-    local token = tokens[#jobs + 1]
-    if token ~= "0" then
-      rcall("SET", jobKey .. ":lock", token, "PX", lockDuration)
-    end
-    emit(qk, "active", "jobId", jobId, "prev", "waiting")
+    local written
     if workerName then
-      rcall("HSET", jobKey, "processedOn", now, "pb", workerName)
+      written = redis.pcall("HSET", jobKey, "processedOn", now, "pb", workerName)
     else
-      rcall("HSET", jobKey, "processedOn", now)
+      written = redis.pcall("HSET", jobKey, "processedOn", now)
     end
-    incrementCounter(jobKey, "ats")
-    jobs[#jobs + 1] = {jobId, rcall("HGETALL", jobKey)}
+    if type(written) == "table" and written.err then
+      dropNotAJob(qk, jobId, rcall("TYPE", jobKey)["ok"], "waiting")
+    else
+      local token = tokens[#jobs + 1]
+      if token ~= "0" then
+        rcall("SET", jobKey .. ":lock", token, "PX", lockDuration)
+      end
+      emit(qk, "active", "jobId", jobId, "prev", "waiting")
+      incrementCounter(jobKey, "ats")
+      jobs[#jobs + 1] = {jobId, rcall("HGETALL", jobKey)}
+    end
   end
 
   if #jobs > 0 then

@@ -17,24 +17,19 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
+from engine import free_port  # bench/engine.py, beside this script
+
 BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
 HARNESS = os.path.join(BENCH, ".cache", "anchors")
 CONTESTANTS = ("flowjobs", "bullmq-node")
 DEFAULT_CASES = ["W1.add", "W1.bulk", "W2.c1", "W2.c50", "W2.c50.sync"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_case(contestant: str, case: str, env: dict[str, str]) -> float | None:

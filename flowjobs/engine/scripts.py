@@ -167,18 +167,12 @@ def pack_call(name: str, keys: Sequence[str], args: Sequence[Arg]) -> bytes:
     return b"".join(parts)
 
 
-_SOCKET_TIMEOUT = object()
-
-
 async def run_on_connection(
-    connection: Any, calls: Sequence[Call], deadline: Any = _SOCKET_TIMEOUT
+    connection: Any, calls: Sequence[Call], deadline: float | None
 ) -> list[Any]:
     """Runs several scripts in one round trip on a connection the caller owns; errors
     come back as exception objects. A broken connection is closed and the error raised.
-    `deadline` (seconds, None for none; default: the connection's socket timeout)
-    covers the whole round trip."""
-    if deadline is _SOCKET_TIMEOUT:
-        deadline = connection.socket_timeout
+    `deadline` (seconds, None for none) covers the whole round trip."""
     try:
         # one deadline for the batch instead of one timer per write and per answer:
         # math.inf tells redis-py not to arm its own for a read
@@ -252,6 +246,6 @@ async def arun_many(client: redis.asyncio.Redis, calls: Sequence[Call]) -> list[
     pool = client.connection_pool
     connection = await pool.get_connection()
     try:
-        return await run_on_connection(connection, calls)
+        return await run_on_connection(connection, calls, connection.socket_timeout)
     finally:
         await pool.release(connection)

@@ -20,6 +20,25 @@ end
 local stalledKey, activeKey = qk .. ":stalled", qk .. ":active"
 rcall("XTRIM", qk .. ":events", "MAXLEN", "~", maxEvents(qk))
 
+-- A stalled job goes back to wait (marked to fail once it stalled too often).
+local function requeueStalled(jobId, jobKey)
+  local stalledCount = incrementCounter(jobKey, "stc")
+  if stalledCount > maxStalled then
+    local rjk = rcall("HGET", jobKey, "rjk")
+    local ofScheduler = rjk and (rcall("EXISTS", qk .. ":repeat:" .. rjk) == 1
+      or rcall("ZSCORE", qk .. ":repeat", rjk))
+    if not ofScheduler then
+      rcall("HSET", jobKey, "defa", "job stalled more than allowable limit")
+    end
+  end
+  rcall("RPUSH", qk .. ":wait", jobId)
+  if not isPausedOrMaxed(qk) then
+    addWakeMarker(qk)
+  end
+  emit(qk, "waiting", "jobId", jobId, "prev", "active")
+  emit(qk, "stalled", "jobId", jobId)
+end
+
 local moved = {}
 local candidates = rcall("SMEMBERS", stalledKey)
 rcall("DEL", stalledKey)
@@ -28,26 +47,14 @@ for _, jobId in ipairs(candidates) do
     rcall("LREM", activeKey, 1, jobId)
   else
     local jobKey = qk .. ":" .. jobId
-    local keyType = rcall("TYPE", jobKey)["ok"]
-    if keyType ~= "hash" and keyType ~= "none" then
-      dropNotAJob(qk, jobId, keyType, "active")
-    elseif rcall("EXISTS", jobKey .. ":lock") == 0 and rcall("LREM", activeKey, 1, jobId) > 0 then
-      local stalledCount = incrementCounter(jobKey, "stc")
-      if stalledCount > maxStalled then
-        local rjk = rcall("HGET", jobKey, "rjk")
-        local ofScheduler = rjk and (rcall("EXISTS", qk .. ":repeat:" .. rjk) == 1
-          or rcall("ZSCORE", qk .. ":repeat", rjk))
-        if not ofScheduler then
-          rcall("HSET", jobKey, "defa", "job stalled more than allowable limit")
-        end
+    if rcall("EXISTS", jobKey .. ":lock") == 0 and rcall("LREM", activeKey, 1, jobId) > 0 then
+      local keyType = rcall("TYPE", jobKey)["ok"]
+      if keyType == "hash" or keyType == "none" then
+        requeueStalled(jobId, jobKey)
+        moved[#moved + 1] = jobId
+      else
+        reportNotAJob(qk, jobId, keyType, "active")
       end
-      rcall("RPUSH", qk .. ":wait", jobId)
-      if not isPausedOrMaxed(qk) then
-        addWakeMarker(qk)
-      end
-      emit(qk, "waiting", "jobId", jobId, "prev", "active")
-      emit(qk, "stalled", "jobId", jobId)
-      moved[#moved + 1] = jobId
     end
   end
 end

@@ -166,11 +166,9 @@ local function takeFromActive(qk, jobKey, jobId, token)
 end
 
 -- A job id whose key holds something other than a hash (a foreign producer's
--- list or string) cannot be run or recorded: it leaves active and is reported
--- as failed on the events stream, instead of failing the script that met it.
-local function dropNotAJob(qk, jobId, keyType, prev)
-  rcall("LREM", qk .. ":active", 1, jobId)
-  rcall("DEL", qk .. ":" .. jobId .. ":lock")
+-- list or string) cannot be run or recorded: the script that meets it takes it
+-- out of active and reports it as failed on the events stream.
+local function reportNotAJob(qk, jobId, keyType, prev)
   emit(qk, "failed", "jobId", jobId, "failedReason",
     "the job key holds a " .. keyType .. ", not a job hash", "prev", prev)
 end

@@ -123,7 +123,8 @@ local function fetchJobs(qk, now, tokens, lockDuration, limiterMax, limiterDurat
       written = redis.pcall("HSET", jobKey, "processedOn", now)
     end
     if type(written) == "table" and written.err then
-      dropNotAJob(qk, jobId, rcall("TYPE", jobKey)["ok"], "waiting")
+      rcall("LREM", qk .. ":active", 1, jobId)
+      reportNotAJob(qk, jobId, rcall("TYPE", jobKey)["ok"], "waiting")
     else
       local token = tokens[#jobs + 1]
       if token ~= "0" then

@@ -4,6 +4,6 @@ from django.db import migrations
 
 
 class Migration(migrations.Migration):
-    dependencies = [("flowjobs", "0001_mirror")]
+    dependencies = [("flowjobs", "0002_cancel_permission")]
 
     operations: list = []

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from .engine import (
     Backoff,
+    CancellationSignal,
     ConnectionFailed,
     DelayedError,
     Flow,
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Backoff",
+    "CancellationSignal",
     "ConnectionFailed",
     "DelayedError",
     "Flow",

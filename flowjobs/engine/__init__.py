@@ -1,6 +1,7 @@
 """flowjobs.engine: BullMQ-compatible queues, workers and flows on Redis (no Django)."""
 
 from .backoff import Backoff, register_backoff
+from .cancellation import CancellationSignal
 from .errors import (
     ConnectionFailed,
     DelayedError,
@@ -36,6 +37,7 @@ from .worker import Worker
 
 __all__ = [
     "Backoff",
+    "CancellationSignal",
     "ConnectionFailed",
     "DelayedError",
     "Flow",

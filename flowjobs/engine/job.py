@@ -127,6 +127,7 @@ class Job:
     # --- cancellation (queue.cancel_job) ----------------------------------------------------
     cancel_reason: str | None = None
     _cancellation: threading.Event | None = None
+    _cancel_listeners: list[Callable[[], Any]] | None = None
 
     @property
     def cancellation(self) -> threading.Event:
@@ -149,10 +150,25 @@ class Job:
     def cancelled_error(self) -> JobCancelled:
         return JobCancelled(self.cancel_reason or "")
 
+    def on_cancel(self, listener: Callable[[], Any]) -> None:
+        """Calls `listener()` (from the thread that cancels) when the job is cancelled,
+        at once if it already is."""
+        with _cancellation_lock:
+            if self.cancel_reason is None:
+                if self._cancel_listeners is None:
+                    self._cancel_listeners = []
+                self._cancel_listeners.append(listener)
+                return
+        listener()
+
     def mark_cancelled(self, reason: str) -> None:
         """Called by the worker holding the job when a cancel request reaches it."""
-        self.cancel_reason = reason
+        with _cancellation_lock:
+            self.cancel_reason = reason
+            listeners, self._cancel_listeners = self._cancel_listeners or [], None
         self.cancellation.set()
+        for listener in listeners:
+            listener()
 
     # --- running operations sync or async ---------------------------------------------------
     def _run(self, op: Operation) -> Any:

@@ -521,6 +521,12 @@ class Queue:
         `cancelled: <reason>`. False when the job is not running."""
         return cancellation.cancel_job(self, job_id, reason)
 
+    def cancel_and_confirm(self, job_id: str, reason: str = "", timeout: float = 2.0) -> str:
+        """`cancel_job`, then waits up to `timeout` s for the worker's answer: "killed"
+        (its child process), "interrupted" (async), "signalled" (a thread: it stops only
+        if the processor checks the signal), or "not running" / "no answer"."""
+        return cancellation.cancel_and_confirm(self, job_id, reason, timeout)
+
     def get_workers(self) -> list[dict[str, str]]:
         """Connected workers of this queue (by connection name, as BullMQ lists them)."""
         import base64

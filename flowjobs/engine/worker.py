@@ -142,6 +142,7 @@ class Worker:
         self._token_counter = 0
         self._listeners: dict[str, list[Callable[..., Any]]] = {}
         self._pass_token = _wants_token(processor)
+        self._pass_signal = _wants_signal(processor)
         self._is_async = processor is not None and inspect.iscoroutinefunction(processor)
         self._pool: ProcessPool | None = None
         if isolation == "process" and processor is not None:
@@ -232,6 +233,20 @@ class Worker:
         self._paused = False
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._wake.set)
+
+    def cancel_job(self, job_id: str, reason: str = "") -> bool:
+        """Cancels `job_id` if this worker runs it (see `Queue.cancel_job` for any worker):
+        its processor's signal fires, an async processor is interrupted, a child process
+        is killed; the job fails with `cancelled: <reason>`. True if the job was found."""
+        job = self._active.get(str(job_id))
+        if job is None or self._loop is None or self._loop.is_closed():
+            return False
+        self._loop.call_soon_threadsafe(self._cancel, job, str(reason))
+        return True
+
+    def cancel_all_jobs(self, reason: str = "") -> int:
+        """Cancels every job this worker runs; returns how many."""
+        return sum(self.cancel_job(job_id, reason) for job_id in list(self._active))
 
     def is_running(self) -> bool:
         return self._started.is_set() and not self._stopped.is_set()
@@ -600,7 +615,7 @@ class Worker:
             with telemetry.process_span(job, self.queue.name):
                 if self._pool is not None:
                     return await self._pool.run(job, timeout, self._executor)  # type: ignore[arg-type]
-                args = (job, job.token) if self._pass_token else (job,)
+                args = _processor_args(job, self._pass_token, self._pass_signal)
                 if self._is_async:
                     # awaited in this job's own task (no second task per job): a cancel
                     # request cancels this task, and the except below turns the
@@ -621,6 +636,8 @@ class Worker:
         except (*MOVED_BY_PROCESSOR, RateLimitError):
             raise
         except BaseException as error:
+            if isinstance(error, JobCancelled) and self._pool is not None:
+                self._answer_cancel(job, cancellation.KILLED)  # the pool killed the child
             if job.cancel_reason is not None and not isinstance(error, JobCancelled):
                 raise job.cancelled_error() from error
             raise
@@ -635,6 +652,21 @@ class Worker:
         task = getattr(job, "_task", None)
         if task is not None and not task.done():
             task.cancel()
+            self._answer_cancel(job, cancellation.INTERRUPTED)
+        elif self._pool is None:
+            self._answer_cancel(job, cancellation.SIGNALLED)
+
+    def _answer_cancel(self, job: Job, how: str) -> None:
+        """Tells whoever asked (the admin waits for it) what this worker did."""
+
+        async def publish() -> None:
+            with contextlib.suppress(redis.RedisError, OSError):
+                await self._aclient.publish(
+                    cancellation.answer_channel(self.queue.keys),
+                    cancellation.answer(job.id, job.token, how),
+                )
+
+        asyncio.ensure_future(publish())
 
     def _cancel_request(self, job_id: str, token: str | None, reason: str) -> None:
         job = self._active.get(job_id)
@@ -925,12 +957,30 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
+def _processor_args(job: Job, pass_token: bool, pass_signal: bool) -> tuple[Any, ...]:
+    if pass_signal:
+        return (job, job.token, cancellation.CancellationSignal(job))
+    return (job, job.token) if pass_token else (job,)
+
+
+def _wants_signal(processor: Processor | None) -> bool:
+    """A third positional parameter receives the cancellation signal (Node passes its
+    AbortSignal to processors declaring three parameters)."""
+    return _positional_parameters(processor)[0] >= 3
+
+
 def _wants_token(processor: Processor | None) -> bool:
+    count, var_positional = _positional_parameters(processor)
+    return count >= 2 or var_positional
+
+
+def _positional_parameters(processor: Processor | None) -> tuple[int, bool]:
+    """(how many named positional parameters, whether it takes *args)."""
     if processor is None:
-        return False
+        return 0, False
     try:
         parameters = inspect.signature(processor).parameters.values()
     except (TypeError, ValueError):
-        return False
+        return 0, False
     positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in parameters)
+    return len(positional), any(p.kind == p.VAR_POSITIONAL for p in parameters)

@@ -62,6 +62,22 @@ def test_token_modes(scratch_queue):
     assert registry.get_processor(scratch_queue, "b").call(None, "tok") == "tok"
 
 
+def test_a_processor_with_a_third_parameter_gets_the_cancellation_signal(scratch_queue):
+    from flowjobs.engine import Job, Queue
+
+    @processor(scratch_queue, name="s")
+    def with_signal(job, token, signal):
+        return signal
+
+    info = registry.get_processor(scratch_queue, "s")
+    assert info.token_mode == "signal"
+    job = Job(Queue(scratch_queue), "1", {"name": "s"})
+    signal = info.call(job, "tok")
+    assert not signal.aborted
+    job.mark_cancelled("stop")
+    assert signal.aborted and signal.reason == "stop"
+
+
 def test_conflicting_registration_is_an_error(scratch_queue):
     @processor(scratch_queue, name="a")
     def first(job):

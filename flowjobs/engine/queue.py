@@ -25,6 +25,7 @@ from .finishing import (
     failure_call,
     finish_call,
     keep_jobs,
+    note_outcome,
     plan_failure,
 )
 from .job import Job
@@ -555,6 +556,7 @@ class Queue:
         keep_option: Any,
     ) -> Job | None:
         fetch_tokens = [new_token()] if fetch_next else None
+        outcome = target
         if target == "completed":
             keep = keep_jobs(keep_option, job.opts.get("removeOnComplete"))
             call = finish_call(
@@ -568,18 +570,14 @@ class Queue:
             )
         else:
             keep = keep_jobs(keep_option, job.opts.get("removeOnFail"))
-            call = failure_call(
-                job,
-                value,
-                token,
-                plan_failure(job, value),
-                keep,
-                fetch_tokens,
-                FetchSettings(),
-            )
+            plan = plan_failure(job, value)
+            call = failure_call(job, value, token, plan, keep, fetch_tokens, FetchSettings())
+            if plan.kind != "fail":
+                outcome = "retried"
         result = scripts.run(self.client, *call)
         if isinstance(result, int) and result < 0:
             raise error_for_code(result, job.id, self.name, f"move to {target}")
+        note_outcome(job, call, outcome, value)
         if isinstance(result, list) and result[0]:
             job_id, flat = result[0][0]
             next_job = Job.from_flat(self, job_id, flat)

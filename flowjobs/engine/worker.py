@@ -46,10 +46,10 @@ from .errors import (
 from .finishing import (
     FetchSettings,
     completed_value,
-    error_message,
     failure_call,
     finish_call,
     keep_jobs,
+    note_outcome,
     plan_failure,
 )
 from .isolation import ProcessorTimedOut, ProcessPool, processor_path, resolve_processor
@@ -278,6 +278,7 @@ class Worker:
             if jobs:
                 if jobs[0].repeat_job_key:
                     schedulers.advance(self.queue, jobs[0])
+                self._emit("active", jobs[0])  # as Node's getNextJob (there with prev "waiting")
                 return jobs[0]
             remaining = deadline - time.monotonic()
             if not block or remaining <= 0:
@@ -760,16 +761,16 @@ class Worker:
 
     async def _record_batch(self, lane: Any, batch: list[tuple[Job, str, Any]]) -> None:
         calls: list[scripts.Call] = []
-        plans: list[tuple[Job, str, Any]] = []
+        plans: list[tuple[Job, str, Any, scripts.Call]] = []
         for job, outcome, value in batch:
             self._active.pop(job.id, None)
             call = self._outcome_call(job, outcome, value)
             if call is not None:
                 calls.append(call[0])
-                plans.append((job, call[1], call[2]))
+                plans.append((job, call[1], call[2], call[0]))
         fetch_tokens: list[str] = []
         # a job given back for a rate limit must not be fetched again in the same round trip
-        limited = any(outcome == "rate-limited" for _, outcome, _ in plans)
+        limited = any(outcome == "rate-limited" for _, outcome, _, _ in plans)
         if (
             self._can_fetch()
             and self._free_slots() > 0
@@ -796,8 +797,8 @@ class Worker:
                 await self._connection_lost(error, delay)
                 delay = min(delay * 2, CONNECTION_RETRY_MAX_S)
         self._reserved -= len(fetch_tokens)
-        for (job, outcome, value), result in zip(plans, results, strict=False):
-            self._after_record(job, outcome, value, result)
+        for (job, outcome, value, call), result in zip(plans, results, strict=False):
+            self._after_record(job, outcome, value, call, result)
         self._processed_since_drained = True
         if fetch_tokens:
             result = results[-1]
@@ -862,7 +863,9 @@ class Worker:
         )
         return call, ("failed" if plan.kind == "fail" else "retried"), value
 
-    def _after_record(self, job: Job, outcome: str, value: Any, result: Any) -> None:
+    def _after_record(
+        self, job: Job, outcome: str, value: Any, call: scripts.Call, result: Any
+    ) -> None:
         if isinstance(result, BaseException) or (isinstance(result, int) and result < 0):
             error = (
                 result
@@ -873,14 +876,12 @@ class Worker:
             self._emit("error", error)
             return
         self.jobs_processed += 1
-        if outcome == "completed":
-            self._emit("completed", job, value)
-        elif outcome == "rate-limited":
+        if outcome == "rate-limited":
             if isinstance(result, int) and result > 0:
                 self._rate_limited(result)
-        else:
-            job.failed_reason = error_message(value)
-            self._emit("failed", job, value)
+            return
+        note_outcome(job, call, outcome, value)
+        self._emit(outcome if outcome == "completed" else "failed", job, value)
 
     async def _drain_active(self) -> None:
         """Graceful close: wait for running jobs and record them."""

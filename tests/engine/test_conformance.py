@@ -86,3 +86,66 @@ def test_move_to_failed_with_backoff_fetches_the_next_job(queue, manual):
     assert following is not None and following.id == second.id
     assert queue.get_job_state(second.id) == "active"
     assert job.attempts_made == 1 and job.finished_on is None
+
+
+# --- 5. get_jobs fills a page whose ids lost their hash ------------------------------------
+def test_get_jobs_backfills_a_page_past_ids_without_a_hash(queue, redis_client):
+    jobs = [queue.add("j", {"i": i}) for i in range(6)]
+    # two ids of the first page lose their hash (removed behind the list's back)
+    redis_client.delete(queue.keys.job(jobs[0].id), queue.keys.job(jobs[2].id))
+    page = queue.get_jobs(["waiting"], 0, 2, asc=True)
+    assert [job.id for job in page] == [jobs[1].id, jobs[3].id, jobs[4].id]
+    page = queue.get_jobs(["waiting"], 0, 2)  # newest first
+    assert [job.id for job in page] == [jobs[5].id, jobs[4].id, jobs[3].id]
+
+
+# --- 6. drain keeps the priority counter -----------------------------------------------------
+def test_drain_keeps_the_priority_counter(queue, redis_client):
+    queue.add("p", priority=3)
+    queue.add("p", priority=3)
+    counter = redis_client.get(queue.keys.key("pc"))
+    assert counter is not None
+    assert queue.drain() == 2
+    assert redis_client.get(queue.keys.key("pc")) == counter
+
+
+# --- 7 and 14. schedulers: a past end date, and count/limit, return None ---------------------
+def test_upsert_with_an_end_date_past_returns_none(queue):
+    assert queue.upsert_job_scheduler("old", every=1_000, end_date=1_000) is None
+    assert queue.get_job_scheduler("old") is None
+
+
+def test_scheduler_count_and_limit(queue):
+    assert queue.upsert_job_scheduler("s", every=60_000, limit=3, count=3) is None
+    assert queue.get_job_scheduler("s") is None
+    job = queue.upsert_job_scheduler("s", every=60_000, limit=3, count=2)
+    assert job is not None and job.opts["repeat"]["count"] == 3
+    assert queue.upsert_job_scheduler("t", every=60_000).opts["repeat"]["count"] == 1
+    from flowjobs.engine import SchedulerError
+
+    with pytest.raises(SchedulerError, match="count"):
+        queue.upsert_job_scheduler("u", every=60_000, count=-1)
+    assert queue.get_job_scheduler("u") is None
+
+
+# --- 8. a closed FlowProducer writes nothing ---------------------------------------------------
+def test_a_closed_flow_producer_adds_nothing(flow_producer, queue):
+    flow_producer.close()
+    assert flow_producer.add({"name": "root", "queue_name": "q"}) is None
+    assert queue.get_job_counts() == dict.fromkeys(queue.get_job_counts(), 0)
+
+
+# --- 9. rate limit ttl and the removers' counts ------------------------------------------------
+def test_rate_limit_ttl_and_removal_counts(queue):
+    assert queue.get_rate_limit_ttl() == -2
+    queue.rate_limit(5_000)
+    assert 4_000 < queue.get_rate_limit_ttl() <= 5_000
+    assert queue.remove_rate_limit_key() == 1
+    assert queue.remove_rate_limit_key() == 0
+    assert queue.get_rate_limit_ttl() == -2
+    queue.set_global_concurrency(2)
+    assert queue.remove_global_concurrency() == 1
+    assert queue.remove_global_concurrency() == 0
+    queue.set_global_rate_limit(3, 1_000)
+    assert queue.remove_global_rate_limit() == 2
+    assert queue.remove_global_rate_limit() == 0

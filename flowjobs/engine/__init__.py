@@ -6,6 +6,7 @@ from .errors import (
     ConnectionFailed,
     DelayedError,
     FlowJobsError,
+    InvalidEvent,
     InvalidJobData,
     InvalidJobOptions,
     InvalidQueueName,
@@ -26,7 +27,7 @@ from .errors import (
     WaitingChildrenError,
     WaitingError,
 )
-from .events import QueueEvents
+from .events import QueueEvents, QueueEventsProducer
 from .flow import Flow, FlowProducer, JobNode
 from .groups import GroupInfo
 from .isolation import ProcessorDied, ProcessorError, ProcessorTimedOut
@@ -44,6 +45,7 @@ __all__ = [
     "FlowJobsError",
     "FlowProducer",
     "GroupInfo",
+    "InvalidEvent",
     "InvalidJobData",
     "InvalidJobOptions",
     "InvalidQueueName",
@@ -65,6 +67,7 @@ __all__ = [
     "ProcessorTimedOut",
     "Queue",
     "QueueEvents",
+    "QueueEventsProducer",
     "QueueHasActiveJobs",
     "QueueNotPaused",
     "RateLimitError",

@@ -30,7 +30,7 @@ from .finishing import (
 )
 from .job import Job
 from .keys import QueueKeys
-from .options import EncodedJob, encode_job, now_ms
+from .options import MAX_PRIORITY, EncodedJob, encode_job, now_ms
 
 # Job states as BullMQ names them, and the Redis structure holding each.
 STATES: dict[str, tuple[str, str]] = {
@@ -44,6 +44,7 @@ STATES: dict[str, tuple[str, str]] = {
 }
 STATE_ALIASES = {"wait": "waiting", "paused": "waiting"}
 MAX_MANUAL_RATE_LIMIT = 9007199254740991
+PRIORITY_BAND = 2**32
 GET_JOBS_MAX_BACKFILL_ROUNDS = 5  # Node 6's GET_JOBS_MAX_BACKFILL_ITERATIONS
 
 
@@ -250,6 +251,25 @@ class Queue:
         if not states or "waiting" in names:
             counts["waiting"] = counts.get("waiting", 0) + self.client.llen(self.keys.key("paused"))
         return {state: counts[_state_name(state)] for state in states} if states else counts
+
+    def get_counts_per_priority(self, priorities: Iterable[int]) -> dict[int, int]:
+        """Jobs waiting per priority, as Node's getCountsPerPriority: priority 0 counts the
+        wait list, any other its band of the prioritized set."""
+        unique = list(dict.fromkeys(priorities))
+        for priority in unique:
+            if isinstance(priority, bool) or not isinstance(priority, int):
+                raise InvalidJobOptions(f"priorities must be integers, got {priority!r}")
+            if not 0 <= priority <= MAX_PRIORITY:
+                raise InvalidJobOptions(f"priority must be 0..{MAX_PRIORITY:_}, got {priority!r}")
+        pipe = self.client.pipeline(transaction=False)
+        for priority in unique:
+            if priority == 0:
+                pipe.llen(self.keys.key("wait"))
+            else:
+                # a prioritized job's score is priority * 2^32 + its arrival counter
+                band = priority * PRIORITY_BAND
+                pipe.zcount(self.keys.key("prioritized"), band, band + PRIORITY_BAND - 1)
+        return dict(zip(unique, pipe.execute(), strict=True))
 
     def count(self) -> int:
         """Jobs waiting to run (waiting + prioritized + delayed)."""

@@ -183,7 +183,8 @@ class Worker:
     # --- public control ------------------------------------------------------------------
     def on(self, event: str, listener: Callable[..., Any]) -> Worker:
         """Local events: active(job), completed(job, result), failed(job, error),
-        error(exception), stalled(job_id), drained(), closed()."""
+        error(exception), stalled(job_id), drained(), closed(),
+        locks_renewed({"count", "job_ids"}), lock_renewal_failed(job_ids)."""
         self._listeners.setdefault(event, []).append(listener)
         return self
 
@@ -895,7 +896,8 @@ class Worker:
             if not self._active:
                 continue
             args: list[Any] = [self.queue.keys.qualified, self.lock_duration]
-            for job in list(self._active.values()):
+            renewing = list(self._active.values())
+            for job in renewing:
                 args += [job.id, job.token or "0"]
             try:
                 lost = await scripts.arun(
@@ -908,9 +910,15 @@ class Worker:
             except redis.RedisError as error:
                 self._emit("error", error)
                 continue
+            if lost:
+                self._emit("lock_renewal_failed", list(lost))
             for job_id in lost:
                 logger.warning("lost the lock of job %s in queue %s", job_id, self.queue.name)
                 self._emit("error", FlowJobsError(f'lost the lock of job "{job_id}"'))
+            lost_ids = set(lost)
+            renewed = [job.id for job in renewing if job.id not in lost_ids]
+            if renewed:
+                self._emit("locks_renewed", {"count": len(renewed), "job_ids": renewed})
 
     async def _stalled_checker(self) -> None:
         while True:

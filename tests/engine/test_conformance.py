@@ -11,6 +11,7 @@ import threading
 import pytest
 
 from flowjobs.engine import Worker
+from tests.helpers import wait_for
 
 
 @pytest.fixture
@@ -149,3 +150,68 @@ def test_rate_limit_ttl_and_removal_counts(queue):
     queue.set_global_rate_limit(3, 1_000)
     assert queue.remove_global_rate_limit() == 2
     assert queue.remove_global_rate_limit() == 0
+
+
+# --- 11. get_counts_per_priority -------------------------------------------------------------
+def test_get_counts_per_priority(queue):
+    queue.add("plain")
+    queue.add("plain")
+    queue.add("p1", priority=1)
+    queue.add("p5", priority=5)
+    queue.add("p5", priority=5)
+    queue.add("p5", priority=5)
+    counts = queue.get_counts_per_priority([0, 1, 5, 7, 5])
+    assert counts == {0: 2, 1: 1, 5: 3, 7: 0}
+    from flowjobs.engine import InvalidJobOptions
+
+    with pytest.raises(InvalidJobOptions, match="priority"):
+        queue.get_counts_per_priority([-1])
+
+
+# --- 12. custom events through a QueueEventsProducer -----------------------------------------
+def test_published_events_reach_queue_events_listeners(redis_url, prefix, redis_client):
+    from flowjobs.engine import InvalidEvent, QueueEvents, QueueEventsProducer
+
+    received = []
+    arrived = threading.Event()
+    listener = QueueEvents("q", connection=redis_url, prefix=prefix)
+    listener.on("invoice-sent", lambda event: (received.append(event), arrived.set()))
+    producer = QueueEventsProducer("q", connection=redis_url, prefix=prefix)
+    try:
+        with pytest.raises(InvalidEvent, match="text or a number"):
+            producer.publish_event("invoice-sent", {"customer": {"id": 1}})
+        with pytest.raises(InvalidEvent, match="event name"):
+            producer.publish_event("")
+        assert redis_client.exists(f"{prefix}:q:events") == 0  # nothing written
+        entry_id = producer.publish_event("invoice-sent", {"invoice": "F-7", "total": 12.5})
+        assert arrived.wait(5)
+        assert received[0] == {
+            "event": "invoice-sent",
+            "invoice": "F-7",
+            "total": "12.5",
+            "id": entry_id,
+        }
+        for _ in range(300):
+            producer.publish_event("tick", max_events=10)
+        # trimmed approximately (whole stream nodes of 100 entries), as Node's MAXLEN ~
+        assert redis_client.xlen(f"{prefix}:q:events") <= 200
+    finally:
+        listener.close()
+        producer.close()
+
+
+# --- 13. locks_renewed -------------------------------------------------------------------------
+def test_the_worker_emits_locks_renewed(queue, make_worker):
+    renewed = []
+    release = threading.Event()
+    job = queue.add("long")
+    worker = make_worker(
+        "q", lambda job: release.wait(10), autorun=False, lock_duration=400, lock_renew_time=100
+    )
+    worker.on("locks_renewed", renewed.append)
+    worker.start()
+    try:
+        wait_for(lambda: renewed)
+    finally:
+        release.set()
+    assert renewed[0] == {"count": 1, "job_ids": [job.id]}

@@ -496,7 +496,10 @@ class Queue:
         """Creates or replaces a job scheduler: `every` ms or a cron `pattern`, with
         `tz`, `limit`, `count` (iterations already made), `start_date`, `end_date`,
         `immediately`, `offset` and `template={"name", "data", "opts"}`. Returns its
-        pending iteration, or None when no run is left (limit reached, end date past)."""
+        pending iteration, or None when no run is left (`count` reached `limit`, or the
+        next run would be after `end_date`). An end date already past raises
+        SchedulerError, as Node's Queue does."""
+        schedulers.refuse_past_end_date(self, scheduler_id, options.get("end_date"))
         return schedulers.upsert_job_scheduler(self, scheduler_id, every, pattern, **options)
 
     def remove_job_scheduler(self, scheduler_id: str) -> bool:

@@ -241,6 +241,19 @@ def _define(queue: Queue, scheduler_id: Any, **spec: Any) -> _Definition:
 
 
 # --- writing ------------------------------------------------------------------------------------
+def refuse_past_end_date(queue: Queue, scheduler_id: str, end_date: Any) -> None:
+    """Node's Queue.upsertJobScheduler refuses an end date already past (its JobScheduler,
+    like `upsert_job_scheduler` here, would return nothing)."""
+    try:
+        end = _millis("end_date", end_date)
+    except SchedulerError:
+        return  # upsert_job_scheduler reports it, with the scheduler's name
+    if end is not None and end < now_ms():
+        raise SchedulerError(
+            f'scheduler "{scheduler_id}" of queue "{queue.name}": end_date is in the past'
+        )
+
+
 def upsert_job_scheduler(
     queue: Queue,
     scheduler_id: str,

@@ -111,8 +111,15 @@ def test_drain_keeps_the_priority_counter(queue, redis_client):
 
 
 # --- 7 and 14. schedulers: a past end date, and count/limit, return None ---------------------
-def test_upsert_with_an_end_date_past_returns_none(queue):
-    assert queue.upsert_job_scheduler("old", every=1_000, end_date=1_000) is None
+def test_an_end_date_past_refused_by_the_queue_and_none_from_the_scheduler(queue):
+    """As Node 6.7: Queue.upsertJobScheduler throws, JobScheduler.upsertJobScheduler (what
+    a worker or a declaration sync goes through) returns nothing."""
+    from flowjobs.engine import SchedulerError
+    from flowjobs.engine.schedulers import upsert_job_scheduler
+
+    with pytest.raises(SchedulerError, match="end_date is in the past"):
+        queue.upsert_job_scheduler("old", every=1_000, end_date=1_000)
+    assert upsert_job_scheduler(queue, "old", every=1_000, end_date=1_000) is None
     assert queue.get_job_scheduler("old") is None
 
 

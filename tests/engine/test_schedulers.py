@@ -204,6 +204,7 @@ def test_sync_job_schedulers(queue, make_queue):
         ({"pattern": "not a cron"}, "not a valid cron"),
         ({"every": 0}, "every must be"),
         ({"pattern": "* * * * *", "tz": "Mars/Olympus"}, "unknown time zone"),
+        ({"every": 10, "end_date": 1_000}, "end_date is in the past"),
         ({"every": 10, "template": {"opts": {"job_id": "x"}}}, "cannot be template options"),
     ],
 )

@@ -236,6 +236,7 @@ class FlowjobsProducer:
             },
             "publishEvent": self._publish_event,
             "flowAfterClose": self._flow_after_close,
+            "manualFinish": self._manual_finish,
             "drain": lambda c: self.queue(c["queue"]).drain(c.get("delayed", False)) is not None,
             "getWorkers": lambda c: sorted(w["name"] for w in self.queue(c["queue"]).get_workers()),
             "upsertJobScheduler": self._upsert_job_scheduler,
@@ -305,6 +306,32 @@ class FlowjobsProducer:
         finally:
             producer.close()
         return True
+
+    def _manual_finish(self, c: dict[str, Any]) -> Any:
+        worker = Worker(c["queue"], None, connection=self.redis_url, prefix=self.prefix)
+        active: list[list[Any]] = []
+        worker.on("active", lambda job: active.append([job.id, "waiting"]))
+        try:
+            job = worker.get_next_job("token-1", block=False)
+            assert job is not None, f"no job to take in {c['queue']}"
+            if c["outcome"] == "completed":
+                following = job.move_to_completed(
+                    c.get("value"), "token-1", c.get("fetchNext", False)
+                )
+            else:
+                error = RuntimeError(c.get("value"))
+                following = job.move_to_failed(error, "token-1", c.get("fetchNext", False))
+            return {
+                "id": job.id,
+                "attemptsMade": job.attempts_made,
+                "returnvalue": job.returnvalue,
+                "failedReason": job.failed_reason,
+                "finishedOn": job.finished_on,
+                "active": active,
+                "next": following.id if following else None,
+            }
+        finally:
+            worker.close()
 
     def _flow_after_close(self, c: dict[str, Any]) -> Any:
         producer = FlowProducer(connection=self.redis_url, prefix=self.prefix)

@@ -37,11 +37,14 @@
 //   getCountsPerPriority {queue, priorities}         -> {"<priority>": n}
 //   publishEvent {queue, eventName, fields?, maxEvents?} (a QueueEventsProducer)
 //   flowAfterClose {flow}                            -> what add answers once closed
+//   manualFinish {queue, outcome: "completed"|"failed", value?, fetchNext?}: a Worker
+//     without processor takes a job and finishes it by hand -> the local Job's fields
+//     after the move, the active events seen, and the id of the job fetched next
 //   getWorkers {queue}                               -> [connection name] (sorted)
 //   ping                                             -> "pong"
 
 const readline = require('node:readline');
-const { Queue, FlowProducer, QueueEventsProducer } = require('bullmq');
+const { Queue, FlowProducer, QueueEventsProducer, Worker } = require('bullmq');
 const { parseArgs, emit, connection, errorInfo, jobToJson, flowToJson } = require('./lib/common.cjs');
 
 const args = parseArgs(process.argv.slice(2), { script: 'producer.cjs', flags: ['--serve'] });
@@ -168,6 +171,29 @@ const handlers = {
       await producer.close();
     }
     return true;
+  },
+  manualFinish: async (c) => {
+    const worker = new Worker(c.queue, null, { connection: conn, prefix: args.prefix, autorun: false });
+    const active = [];
+    worker.on('active', (job, prev) => active.push([job.id, prev]));
+    try {
+      const job = await worker.getNextJob('token-1');
+      const next =
+        c.outcome === 'completed'
+          ? await job.moveToCompleted(c.value ?? null, 'token-1', c.fetchNext ?? false)
+          : await job.moveToFailed(new Error(c.value), 'token-1', c.fetchNext ?? false);
+      return {
+        id: job.id,
+        attemptsMade: job.attemptsMade,
+        returnvalue: job.returnvalue ?? null,
+        failedReason: job.failedReason ?? null,
+        finishedOn: job.finishedOn ?? null,
+        active,
+        next: Array.isArray(next) && next[1] ? String(next[1]) : null,
+      };
+    } finally {
+      await worker.close();
+    }
   },
   flowAfterClose: async (c) => {
     const producer = new FlowProducer({ connection: conn, prefix: args.prefix });

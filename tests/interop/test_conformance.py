@@ -2,8 +2,8 @@
 
 Each test runs the same commands on both sides (Node's producer.cjs and the flowjobs
 engine) against the same Redis and asserts both answer, and leave Redis, alike. Items
-that exist only inside a worker process in Node (cancelJob, locksRenewed, the local
-Job updates) are covered in tests/engine/test_conformance.py and test_cancel.py.
+that exist only inside a worker process in Node (cancelJob, locksRenewed, the events of
+a running worker) are covered in tests/engine/test_conformance.py and test_cancel.py.
 """
 
 from __future__ import annotations
@@ -120,3 +120,25 @@ def test_custom_events_reach_the_other_sides_queue_events(
     line = listener.expect_queue_event("invoice-sent", timeout=15)
     assert line["fields"]["invoice"] == "F-7"
     assert str(line["fields"]["total"]) == "12"
+
+
+def test_manual_moves_update_the_job_and_fetch_next(side: Side, r: redis.Redis) -> None:
+    """Items 2, 3 and 4: the local Job after a manual move, getNextJob's active event,
+    and a retry with backoff that hands back the next job."""
+    p = side.producer
+    first = p.add(queue="mf", name="a")["id"]
+    done = p.manualFinish(queue="mf", outcome="completed", value={"ok": 1})
+    assert done["id"] == first
+    assert done["attemptsMade"] == 1 and done["returnvalue"] == {"ok": 1}
+    assert done["finishedOn"] == int(r.hget(f"{side.prefix}:mf:{first}", "finishedOn"))
+    assert done["active"] == [[first, "waiting"]]
+
+    retried = p.add(queue="mf", name="b", opts={"attempts": 3, "backoff": 60_000})["id"]
+    following = p.add(queue="mf", name="c")["id"]
+    failed = p.manualFinish(queue="mf", outcome="failed", value="again", fetchNext=True)
+    assert failed["id"] == retried
+    assert failed["attemptsMade"] == 1 and failed["failedReason"] == "again"
+    assert failed["finishedOn"] is None  # a retry: not finished
+    assert failed["next"] == following
+    assert p.getJobState(queue="mf", id=retried) == "delayed"
+    assert p.getJobState(queue="mf", id=following) == "active"

@@ -13,6 +13,7 @@ from . import scripts
 from .errors import (
     DelayedError,
     FlowJobsError,
+    InvalidJobOptions,
     JobCancelled,
     JobLocked,
     UnrecoverableError,
@@ -242,6 +243,18 @@ class Job:
 
     async def alog(self, line: str) -> int:
         return await self._arun(self._op_log(line))
+
+    def clear_logs(self, keep_logs: int | None = None) -> None:
+        """Deletes the job's log lines, or all but the newest `keep_logs`, as Node's."""
+        if keep_logs is not None and (
+            isinstance(keep_logs, bool) or not isinstance(keep_logs, int)
+        ):
+            raise InvalidJobOptions(f'clear_logs of job "{self.id}": keep_logs must be an int')
+        logs_key = f"{self.key}:logs"
+        if keep_logs:
+            self.queue.client.ltrim(logs_key, -keep_logs, -1)
+        else:
+            self.queue.client.delete(logs_key)
 
     # --- moves that need the lock token (processors, manual processing) ---------------------
     def _token(self, token: str | None) -> str:

@@ -453,6 +453,13 @@ class Queue:
             self.keys.meta, mapping={"max": int(max_jobs), "duration": int(duration_ms)}
         )
 
+    def get_global_rate_limit(self) -> dict[str, int] | None:
+        """`{"max", "duration"}` set by `set_global_rate_limit`, or None."""
+        max_jobs, duration = self.client.hmget(self.keys.meta, ["max", "duration"])
+        if max_jobs and duration:
+            return {"max": int(max_jobs), "duration": int(duration)}
+        return None
+
     def remove_global_rate_limit(self) -> int:
         """Returns how many fields were removed (0 to 2), as Node."""
         return self.client.hdel(self.keys.meta, "max", "duration")

@@ -230,6 +230,11 @@ class Worker:
         """Stops this worker (only) from taking new jobs."""
         self._paused = True
 
+    def is_paused(self) -> bool:
+        """Whether this worker was paused with `pause()` (the queue's own pause is
+        `queue.is_paused()`)."""
+        return self._paused
+
     def resume(self) -> None:
         self._paused = False
         if self._loop is not None:

@@ -222,3 +222,20 @@ def test_the_worker_emits_locks_renewed(queue, make_worker):
     finally:
         release.set()
     assert renewed[0] == {"count": 1, "job_ids": [job.id]}
+
+
+# --- small Node methods the API table lists as provided --------------------------------------
+def test_global_rate_limit_worker_pause_and_clear_logs(queue, manual):
+    assert queue.get_global_rate_limit() is None
+    queue.set_global_rate_limit(5, 1_000)
+    assert queue.get_global_rate_limit() == {"max": 5, "duration": 1_000}
+    assert manual.is_paused() is False
+    manual.pause()
+    assert manual.is_paused() is True
+    job = queue.add("logged")
+    for line in ("one", "two", "three"):
+        job.log(line)
+    job.clear_logs(keep_logs=2)
+    assert queue.get_job_logs(job.id) == (["two", "three"], 2)
+    job.clear_logs()
+    assert queue.get_job_logs(job.id) == ([], 0)

@@ -266,6 +266,9 @@ class Dispatcher:
                         thread_name_prefix=f"flowjobs-{self.queue}-sync",
                     )
                 loop = asyncio.get_running_loop()
+                # a cancel must not abandon the thread (it would run on unseen): the job
+                # ends when the processor does, after it saw its signal
+                job.runs_in_thread = True
                 result = await loop.run_in_executor(self._executor, self.run_sync, info, job, token)
         except BaseException as error:
             _log_end(self.queue, job, started, error)

@@ -127,6 +127,9 @@ class Job:
 
     # --- cancellation (queue.cancel_job) ----------------------------------------------------
     cancel_reason: str | None = None
+    # True while a thread runs this job's processor (set by whoever hands it to the
+    # thread): a cancel can then only signal it, never interrupt it
+    runs_in_thread: bool = False
     _cancellation: threading.Event | None = None
     _cancel_listeners: list[Callable[[], Any]] | None = None
 

@@ -657,11 +657,12 @@ class Worker:
         logger.info("job %s of queue %s: cancelled (%s)", job.id, self.queue.name, reason)
         job.mark_cancelled(reason)
         task = getattr(job, "_task", None)
-        if task is not None and not task.done():
+        if job.runs_in_thread or (task is None and self._pool is None):
+            # a thread cannot be stopped from outside: its processor has the signal
+            self._answer_cancel(job, cancellation.SIGNALLED)
+        elif task is not None and not task.done():
             task.cancel()
             self._answer_cancel(job, cancellation.INTERRUPTED)
-        elif self._pool is None:
-            self._answer_cancel(job, cancellation.SIGNALLED)
 
     def _answer_cancel(self, job: Job, how: str) -> None:
         """Tells whoever asked (the admin waits for it) what this worker did."""

@@ -18,6 +18,7 @@ a thread cannot be stopped from outside, only asked.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from typing import TYPE_CHECKING, Any
@@ -106,13 +107,17 @@ class CancellationSignal:
         cancelled = loop.create_future()
 
         def wake() -> None:
-            loop.call_soon_threadsafe(lambda: cancelled.done() or cancelled.set_result(True))
+            # RuntimeError: the waiting loop closed since (the wait is over anyway)
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(lambda: cancelled.done() or cancelled.set_result(True))
 
-        self._job.on_cancel(wake)
+        unregister = self._job.on_cancel(wake)
         try:
-            await asyncio.wait_for(asyncio.shield(cancelled), timeout)
+            await asyncio.wait_for(cancelled, timeout)
         except TimeoutError:
             return self.aborted
+        finally:
+            unregister()  # a loop of short waits must not pile up listeners
         return True
 
     def __repr__(self) -> str:

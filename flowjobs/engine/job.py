@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import traceback
 from collections.abc import Callable, Sequence
@@ -154,16 +155,22 @@ class Job:
     def cancelled_error(self) -> JobCancelled:
         return JobCancelled(self.cancel_reason or "")
 
-    def on_cancel(self, listener: Callable[[], Any]) -> None:
+    def on_cancel(self, listener: Callable[[], Any]) -> Callable[[], None]:
         """Calls `listener()` (from the thread that cancels) when the job is cancelled,
-        at once if it already is."""
+        at once if it already is. Returns a function that unregisters it."""
         with _cancellation_lock:
             if self.cancel_reason is None:
                 if self._cancel_listeners is None:
                     self._cancel_listeners = []
                 self._cancel_listeners.append(listener)
-                return
+                return lambda: self._off_cancel(listener)
         listener()
+        return lambda: None
+
+    def _off_cancel(self, listener: Callable[[], Any]) -> None:
+        with _cancellation_lock:
+            if self._cancel_listeners and listener in self._cancel_listeners:
+                self._cancel_listeners.remove(listener)
 
     def mark_cancelled(self, reason: str) -> None:
         """Called by the worker holding the job when a cancel request reaches it."""
@@ -172,7 +179,12 @@ class Job:
             listeners, self._cancel_listeners = self._cancel_listeners or [], None
         self.cancellation.set()
         for listener in listeners:
-            listener()
+            try:
+                listener()
+            except Exception:  # a listener's failure must not stop the worker cancelling
+                logging.getLogger("flowjobs.worker").exception(
+                    "cancel listener of job %s failed", self.id
+                )
 
     # --- running operations sync or async ---------------------------------------------------
     def _run(self, op: Operation) -> Any:

@@ -218,3 +218,24 @@ def test_a_child_process_processor_gets_a_signal_too(queue, make_worker):
     make_worker("q", "tests.engine.isolated_processors:report_signal", isolation="process")
     wait_for(lambda: queue.get_job_state(job.id) == "completed", timeout=15)
     assert queue.get_job(job.id).returnvalue == {"aborted": False, "reason": None, "token": True}
+
+
+def test_the_signal_waits_time_out_while_not_cancelled(queue):
+    from flowjobs.engine import CancellationSignal, Job
+
+    job = Job(queue, "1", {"name": "x"})
+    signal = CancellationSignal(job)
+    assert signal.wait(0.01) is False
+    assert asyncio.run(signal.wait_async(0.01)) is False
+    signal.throw_if_aborted()  # not cancelled: no error
+
+    async def wait_then_cancel() -> bool:
+        waiting = asyncio.ensure_future(signal.wait_async(5))
+        await asyncio.sleep(0)
+        threading.Thread(target=job.mark_cancelled, args=("later",)).start()
+        return await waiting
+
+    assert asyncio.run(wait_then_cancel()) is True
+    assert signal.wait(0) is True and signal.reason == "later"
+    with pytest.raises(Exception, match="cancelled: later"):
+        signal.throw_if_aborted()

@@ -243,7 +243,7 @@ def _define(queue: Queue, scheduler_id: Any, **spec: Any) -> _Definition:
 # --- writing ------------------------------------------------------------------------------------
 def refuse_past_end_date(queue: Queue, scheduler_id: str, end_date: Any) -> None:
     """Node's Queue.upsertJobScheduler refuses an end date already past (its JobScheduler,
-    like `upsert_job_scheduler` here, would return nothing)."""
+    like `upsert_job_scheduler` here, returns nothing); so do Queue and declarations."""
     try:
         end = _millis("end_date", end_date)
     except SchedulerError:
@@ -521,7 +521,10 @@ def _plan(
                 f'scheduler "{scheduler_id}" of queue "{queue.name}": unknown keys '
                 f"{sorted(unknown)} (known: {sorted(_DECLARATION_KEYS)})"
             )
-        plans.append((scheduler_id, spec, _define(queue, scheduler_id, **spec)))
+        definition = _define(queue, scheduler_id, **spec)
+        # a declaration that expired is a settings mistake: say so, as Queue does
+        refuse_past_end_date(queue, scheduler_id, spec.get("end_date"))
+        plans.append((scheduler_id, spec, definition))
     return plans
 
 

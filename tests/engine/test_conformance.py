@@ -121,6 +121,10 @@ def test_an_end_date_past_refused_by_the_queue_and_none_from_the_scheduler(queue
         queue.upsert_job_scheduler("old", every=1_000, end_date=1_000)
     assert upsert_job_scheduler(queue, "old", every=1_000, end_date=1_000) is None
     assert queue.get_job_scheduler("old") is None
+    from flowjobs.engine import sync_job_schedulers
+
+    with pytest.raises(SchedulerError, match="end_date is in the past"):
+        sync_job_schedulers(queue, {"old": {"every": 1_000, "end_date": 1_000}})
 
 
 def test_scheduler_count_and_limit(queue):

@@ -420,7 +420,7 @@ class FlowjobsWorker(LineLog):
                     "id": job.id,
                     "name": job.name,
                     "returnvalue": result,
-                    "attemptsMade": job.attempts_made + 1,
+                    "attemptsMade": job.attempts_made,  # updated before listeners run
                 }
             )
             self._count()
@@ -429,7 +429,7 @@ class FlowjobsWorker(LineLog):
 
     def _failed_listener(self, queue: str, worker: Worker) -> Callable[[Job, Any], None]:
         def listener(job: Job, error: Any) -> None:
-            final = worker.queue.get_job_state(job.id) in ("failed", "unknown")
+            final = bool(job.finished_on)  # as worker.cjs: set only by a final failure
             self.append(
                 {
                     "event": "failed",
@@ -438,6 +438,7 @@ class FlowjobsWorker(LineLog):
                     "name": job.name,
                     "failedReason": str(error),
                     "errorName": type(error).__name__,
+                    "attemptsMade": job.attempts_made,
                     "final": final,
                 }
             )

@@ -142,3 +142,26 @@ def test_manual_moves_update_the_job_and_fetch_next(side: Side, r: redis.Redis) 
     assert failed["next"] == following
     assert p.getJobState(queue="mf", id=retried) == "delayed"
     assert p.getJobState(queue="mf", id=following) == "active"
+
+
+def test_worker_events_see_the_job_as_redis_holds_it(sides: tuple[Side, Side]) -> None:
+    """Item 1: completed/failed listeners get the job after the move (attempts made,
+    finished or not), on both sides' workers."""
+    producer, consumer = sides
+    ok = producer.producer.add(queue="we", name="ok")["id"]
+    bad = producer.producer.add(queue="we", name="bad", opts={"attempts": 2})["id"]
+    worker = consumer.worker(
+        {
+            "queue": "we",
+            "concurrency": 1,
+            "doneAfter": 2,
+            "behaviours": {
+                "ok": {"action": "return", "value": 7},
+                "bad": {"action": "throw", "message": "nope"},
+            },
+        }
+    )
+    worker.expect("done", timeout=30)
+    assert worker.expect("completed", id=ok)["attemptsMade"] == 1
+    failures = worker.where("failed", id=bad)
+    assert [(f["attemptsMade"], f["final"]) for f in failures] == [(1, False), (2, True)]

@@ -22,7 +22,7 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 
 from . import mirror
-from .engine import FlowJobsError, Job, Queue
+from .engine import FlowJobsError, Job, Queue, cancellation
 from .models import JobRecord, JobState, StreamPosition
 
 if TYPE_CHECKING:
@@ -646,9 +646,10 @@ def perform_job_action(action: str, record: JobRecord) -> str:
         job.promote()
         return f"{record.queue} / {record.job_id} promoted"
     if action == "cancel":
-        if not queue.cancel_job(record.job_id, "cancelled from the admin"):
+        how = queue.cancel_and_confirm(record.job_id, "cancelled from the admin")
+        if how == cancellation.NOT_RUNNING:
             raise FlowJobsError(f'job "{record.job_id}" in queue "{record.queue}" is not running')
-        return f"{record.queue} / {record.job_id}: its worker was asked to stop it"
+        return f"{record.queue} / {record.job_id}: {cancellation.describe(how)}"
     raise Http404(f"unknown action {action!r}")
 
 

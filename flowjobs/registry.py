@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from .engine import InvalidQueueName, Job, UnrecoverableError
+from .engine import CancellationSignal, InvalidQueueName, Job, UnrecoverableError
 
 __all__ = [
     "Dispatcher",
@@ -50,10 +50,14 @@ class ProcessorInfo:
     function: Callable[..., Any]
     queue: str
     name: str | None  # None: the queue's default processor
-    token_mode: str  # "": job only, "positional": (job, token), "keyword": (job, token=)
+    # "": job only, "positional": (job, token), "keyword": (job, token=),
+    # "signal": (job, token, cancellation signal)
+    token_mode: str
     is_async: bool
 
     def call(self, job: Job, token: str | None) -> Any:
+        if self.token_mode == "signal":
+            return self.function(job, token, CancellationSignal(job))
         if self.token_mode == "positional":
             return self.function(job, token)
         if self.token_mode == "keyword":
@@ -79,6 +83,8 @@ def _token_mode(function: Callable[..., Any]) -> str:
     except (TypeError, ValueError):
         return ""
     positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) >= 3:
+        return "signal"
     if len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in parameters):
         return "positional"
     if any(p.name == "token" and p.kind == p.KEYWORD_ONLY for p in parameters):
@@ -260,6 +266,9 @@ class Dispatcher:
                         thread_name_prefix=f"flowjobs-{self.queue}-sync",
                     )
                 loop = asyncio.get_running_loop()
+                # a cancel must not abandon the thread (it would run on unseen): the job
+                # ends when the processor does, after it saw its signal
+                job.runs_in_thread = True
                 result = await loop.run_in_executor(self._executor, self.run_sync, info, job, token)
         except BaseException as error:
             _log_end(self.queue, job, started, error)

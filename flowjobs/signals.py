@@ -3,7 +3,8 @@
 - ``job_started(sender=queue_name, job=job)``: the worker took the job.
 - ``job_completed(sender=queue_name, job=job, result=value)``: recorded as completed.
 - ``job_failed(sender=queue_name, job=job, exception=error)``: an attempt failed
-  (``job.failed_reason`` holds the reason; the job may still be retried).
+  (``job.failed_reason`` holds the reason and ``job.attempts_made`` counts this attempt;
+  ``job.finished_on`` is set only when it failed for good, else it will be retried).
 
 They hang on the engine Worker's local events (``active``, ``completed``, ``failed``),
 which fire on the worker's event loop. Receivers must be free to use the ORM, so the

@@ -1,10 +1,12 @@
 """flowjobs.engine: BullMQ-compatible queues, workers and flows on Redis (no Django)."""
 
 from .backoff import Backoff, register_backoff
+from .cancellation import CancellationSignal
 from .errors import (
     ConnectionFailed,
     DelayedError,
     FlowJobsError,
+    InvalidEvent,
     InvalidJobData,
     InvalidJobOptions,
     InvalidQueueName,
@@ -25,7 +27,7 @@ from .errors import (
     WaitingChildrenError,
     WaitingError,
 )
-from .events import QueueEvents
+from .events import QueueEvents, QueueEventsProducer
 from .flow import Flow, FlowProducer, JobNode
 from .groups import GroupInfo
 from .isolation import ProcessorDied, ProcessorError, ProcessorTimedOut
@@ -36,12 +38,14 @@ from .worker import Worker
 
 __all__ = [
     "Backoff",
+    "CancellationSignal",
     "ConnectionFailed",
     "DelayedError",
     "Flow",
     "FlowJobsError",
     "FlowProducer",
     "GroupInfo",
+    "InvalidEvent",
     "InvalidJobData",
     "InvalidJobOptions",
     "InvalidQueueName",
@@ -63,6 +67,7 @@ __all__ = [
     "ProcessorTimedOut",
     "Queue",
     "QueueEvents",
+    "QueueEventsProducer",
     "QueueHasActiveJobs",
     "QueueNotPaused",
     "RateLimitError",

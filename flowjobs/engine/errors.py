@@ -17,6 +17,11 @@ class InvalidJobData(FlowJobsError, ValueError):
     """Job data (or a return value) is not JSON-serialisable; nothing was written."""
 
 
+class InvalidEvent(FlowJobsError, ValueError):
+    """A custom event (`QueueEventsProducer.publish_event`) with a bad name or fields;
+    nothing was written."""
+
+
 class InvalidQueueName(FlowJobsError, ValueError):
     """A queue name or prefix that would break the key layout."""
 

@@ -1,15 +1,17 @@
-"""QueueEvents: listening to a queue's events stream (`<prefix>:<queue>:events`)."""
+"""QueueEvents: listening to a queue's events stream (`<prefix>:<queue>:events`);
+QueueEventsProducer: adding custom events to it."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis
 
 from .connection import Connection, check_cluster_prefix, sync_client
+from .errors import InvalidEvent
 from .keys import QueueKeys
 
 logger = logging.getLogger("flowjobs.events")
@@ -107,6 +109,48 @@ class QueueEvents:
         self._closing.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(5)
+
+
+class QueueEventsProducer:
+    """Publishes custom events on a queue's events stream, as Node's QueueEventsProducer:
+    QueueEvents listeners (Python and Node) receive them like the queue's own events."""
+
+    def __init__(
+        self, queue_name: str, connection: Connection = None, prefix: str = "bull"
+    ) -> None:
+        self.keys = QueueKeys(prefix, queue_name)
+        self.connection = connection
+        self.client = sync_client(connection)
+        check_cluster_prefix(self.client, prefix)
+
+    def publish_event(
+        self,
+        event_name: str,
+        fields: Mapping[str, str | int | float] | None = None,
+        max_events: int = 1000,
+    ) -> str:
+        """Adds `{event: event_name, **fields}` to the stream, trimmed to about
+        `max_events` entries; returns the entry id. Values are stored as text."""
+        where = f'custom event for queue "{self.keys.name}"'
+        if not isinstance(event_name, str) or not event_name:
+            raise InvalidEvent(f"{where}: the event name must be a non-empty string")
+        if isinstance(max_events, bool) or not isinstance(max_events, int) or max_events < 1:
+            raise InvalidEvent(f"{where}: max_events must be a positive integer")
+        entry: dict[str, str | int | float] = {"event": event_name}
+        for name, value in (fields or {}).items():
+            if not isinstance(name, str) or name in ("", "event"):
+                raise InvalidEvent(f'{where} "{event_name}": bad field name {name!r}')
+            if isinstance(value, bool) or not isinstance(value, str | int | float):
+                raise InvalidEvent(
+                    f'{where} "{event_name}": field {name!r} must be text or a number, '
+                    f"got {type(value).__name__} (serialise it first, e.g. json.dumps)"
+                )
+            entry[name] = value
+        return self.client.xadd(self.keys.events, entry, maxlen=max_events, approximate=True)
+
+    def close(self) -> None:
+        if self.connection is None or isinstance(self.connection, str):
+            self.client.close()
 
 
 def decode_event(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:

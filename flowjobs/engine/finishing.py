@@ -3,6 +3,7 @@ retry now, or retry later. Shared by the Worker (batched) and manual processing.
 
 from __future__ import annotations
 
+import json
 import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -164,6 +165,8 @@ def failure_call(
                 due,
                 "0",
                 dumps(fields, "fields"),
+                *((fetch or FetchSettings()).args() if fetch_tokens else ()),
+                *(fetch_tokens or []),
             ],
         )
     if plan.kind == "retry":
@@ -184,3 +187,20 @@ def failure_call(
         fields,
         metrics_max_points,
     )
+
+
+def note_outcome(job: Job, call: Call, outcome: str, value: Any) -> None:
+    """Brings the local Job up to what `call` (now run) wrote, as Node's moveToCompleted /
+    moveToFailed leave theirs: listeners of completed/failed see the new values.
+    `outcome` is "completed", "failed" or "retried"."""
+    now = int(call[2][2])  # every finishing script takes (qk, jobId, now, ...)
+    job.attempts_made += 1
+    if outcome == "completed":
+        job.returnvalue = value
+        job.finished_on = now
+        return
+    fields = failure_fields(job, value)  # the same text the call wrote
+    job.failed_reason = fields["failedReason"]
+    job.stacktrace = json.loads(fields["stacktrace"])
+    if outcome == "failed":
+        job.finished_on = now

@@ -110,6 +110,7 @@ class FlowProducer:
         check_cluster_prefix(self.client, prefix)
         self.queues_options = queues_options or {}
         self._queues: dict[tuple[str, str], Queue] = {}
+        self.closing = False
 
     def queue(self, name: str, prefix: str | None = None) -> Queue:
         key = (prefix or self.prefix, name)
@@ -118,13 +119,20 @@ class FlowProducer:
             self._queues[key] = Queue(name, self.client, key[0], defaults)
         return self._queues[key]
 
-    def add(self, flow: Flow | dict[str, Any], parent: dict[str, Any] | None = None) -> JobNode:
-        """Adds one tree; `parent` ({"id", "queue"}) attaches its root under an existing job."""
-        return self.add_bulk([flow], parent)[0]
+    def add(
+        self, flow: Flow | dict[str, Any], parent: dict[str, Any] | None = None
+    ) -> JobNode | None:
+        """Adds one tree; `parent` ({"id", "queue"}) attaches its root under an existing job.
+        Once `close()` was called it writes nothing and returns None, as Node's."""
+        added = self.add_bulk([flow], parent)
+        return added[0] if added else None
 
     def add_bulk(
         self, flows: Sequence[Flow | dict[str, Any]], parent: dict[str, Any] | None = None
-    ) -> list[JobNode]:
+    ) -> list[JobNode] | None:
+        """Adds the trees, all or nothing; None once `close()` was called."""
+        if self.closing:
+            return None
         return self.add_encoded(self.encode(flows, parent))
 
     def encode(
@@ -226,7 +234,9 @@ class FlowProducer:
         prefix: str | None = None,
     ) -> JobNode | None:
         """Reads a job and its children (down to `depth` levels, at most
-        `max_children` per parent) from Redis."""
+        `max_children` per parent) from Redis; None once `close()` was called."""
+        if self.closing:
+            return None
         queue = self.queue(queue_name, prefix)
         job = queue.get_job(job_id)
         if job is None:
@@ -251,6 +261,7 @@ class FlowProducer:
         return node
 
     def close(self) -> None:
+        self.closing = True
         if self.connection is None or isinstance(self.connection, str):
             self.client.close()
 

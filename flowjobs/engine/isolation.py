@@ -151,12 +151,14 @@ def _child_main(
     from .job import Job
     from .options import dumps
     from .queue import Queue
-    from .worker import _wants_token
+    from .worker import _processor_args, _wants_signal, _wants_token
 
     processor = import_processor(path)
     queue = Queue(queue_name, url, prefix)
     is_async = inspect.iscoroutinefunction(processor)
     pass_token = _wants_token(processor)
+    # a signal that never fires: a cancelled job's child is killed instead
+    pass_signal = _wants_signal(processor)
 
     async def run_async(args: tuple) -> Any:
         queue._aclient = async_client(url)
@@ -175,7 +177,7 @@ def _child_main(
             return
         job = Job(queue, task["id"], task["fields"])
         job.token = task["token"]
-        args = (job, job.token) if pass_token else (job,)
+        args = _processor_args(job, pass_token, pass_signal)
         try:
             result = asyncio.run(run_async(args)) if is_async else processor(*args)
             answer = {"ok": dumps(result, f'return value of job "{job.id}"')}

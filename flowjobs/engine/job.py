@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import traceback
 from collections.abc import Callable, Sequence
@@ -13,6 +14,7 @@ from . import scripts
 from .errors import (
     DelayedError,
     FlowJobsError,
+    InvalidJobOptions,
     JobCancelled,
     JobLocked,
     UnrecoverableError,
@@ -126,7 +128,11 @@ class Job:
 
     # --- cancellation (queue.cancel_job) ----------------------------------------------------
     cancel_reason: str | None = None
+    # True while a thread runs this job's processor (set by whoever hands it to the
+    # thread): a cancel can then only signal it, never interrupt it
+    runs_in_thread: bool = False
     _cancellation: threading.Event | None = None
+    _cancel_listeners: list[Callable[[], Any]] | None = None
 
     @property
     def cancellation(self) -> threading.Event:
@@ -149,10 +155,36 @@ class Job:
     def cancelled_error(self) -> JobCancelled:
         return JobCancelled(self.cancel_reason or "")
 
+    def on_cancel(self, listener: Callable[[], Any]) -> Callable[[], None]:
+        """Calls `listener()` (from the thread that cancels) when the job is cancelled,
+        at once if it already is. Returns a function that unregisters it."""
+        with _cancellation_lock:
+            if self.cancel_reason is None:
+                if self._cancel_listeners is None:
+                    self._cancel_listeners = []
+                self._cancel_listeners.append(listener)
+                return lambda: self._off_cancel(listener)
+        listener()
+        return lambda: None
+
+    def _off_cancel(self, listener: Callable[[], Any]) -> None:
+        with _cancellation_lock:
+            if self._cancel_listeners and listener in self._cancel_listeners:
+                self._cancel_listeners.remove(listener)
+
     def mark_cancelled(self, reason: str) -> None:
         """Called by the worker holding the job when a cancel request reaches it."""
-        self.cancel_reason = reason
+        with _cancellation_lock:
+            self.cancel_reason = reason
+            listeners, self._cancel_listeners = self._cancel_listeners or [], None
         self.cancellation.set()
+        for listener in listeners:
+            try:
+                listener()
+            except Exception:  # a listener's failure must not stop the worker cancelling
+                logging.getLogger("flowjobs.worker").exception(
+                    "cancel listener of job %s failed", self.id
+                )
 
     # --- running operations sync or async ---------------------------------------------------
     def _run(self, op: Operation) -> Any:
@@ -226,6 +258,18 @@ class Job:
 
     async def alog(self, line: str) -> int:
         return await self._arun(self._op_log(line))
+
+    def clear_logs(self, keep_logs: int | None = None) -> None:
+        """Deletes the job's log lines, or all but the newest `keep_logs`, as Node's."""
+        if keep_logs is not None and (
+            isinstance(keep_logs, bool) or not isinstance(keep_logs, int)
+        ):
+            raise InvalidJobOptions(f'clear_logs of job "{self.id}": keep_logs must be an int')
+        logs_key = f"{self.key}:logs"
+        if keep_logs:
+            self.queue.client.ltrim(logs_key, -keep_logs, -1)
+        else:
+            self.queue.client.delete(logs_key)
 
     # --- moves that need the lock token (processors, manual processing) ---------------------
     def _token(self, token: str | None) -> str:

@@ -25,11 +25,12 @@ from .finishing import (
     failure_call,
     finish_call,
     keep_jobs,
+    note_outcome,
     plan_failure,
 )
 from .job import Job
 from .keys import QueueKeys
-from .options import EncodedJob, encode_job, now_ms
+from .options import MAX_PRIORITY, EncodedJob, encode_job, now_ms
 
 # Job states as BullMQ names them, and the Redis structure holding each.
 STATES: dict[str, tuple[str, str]] = {
@@ -43,6 +44,12 @@ STATES: dict[str, tuple[str, str]] = {
 }
 STATE_ALIASES = {"wait": "waiting", "paused": "waiting"}
 MAX_MANUAL_RATE_LIMIT = 9007199254740991
+PRIORITY_BAND = 2**32
+GET_JOBS_MAX_BACKFILL_ROUNDS = 5  # Node 6's GET_JOBS_MAX_BACKFILL_ITERATIONS
+
+
+def _as_list(states: Iterable[str] | str) -> list[str]:
+    return [states] if isinstance(states, str) else list(states)
 
 
 def _state_name(state: str) -> str:
@@ -180,29 +187,19 @@ class Queue:
         end: int = -1,
         asc: bool = False,
     ) -> list[str]:
-        if isinstance(states, str):
-            states = [states]
-        ids: list[str] = []
-        seen: set[str] = set()
-        for state in states:
-            suffix, kind = STATES[_state_name(state)]
-            key = self.keys.key(suffix)
-            if kind == "list":
-                if asc:
-                    page = self.client.lrange(key, -(end + 1) if end >= 0 else 0, -(start + 1))[
-                        ::-1
-                    ]
-                else:
-                    page = self.client.lrange(key, start, end)
-            elif asc:
-                page = self.client.zrange(key, start, end)
-            else:
-                page = self.client.zrevrange(key, start, end)
-            for job_id in page:
-                if job_id not in seen:
-                    seen.add(job_id)
-                    ids.append(job_id)
-        return ids
+        pages = (self._state_range(state, start, end, asc) for state in _as_list(states))
+        return list(dict.fromkeys(job_id for page in pages for job_id in page))
+
+    def _state_range(self, state: str, start: int, end: int, asc: bool) -> list[str]:
+        suffix, kind = STATES[_state_name(state)]
+        key = self.keys.key(suffix)
+        if kind == "list":
+            if asc:
+                return self.client.lrange(key, -(end + 1) if end >= 0 else 0, -(start + 1))[::-1]
+            return self.client.lrange(key, start, end)
+        if asc:
+            return self.client.zrange(key, start, end)
+        return self.client.zrevrange(key, start, end)
 
     def get_jobs(
         self,
@@ -219,7 +216,30 @@ class Queue:
         end: int = -1,
         asc: bool = False,
     ) -> list[Job]:
-        return self.get_jobs_by_id(self.get_job_ids(states, start, end, asc))
+        """Jobs in `states`, a page of each. As in Node 6, ids whose hash is gone are
+        skipped and a bounded page is filled from further along the state's range."""
+        pages = (self._state_jobs(state, start, end, asc) for state in _as_list(states))
+        unique: dict[str, Job] = {}
+        for page in pages:
+            for job in page:
+                unique.setdefault(job.id, job)  # a job in two states is listed once
+        return list(unique.values())
+
+    def _state_jobs(self, state: str, start: int, end: int, asc: bool) -> list[Job]:
+        if start < 0 or end < 0:
+            return self.get_jobs_by_id(self._state_range(state, start, end, asc))
+        wanted = end - start + 1
+        jobs: list[Job] = []
+        cursor = start
+        for _ in range(GET_JOBS_MAX_BACKFILL_ROUNDS):
+            ids = self._state_range(state, cursor, cursor + wanted - 1, asc)
+            if not ids:
+                break
+            jobs += self.get_jobs_by_id(ids)[: wanted - len(jobs)]
+            if len(jobs) >= wanted:
+                break
+            cursor += len(ids)
+        return jobs
 
     def get_job_counts(self, *states: str) -> dict[str, int]:
         names = [_state_name(s) for s in states] if states else list(STATES)
@@ -231,6 +251,25 @@ class Queue:
         if not states or "waiting" in names:
             counts["waiting"] = counts.get("waiting", 0) + self.client.llen(self.keys.key("paused"))
         return {state: counts[_state_name(state)] for state in states} if states else counts
+
+    def get_counts_per_priority(self, priorities: Iterable[int]) -> dict[int, int]:
+        """Jobs waiting per priority, as Node's getCountsPerPriority: priority 0 counts the
+        wait list, any other its band of the prioritized set."""
+        unique = list(dict.fromkeys(priorities))
+        for priority in unique:
+            if isinstance(priority, bool) or not isinstance(priority, int):
+                raise InvalidJobOptions(f"priorities must be integers, got {priority!r}")
+            if not 0 <= priority <= MAX_PRIORITY:
+                raise InvalidJobOptions(f"priority must be 0..{MAX_PRIORITY:_}, got {priority!r}")
+        pipe = self.client.pipeline(transaction=False)
+        for priority in unique:
+            if priority == 0:
+                pipe.llen(self.keys.key("wait"))
+            else:
+                # a prioritized job's score is priority * 2^32 + its arrival counter
+                band = priority * PRIORITY_BAND
+                pipe.zcount(self.keys.key("prioritized"), band, band + PRIORITY_BAND - 1)
+        return dict(zip(unique, pipe.execute(), strict=True))
 
     def count(self) -> int:
         """Jobs waiting to run (waiting + prioritized + delayed)."""
@@ -375,19 +414,24 @@ class Queue:
         self.client.set(self.keys.key("limiter"), MAX_MANUAL_RATE_LIMIT, px=int(ms))
 
     def get_rate_limit_ttl(self, max_jobs: int | None = None) -> int:
+        """As Node: with a maximum (`max_jobs`, else the global rate limit's) the ms left
+        while the limiter is full, else 0; with none, the limiter key's PTTL (-2 once the
+        key is gone, -1 if it has no expiry)."""
         limiter = self.keys.key("limiter")
-        if max_jobs is None:
+        if not max_jobs:
             meta_max = self.client.hget(self.keys.meta, "max")
             max_jobs = int(meta_max) if meta_max else None
-        if max_jobs is not None:
-            current = self.client.get(limiter)
-            if current is None or int(current) < max_jobs:
-                return 0
+        if max_jobs is None:
+            return self.client.pttl(limiter)
+        current = self.client.get(limiter)
+        if current is None or int(current) < max_jobs:
+            return 0
         ttl = self.client.pttl(limiter)
         return ttl if ttl > 0 else 0
 
-    def remove_rate_limit_key(self) -> None:
-        self.client.delete(self.keys.key("limiter"))
+    def remove_rate_limit_key(self) -> int:
+        """Deletes the limiter key; returns how many keys were deleted (0 or 1)."""
+        return self.client.delete(self.keys.key("limiter"))
 
     def set_global_concurrency(self, concurrency: int) -> None:
         if not isinstance(concurrency, int) or concurrency < 1:
@@ -400,16 +444,25 @@ class Queue:
         value = self.client.hget(self.keys.meta, "concurrency")
         return int(value) if value else None
 
-    def remove_global_concurrency(self) -> None:
-        self.client.hdel(self.keys.meta, "concurrency")
+    def remove_global_concurrency(self) -> int:
+        """Returns how many fields were removed (0 or 1), as Node."""
+        return self.client.hdel(self.keys.meta, "concurrency")
 
     def set_global_rate_limit(self, max_jobs: int, duration_ms: int) -> None:
         self.client.hset(
             self.keys.meta, mapping={"max": int(max_jobs), "duration": int(duration_ms)}
         )
 
-    def remove_global_rate_limit(self) -> None:
-        self.client.hdel(self.keys.meta, "max", "duration")
+    def get_global_rate_limit(self) -> dict[str, int] | None:
+        """`{"max", "duration"}` set by `set_global_rate_limit`, or None."""
+        max_jobs, duration = self.client.hmget(self.keys.meta, ["max", "duration"])
+        if max_jobs and duration:
+            return {"max": int(max_jobs), "duration": int(duration)}
+        return None
+
+    def remove_global_rate_limit(self) -> int:
+        """Returns how many fields were removed (0 to 2), as Node."""
+        return self.client.hdel(self.keys.meta, "max", "duration")
 
     def trim_events(self, max_length: int) -> int:
         return self.client.xtrim(self.keys.events, maxlen=max_length, approximate=True)
@@ -448,8 +501,12 @@ class Queue:
         **options: Any,
     ) -> Job | None:
         """Creates or replaces a job scheduler: `every` ms or a cron `pattern`, with
-        `tz`, `limit`, `start_date`, `end_date`, `immediately`, `offset` and
-        `template={"name", "data", "opts"}`. Returns its pending iteration."""
+        `tz`, `limit`, `count` (iterations already made), `start_date`, `end_date`,
+        `immediately`, `offset` and `template={"name", "data", "opts"}`. Returns its
+        pending iteration, or None when no run is left (`count` reached `limit`, or the
+        next run would be after `end_date`). An end date already past raises
+        SchedulerError, as Node's Queue does."""
+        schedulers.refuse_past_end_date(self, scheduler_id, options.get("end_date"))
         return schedulers.upsert_job_scheduler(self, scheduler_id, every, pattern, **options)
 
     def remove_job_scheduler(self, scheduler_id: str) -> bool:
@@ -521,6 +578,12 @@ class Queue:
         `cancelled: <reason>`. False when the job is not running."""
         return cancellation.cancel_job(self, job_id, reason)
 
+    def cancel_and_confirm(self, job_id: str, reason: str = "", timeout: float = 2.0) -> str:
+        """`cancel_job`, then waits up to `timeout` s for the worker's answer: "killed"
+        (its child process), "interrupted" (async), "signalled" (a thread: it stops only
+        if the processor checks the signal), or "not running" / "no answer"."""
+        return cancellation.cancel_and_confirm(self, job_id, reason, timeout)
+
     def get_workers(self) -> list[dict[str, str]]:
         """Connected workers of this queue (by connection name, as BullMQ lists them)."""
         import base64
@@ -549,6 +612,7 @@ class Queue:
         keep_option: Any,
     ) -> Job | None:
         fetch_tokens = [new_token()] if fetch_next else None
+        outcome = target
         if target == "completed":
             keep = keep_jobs(keep_option, job.opts.get("removeOnComplete"))
             call = finish_call(
@@ -562,18 +626,14 @@ class Queue:
             )
         else:
             keep = keep_jobs(keep_option, job.opts.get("removeOnFail"))
-            call = failure_call(
-                job,
-                value,
-                token,
-                plan_failure(job, value),
-                keep,
-                fetch_tokens,
-                FetchSettings(),
-            )
+            plan = plan_failure(job, value)
+            call = failure_call(job, value, token, plan, keep, fetch_tokens, FetchSettings())
+            if plan.kind != "fail":
+                outcome = "retried"
         result = scripts.run(self.client, *call)
         if isinstance(result, int) and result < 0:
             raise error_for_code(result, job.id, self.name, f"move to {target}")
+        note_outcome(job, call, outcome, value)
         if isinstance(result, list) and result[0]:
             job_id, flat = result[0][0]
             next_job = Job.from_flat(self, job_id, flat)

@@ -210,8 +210,6 @@ def _define(queue: Queue, scheduler_id: Any, **spec: Any) -> _Definition:
     immediately = bool(spec.get("immediately"))
     if immediately and start_date is not None:
         raise SchedulerError(f"{where}: immediately and start_date exclude each other")
-    if end_date is not None and end_date < now_ms():
-        raise SchedulerError(f"{where}: end_date is in the past")
 
     template = spec.get("template") or {}
     if not isinstance(template, Mapping) or set(template) - {"name", "data", "opts"}:
@@ -243,6 +241,19 @@ def _define(queue: Queue, scheduler_id: Any, **spec: Any) -> _Definition:
 
 
 # --- writing ------------------------------------------------------------------------------------
+def refuse_past_end_date(queue: Queue, scheduler_id: str, end_date: Any) -> None:
+    """Node's Queue.upsertJobScheduler refuses an end date already past (its JobScheduler,
+    like `upsert_job_scheduler` here, returns nothing); so do Queue and declarations."""
+    try:
+        end = _millis("end_date", end_date)
+    except SchedulerError:
+        return  # upsert_job_scheduler reports it, with the scheduler's name
+    if end is not None and end < now_ms():
+        raise SchedulerError(
+            f'scheduler "{scheduler_id}" of queue "{queue.name}": end_date is in the past'
+        )
+
+
 def upsert_job_scheduler(
     queue: Queue,
     scheduler_id: str,
@@ -256,11 +267,20 @@ def upsert_job_scheduler(
     immediately: bool = False,
     offset: int | None = None,
     template: Mapping[str, Any] | None = None,
+    count: int | None = None,
 ) -> Job | None:
     """Creates the scheduler, or replaces its definition and pending iteration (no
-    duplicate runs). Returns the pending iteration, or None when the schedule has no
-    run left (past its end date)."""
+    duplicate runs). Returns the pending iteration, or None, as Node does, when the
+    schedule has no run left: past its end date, or `count` (the iterations already
+    made) has reached `limit`; the scheduler is then left as it was."""
     from .job import Job
+
+    try:
+        made = _positive("count", count, 0) or 0
+    except SchedulerError as error:
+        raise SchedulerError(
+            f'scheduler "{scheduler_id}" of queue "{queue.name}": {error}'
+        ) from None
 
     definition = _define(
         queue,
@@ -276,6 +296,10 @@ def upsert_job_scheduler(
         template=template,
     )
     now = now_ms()
+    if definition.limit is not None and made + 1 > definition.limit:
+        return None
+    if definition.end_date is not None and now > definition.end_date:
+        return None
     next_millis: int | str = ""
     if definition.pattern is not None:
         if definition.immediately:
@@ -289,7 +313,7 @@ def upsert_job_scheduler(
             return None
     opts: dict[str, Any] = {
         **definition.template_opts,
-        "repeat": {**definition.repeat_options(), "count": 1},
+        "repeat": {**definition.repeat_options(), "count": made + 1},
         "timestamp": now,
         "repeatJobKey": scheduler_id,
     }
@@ -497,7 +521,10 @@ def _plan(
                 f'scheduler "{scheduler_id}" of queue "{queue.name}": unknown keys '
                 f"{sorted(unknown)} (known: {sorted(_DECLARATION_KEYS)})"
             )
-        plans.append((scheduler_id, spec, _define(queue, scheduler_id, **spec)))
+        definition = _define(queue, scheduler_id, **spec)
+        # a declaration that expired is a settings mistake: say so, as Queue does
+        refuse_past_end_date(queue, scheduler_id, spec.get("end_date"))
+        plans.append((scheduler_id, spec, definition))
     return plans
 
 

@@ -47,10 +47,10 @@ from .errors import (
 from .finishing import (
     FetchSettings,
     completed_value,
-    error_message,
     failure_call,
     finish_call,
     keep_jobs,
+    note_outcome,
     plan_failure,
 )
 from .isolation import ProcessorTimedOut, ProcessPool, processor_path, resolve_processor
@@ -143,6 +143,7 @@ class Worker:
         self._token_counter = 0
         self._listeners: dict[str, list[Callable[..., Any]]] = {}
         self._pass_token = _wants_token(processor)
+        self._pass_signal = _wants_signal(processor)
         self._is_async = processor is not None and inspect.iscoroutinefunction(processor)
         self._pool: ProcessPool | None = None
         if isolation == "process" and processor is not None:
@@ -183,7 +184,8 @@ class Worker:
     # --- public control ------------------------------------------------------------------
     def on(self, event: str, listener: Callable[..., Any]) -> Worker:
         """Local events: active(job), completed(job, result), failed(job, error),
-        error(exception), stalled(job_id), drained(), closed()."""
+        error(exception), stalled(job_id), drained(), closed(),
+        locks_renewed({"count", "job_ids"}), lock_renewal_failed(job_ids)."""
         self._listeners.setdefault(event, []).append(listener)
         return self
 
@@ -230,10 +232,29 @@ class Worker:
         """Stops this worker (only) from taking new jobs."""
         self._paused = True
 
+    def is_paused(self) -> bool:
+        """Whether this worker was paused with `pause()` (the queue's own pause is
+        `queue.is_paused()`)."""
+        return self._paused
+
     def resume(self) -> None:
         self._paused = False
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._wake.set)
+
+    def cancel_job(self, job_id: str, reason: str = "") -> bool:
+        """Cancels `job_id` if this worker runs it (see `Queue.cancel_job` for any worker):
+        its processor's signal fires, an async processor is interrupted, a child process
+        is killed; the job fails with `cancelled: <reason>`. True if the job was found."""
+        job = self._active.get(str(job_id))
+        if job is None or self._loop is None or self._loop.is_closed():
+            return False
+        self._loop.call_soon_threadsafe(self._cancel, job, str(reason))
+        return True
+
+    def cancel_all_jobs(self, reason: str = "") -> int:
+        """Cancels every job this worker runs; returns how many."""
+        return sum(self.cancel_job(job_id, reason) for job_id in list(self._active))
 
     def is_running(self) -> bool:
         return self._started.is_set() and not self._stopped.is_set()
@@ -265,6 +286,7 @@ class Worker:
             if jobs:
                 if jobs[0].repeat_job_key:
                     schedulers.advance(self.queue, jobs[0])
+                self._emit("active", jobs[0])  # as Node's getNextJob (there with prev "waiting")
                 return jobs[0]
             remaining = deadline - time.monotonic()
             if not block or remaining <= 0:
@@ -603,7 +625,7 @@ class Worker:
             with telemetry.process_span(job, self.queue.name):
                 if self._pool is not None:
                     return await self._pool.run(job, timeout, self._executor)  # type: ignore[arg-type]
-                args = (job, job.token) if self._pass_token else (job,)
+                args = _processor_args(job, self._pass_token, self._pass_signal)
                 if self._is_async:
                     # awaited in this job's own task (no second task per job): a cancel
                     # request cancels this task, and the except below turns the
@@ -624,6 +646,8 @@ class Worker:
         except (*MOVED_BY_PROCESSOR, RateLimitError):
             raise
         except BaseException as error:
+            if isinstance(error, JobCancelled) and self._pool is not None:
+                self._answer_cancel(job, cancellation.KILLED)  # the pool killed the child
             if job.cancel_reason is not None and not isinstance(error, JobCancelled):
                 raise job.cancelled_error() from error
             raise
@@ -636,8 +660,24 @@ class Worker:
         logger.info("job %s of queue %s: cancelled (%s)", job.id, self.queue.name, reason)
         job.mark_cancelled(reason)
         task = getattr(job, "_task", None)
-        if task is not None and not task.done():
+        if job.runs_in_thread or (task is None and self._pool is None):
+            # a thread cannot be stopped from outside: its processor has the signal
+            self._answer_cancel(job, cancellation.SIGNALLED)
+        elif task is not None and not task.done():
             task.cancel()
+            self._answer_cancel(job, cancellation.INTERRUPTED)
+
+    def _answer_cancel(self, job: Job, how: str) -> None:
+        """Tells whoever asked (the admin waits for it) what this worker did."""
+
+        async def publish() -> None:
+            with contextlib.suppress(redis.RedisError, OSError):
+                await self._aclient.publish(
+                    cancellation.answer_channel(self.queue.keys),
+                    cancellation.answer(job.id, job.token, how),
+                )
+
+        asyncio.ensure_future(publish())
 
     def _cancel_request(self, job_id: str, token: str | None, reason: str) -> None:
         job = self._active.get(job_id)
@@ -731,16 +771,16 @@ class Worker:
 
     async def _record_batch(self, lane: Any, batch: list[tuple[Job, str, Any]]) -> None:
         calls: list[scripts.Call] = []
-        plans: list[tuple[Job, str, Any]] = []
+        plans: list[tuple[Job, str, Any, scripts.Call]] = []
         for job, outcome, value in batch:
             self._active.pop(job.id, None)
             call = self._outcome_call(job, outcome, value)
             if call is not None:
                 calls.append(call[0])
-                plans.append((job, call[1], call[2]))
+                plans.append((job, call[1], call[2], call[0]))
         fetch_tokens: list[str] = []
         # a job given back for a rate limit must not be fetched again in the same round trip
-        limited = any(outcome == "rate-limited" for _, outcome, _ in plans)
+        limited = any(outcome == "rate-limited" for _, outcome, _, _ in plans)
         if (
             self._can_fetch()
             and self._free_slots() > 0
@@ -767,8 +807,8 @@ class Worker:
                 await self._connection_lost(error, delay)
                 delay = min(delay * 2, CONNECTION_RETRY_MAX_S)
         self._reserved -= len(fetch_tokens)
-        for (job, outcome, value), result in zip(plans, results, strict=False):
-            self._after_record(job, outcome, value, result)
+        for (job, outcome, value, call), result in zip(plans, results, strict=False):
+            self._after_record(job, outcome, value, call, result)
         self._processed_since_drained = True
         if fetch_tokens:
             result = results[-1]
@@ -833,7 +873,9 @@ class Worker:
         )
         return call, ("failed" if plan.kind == "fail" else "retried"), value
 
-    def _after_record(self, job: Job, outcome: str, value: Any, result: Any) -> None:
+    def _after_record(
+        self, job: Job, outcome: str, value: Any, call: scripts.Call, result: Any
+    ) -> None:
         if isinstance(result, BaseException) or (isinstance(result, int) and result < 0):
             error = (
                 result
@@ -844,14 +886,12 @@ class Worker:
             self._emit("error", error)
             return
         self.jobs_processed += 1
-        if outcome == "completed":
-            self._emit("completed", job, value)
-        elif outcome == "rate-limited":
+        if outcome == "rate-limited":
             if isinstance(result, int) and result > 0:
                 self._rate_limited(result)
-        else:
-            job.failed_reason = error_message(value)
-            self._emit("failed", job, value)
+            return
+        note_outcome(job, call, outcome, value)
+        self._emit(outcome if outcome == "completed" else "failed", job, value)
 
     async def _drain_active(self) -> None:
         """Graceful close: wait for running jobs and record them."""
@@ -865,7 +905,8 @@ class Worker:
             if not self._active:
                 continue
             args: list[Any] = [self.queue.keys.qualified, self.lock_duration]
-            for job in list(self._active.values()):
+            renewing = list(self._active.values())
+            for job in renewing:
                 args += [job.id, job.token or "0"]
             try:
                 lost = await scripts.arun(
@@ -878,9 +919,15 @@ class Worker:
             except redis.RedisError as error:
                 self._emit("error", error)
                 continue
+            if lost:
+                self._emit("lock_renewal_failed", list(lost))
             for job_id in lost:
                 logger.warning("lost the lock of job %s in queue %s", job_id, self.queue.name)
                 self._emit("error", FlowJobsError(f'lost the lock of job "{job_id}"'))
+            lost_ids = set(lost)
+            renewed = [job.id for job in renewing if job.id not in lost_ids]
+            if renewed:
+                self._emit("locks_renewed", {"count": len(renewed), "job_ids": renewed})
 
     async def _stalled_checker(self) -> None:
         while True:
@@ -931,12 +978,30 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
+def _processor_args(job: Job, pass_token: bool, pass_signal: bool) -> tuple[Any, ...]:
+    if pass_signal:
+        return (job, job.token, cancellation.CancellationSignal(job))
+    return (job, job.token) if pass_token else (job,)
+
+
+def _wants_signal(processor: Processor | None) -> bool:
+    """A third positional parameter receives the cancellation signal (Node passes its
+    AbortSignal to processors declaring three parameters)."""
+    return _positional_parameters(processor)[0] >= 3
+
+
 def _wants_token(processor: Processor | None) -> bool:
+    count, var_positional = _positional_parameters(processor)
+    return count >= 2 or var_positional
+
+
+def _positional_parameters(processor: Processor | None) -> tuple[int, bool]:
+    """(how many named positional parameters, whether it takes *args)."""
     if processor is None:
-        return False
+        return 0, False
     try:
         parameters = inspect.signature(processor).parameters.values()
     except (TypeError, ValueError):
-        return False
+        return 0, False
     positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in parameters)
+    return len(positional), any(p.kind == p.VAR_POSITIONAL for p in parameters)

@@ -62,6 +62,22 @@ def test_token_modes(scratch_queue):
     assert registry.get_processor(scratch_queue, "b").call(None, "tok") == "tok"
 
 
+def test_a_processor_with_a_third_parameter_gets_the_cancellation_signal(scratch_queue):
+    from flowjobs.engine import Job, Queue
+
+    @processor(scratch_queue, name="c")
+    def with_signal(job, token, signal):
+        return signal
+
+    info = registry.get_processor(scratch_queue, "c")
+    assert info.token_mode == "signal"
+    job = Job(Queue(scratch_queue), "1", {"name": "c"})
+    signal = info.call(job, "tok")
+    assert not signal.aborted
+    job.mark_cancelled("stop")
+    assert signal.aborted and signal.reason == "stop"
+
+
 def test_conflicting_registration_is_an_error(scratch_queue):
     @processor(scratch_queue, name="a")
     def first(job):
@@ -147,3 +163,34 @@ def test_signals_and_an_in_process_burst_worker():
         ],
         key=repr,
     )
+
+
+def test_cancel_of_a_sync_processor_in_an_async_queue_only_signals_it(
+    scratch_queue, make_queue, make_worker
+):
+    """A sync processor beside async ones runs in the dispatcher's thread: a cancel must
+    not report it stopped, nor leave its thread running unseen."""
+    started = threading.Event()
+    seen = []
+
+    @processor(scratch_queue, name="a")
+    async def async_one(job):
+        return "async"
+
+    @processor(scratch_queue, name="b")
+    def sync_one(job, token, signal):
+        started.set()
+        signal.wait(30)
+        seen.append(signal.reason)
+        signal.throw_if_aborted()
+
+    queue = make_queue(scratch_queue)
+    job = queue.add("b")
+    make_worker(scratch_queue, registry.get_dispatcher(scratch_queue).as_processor())
+    assert started.wait(5)
+    assert queue.cancel_and_confirm(job.id, "stop") == "signalled"
+    from tests.helpers import wait_for
+
+    wait_for(lambda: queue.get_job_state(job.id) == "failed")
+    assert queue.get_job(job.id).failed_reason == "cancelled: stop"
+    assert seen == ["stop"]

@@ -50,3 +50,8 @@ def initialize():
 
 def initialized(job):
     return os.environ.get("FLOWJOBS_CHILD_INITIALIZED") == str(os.getpid())
+
+
+def report_signal(job, token, signal):
+    """Takes the cancellation signal (a third parameter) in a child process."""
+    return {"aborted": signal.aborted, "reason": signal.reason, "token": token == job.token}

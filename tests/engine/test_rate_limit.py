@@ -133,7 +133,7 @@ def test_a_rate_limited_worker_waits_without_spinning(queue, make_worker, redis_
 
 
 def test_rate_limit_ttl(queue):
-    assert queue.get_rate_limit_ttl() == 0
+    assert queue.get_rate_limit_ttl() == -2  # no limiter key and no maximum: PTTL, as Node
     queue.rate_limit(5_000)
     assert 4_000 < queue.get_rate_limit_ttl() <= 5_000
     queue.set_global_rate_limit(3, 1000)

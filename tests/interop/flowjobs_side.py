@@ -16,7 +16,16 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from flowjobs.engine import Flow, FlowProducer, Job, JobNode, Queue, QueueEvents, Worker
+from flowjobs.engine import (
+    Flow,
+    FlowProducer,
+    Job,
+    JobNode,
+    Queue,
+    QueueEvents,
+    QueueEventsProducer,
+    Worker,
+)
 from flowjobs.engine.schedulers import JobScheduler
 
 from .behaviours import make_processor
@@ -209,9 +218,26 @@ class FlowjobsProducer:
             "setGlobalConcurrency": lambda c: (
                 self.queue(c["queue"]).set_global_concurrency(c["concurrency"]) or True
             ),
-            "removeGlobalConcurrency": lambda c: (
-                self.queue(c["queue"]).remove_global_concurrency() or True
+            "removeGlobalConcurrency": lambda c: self.queue(c["queue"]).remove_global_concurrency(),
+            "setGlobalRateLimit": lambda c: (
+                self.queue(c["queue"]).set_global_rate_limit(c["max"], c["duration"]) or True
             ),
+            "removeGlobalRateLimit": lambda c: self.queue(c["queue"]).remove_global_rate_limit(),
+            "rateLimit": lambda c: self.queue(c["queue"]).rate_limit(c["ms"]) or True,
+            "getRateLimitTtl": lambda c: self.queue(c["queue"]).get_rate_limit_ttl(
+                c.get("maxJobs")
+            ),
+            "removeRateLimitKey": lambda c: self.queue(c["queue"]).remove_rate_limit_key(),
+            "getCountsPerPriority": lambda c: {
+                str(priority): count
+                for priority, count in self.queue(c["queue"])
+                .get_counts_per_priority(c["priorities"])
+                .items()
+            },
+            "publishEvent": self._publish_event,
+            "flowAfterClose": self._flow_after_close,
+            "manualFinish": self._manual_finish,
+            "drain": lambda c: self.queue(c["queue"]).drain(c.get("delayed", False)) is not None,
             "getWorkers": lambda c: sorted(w["name"] for w in self.queue(c["queue"]).get_workers()),
             "upsertJobScheduler": self._upsert_job_scheduler,
             "removeJobScheduler": lambda c: self.queue(c["queue"]).remove_job_scheduler(c["id"]),
@@ -258,7 +284,7 @@ class FlowjobsProducer:
     def _upsert_job_scheduler(self, c: dict[str, Any]) -> Any:
         repeat = dict(c.get("repeat") or {})
         names = {"startDate": "start_date", "endDate": "end_date"}
-        known = {"every", "pattern", "tz", "limit", "immediately", "offset", *names}
+        known = {"every", "pattern", "tz", "limit", "count", "immediately", "offset", *names}
         if set(repeat) - known:
             raise KeyError(f"no flowjobs mapping for repeat options {sorted(set(repeat) - known)}")
         template = c.get("template") or {}
@@ -272,6 +298,45 @@ class FlowjobsProducer:
             },
         )
         return job_to_json(job)
+
+    def _publish_event(self, c: dict[str, Any]) -> Any:
+        producer = QueueEventsProducer(c["queue"], connection=self.redis_url, prefix=self.prefix)
+        try:
+            producer.publish_event(c["eventName"], c.get("fields"), c.get("maxEvents", 1000))
+        finally:
+            producer.close()
+        return True
+
+    def _manual_finish(self, c: dict[str, Any]) -> Any:
+        worker = Worker(c["queue"], None, connection=self.redis_url, prefix=self.prefix)
+        active: list[list[Any]] = []
+        worker.on("active", lambda job: active.append([job.id, "waiting"]))
+        try:
+            job = worker.get_next_job("token-1", block=False)
+            assert job is not None, f"no job to take in {c['queue']}"
+            if c["outcome"] == "completed":
+                following = job.move_to_completed(
+                    c.get("value"), "token-1", c.get("fetchNext", False)
+                )
+            else:
+                error = RuntimeError(c.get("value"))
+                following = job.move_to_failed(error, "token-1", c.get("fetchNext", False))
+            return {
+                "id": job.id,
+                "attemptsMade": job.attempts_made,
+                "returnvalue": job.returnvalue,
+                "failedReason": job.failed_reason,
+                "finishedOn": job.finished_on,
+                "active": active,
+                "next": following.id if following else None,
+            }
+        finally:
+            worker.close()
+
+    def _flow_after_close(self, c: dict[str, Any]) -> Any:
+        producer = FlowProducer(connection=self.redis_url, prefix=self.prefix)
+        producer.close()
+        return node_to_json(producer.add(to_flow(c["flow"])))
 
     def _add_bulk(self, c: dict[str, Any]) -> Any:
         items = [
@@ -355,7 +420,7 @@ class FlowjobsWorker(LineLog):
                     "id": job.id,
                     "name": job.name,
                     "returnvalue": result,
-                    "attemptsMade": job.attempts_made + 1,
+                    "attemptsMade": job.attempts_made,  # updated before listeners run
                 }
             )
             self._count()
@@ -364,7 +429,7 @@ class FlowjobsWorker(LineLog):
 
     def _failed_listener(self, queue: str, worker: Worker) -> Callable[[Job, Any], None]:
         def listener(job: Job, error: Any) -> None:
-            final = worker.queue.get_job_state(job.id) in ("failed", "unknown")
+            final = bool(job.finished_on)  # as worker.cjs: set only by a final failure
             self.append(
                 {
                     "event": "failed",
@@ -373,6 +438,7 @@ class FlowjobsWorker(LineLog):
                     "name": job.name,
                     "failedReason": str(error),
                     "errorName": type(error).__name__,
+                    "attemptsMade": job.attempts_made,
                     "final": final,
                 }
             )

@@ -31,12 +31,20 @@
 //   changePriority {queue, id, priority, lifo?}; changeDelay {queue, id, delay}
 //   updateData {queue, id, data}; log {queue, id, line}          -> logs count
 //   drain {queue, delayed?}; obliterate {queue, force?}; getMeta {queue}
-//   setGlobalConcurrency {queue, concurrency}; removeGlobalConcurrency {queue}
+//   setGlobalConcurrency {queue, concurrency}; removeGlobalConcurrency {queue} -> n removed
+//   setGlobalRateLimit {queue, max, duration}; removeGlobalRateLimit {queue} -> n removed
+//   rateLimit {queue, ms}; getRateLimitTtl {queue, maxJobs?}; removeRateLimitKey {queue} -> n
+//   getCountsPerPriority {queue, priorities}         -> {"<priority>": n}
+//   publishEvent {queue, eventName, fields?, maxEvents?} (a QueueEventsProducer)
+//   flowAfterClose {flow}                            -> what add answers once closed
+//   manualFinish {queue, outcome: "completed"|"failed", value?, fetchNext?}: a Worker
+//     without processor takes a job and finishes it by hand -> the local Job's fields
+//     after the move, the active events seen, and the id of the job fetched next
 //   getWorkers {queue}                               -> [connection name] (sorted)
 //   ping                                             -> "pong"
 
 const readline = require('node:readline');
-const { Queue, FlowProducer } = require('bullmq');
+const { Queue, FlowProducer, QueueEventsProducer, Worker } = require('bullmq');
 const { parseArgs, emit, connection, errorInfo, jobToJson, flowToJson } = require('./lib/common.cjs');
 
 const args = parseArgs(process.argv.slice(2), { script: 'producer.cjs', flags: ['--serve'] });
@@ -142,9 +150,55 @@ const handlers = {
     await queue(c.queue).setGlobalConcurrency(c.concurrency);
     return true;
   },
-  removeGlobalConcurrency: async (c) => {
-    await queue(c.queue).removeGlobalConcurrency();
+  removeGlobalConcurrency: async (c) => queue(c.queue).removeGlobalConcurrency(),
+  setGlobalRateLimit: async (c) => {
+    await queue(c.queue).setGlobalRateLimit(c.max, c.duration);
     return true;
+  },
+  removeGlobalRateLimit: async (c) => queue(c.queue).removeGlobalRateLimit(),
+  rateLimit: async (c) => {
+    await queue(c.queue).rateLimit(c.ms);
+    return true;
+  },
+  getRateLimitTtl: async (c) => queue(c.queue).getRateLimitTtl(c.maxJobs),
+  removeRateLimitKey: async (c) => queue(c.queue).removeRateLimitKey(),
+  getCountsPerPriority: async (c) => queue(c.queue).getCountsPerPriority(c.priorities),
+  publishEvent: async (c) => {
+    const producer = new QueueEventsProducer(c.queue, { connection: conn, prefix: args.prefix });
+    try {
+      await producer.publishEvent({ eventName: c.eventName, ...(c.fields ?? {}) }, c.maxEvents);
+    } finally {
+      await producer.close();
+    }
+    return true;
+  },
+  manualFinish: async (c) => {
+    const worker = new Worker(c.queue, null, { connection: conn, prefix: args.prefix, autorun: false });
+    const active = [];
+    worker.on('active', (job, prev) => active.push([job.id, prev]));
+    try {
+      const job = await worker.getNextJob('token-1');
+      const next =
+        c.outcome === 'completed'
+          ? await job.moveToCompleted(c.value ?? null, 'token-1', c.fetchNext ?? false)
+          : await job.moveToFailed(new Error(c.value), 'token-1', c.fetchNext ?? false);
+      return {
+        id: job.id,
+        attemptsMade: job.attemptsMade,
+        returnvalue: job.returnvalue ?? null,
+        failedReason: job.failedReason ?? null,
+        finishedOn: job.finishedOn ?? null,
+        active,
+        next: Array.isArray(next) && next[1] ? String(next[1]) : null,
+      };
+    } finally {
+      await worker.close();
+    }
+  },
+  flowAfterClose: async (c) => {
+    const producer = new FlowProducer({ connection: conn, prefix: args.prefix });
+    await producer.close();
+    return flowToJson(await producer.add(c.flow));
   },
   getWorkers: async (c) =>
     (await queue(c.queue).getWorkers()).map((client) => client.rawname).sort(),

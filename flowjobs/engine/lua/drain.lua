@@ -58,5 +58,6 @@ end
 if ARGV[2] == "1" then
   drainKey(qk .. ":delayed", false)
 end
-rcall("DEL", qk .. ":pc")
+-- the priority counter (pc) stays, as in Node: a scheduler iteration kept above holds
+-- a score from it, and a reset would put new jobs of its priority ahead of it
 return count

@@ -5,11 +5,15 @@
   KEYS[1]  meta key (routing only)
   ARGV[1]  qk  ARGV[2] jobId  ARGV[3] now  ARGV[4] token  ARGV[5] due ms
   ARGV[6]  skip attempt "1"/"0"  ARGV[7] extra fields JSON ("" = none)
-  Returns  0 or -1 / -2 / -3 / -6
+  ARGV[8]  lock duration  ARGV[9] limiter max  ARGV[10] limiter duration
+  ARGV[11] worker name  ARGV[12..] lock tokens for fetching next jobs (as Node's
+           fetchNext: a manual retry with backoff hands back the next job)
+  Returns  0, the fetch tuple, or -1 / -2 / -3 / -6
   Events   delayed
 ]]
 --- @include "includes/base"
 --- @include "includes/fields"
+--- @include "includes/fetch"
 
 local qk, jobId, now, token = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local due = tonumber(ARGV[5])
@@ -24,4 +28,19 @@ if ARGV[6] ~= "1" then
 end
 rcall("HSET", jobKey, "delay", math.max(0, due - now))
 addDelayed(qk, jobId, due)
+if #ARGV >= 12 then
+  local tokens = {}
+  for i = 12, #ARGV do
+    tokens[#tokens + 1] = ARGV[i]
+  end
+  local name = ARGV[11]
+  if name == "" then
+    name = nil
+  end
+  local fetched = fetchJobs(qk, now, tokens, tonumber(ARGV[8]), tonumber(ARGV[9]),
+    tonumber(ARGV[10]), name)
+  if #fetched[1] > 0 or fetched[2] > 0 or fetched[3] > 0 then
+    return fetched
+  end
+end
 return 0

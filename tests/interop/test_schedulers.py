@@ -164,7 +164,9 @@ def test_limit_offset_and_start_date_are_honoured_by_the_other_side(
     sides: tuple[Side, Side], r: redis.Redis
 ) -> None:
     author, runner = sides
-    start = int(time.time() * 1000) + 400
+    # Far enough ahead that the upsert (a Node process under a loaded CI machine) happens
+    # before it: a start date already past at upsert time means "from now" on both sides.
+    start = int(time.time() * 1000) + 2500
     author.producer.upsertJobScheduler(
         queue="lim", id="three", repeat={"every": 200, "limit": 3}, template={"name": "three"}
     )

@@ -235,11 +235,29 @@ class Dispatcher:
             _close_old_connections()
 
     def sync_call(self, job: Job, token: str | None = None) -> Any:
+        return self._logged(job, lambda info: self.run_sync(info, job, token))
+
+    def call_here(self, job: Job, token: str | None = None) -> Any:
+        """Runs the job's processor in the calling thread (an ``async def`` one through
+        asgiref's ``async_to_sync``) and leaves database connections alone: the test kit
+        runs jobs in the test's own thread, inside the test's transaction, which
+        ``close_old_connections()`` would end."""
+
+        def run(info: ProcessorInfo) -> Any:
+            result = info.call(job, token)
+            if info.is_async:
+                from asgiref.sync import async_to_sync
+
+                result = async_to_sync(_awaited)(result)
+            return result
+
+        return self._logged(job, run)
+
+    def _logged(self, job: Job, run: Callable[[ProcessorInfo], Any]) -> Any:
         started = time.monotonic()
         _log_start(self.queue, job)
         try:
-            info = self._select(job)
-            result = self.run_sync(info, job, token)
+            result = run(self._select(job))
         except BaseException as error:
             _log_end(self.queue, job, started, error)
             raise

@@ -6,8 +6,7 @@ import time
 import uuid
 from collections.abc import Callable
 
-import redis
-
+from flowjobs.testing.server import delete_prefixed_keys
 from tests.redis_server import free_port
 
 __all__ = ["delete_prefixed_keys", "free_port", "new_prefix", "wait_for"]
@@ -40,17 +39,3 @@ def wait_for[T](
 def new_prefix() -> str:
     """A BullMQ key prefix no other test uses: keys are `<prefix>:<queue>:...`."""
     return "fj" + uuid.uuid4().hex[:10]
-
-
-def delete_prefixed_keys(client: redis.Redis, prefix: str) -> int:
-    """Delete every `<prefix>:*` key; returns how many were deleted."""
-    deleted = 0
-    batch: list[bytes | str] = []
-    for key in client.scan_iter(match=f"{prefix}:*", count=1000):
-        batch.append(key)
-        if len(batch) >= 500:
-            deleted += client.unlink(*batch)
-            batch.clear()
-    if batch:
-        deleted += client.unlink(*batch)
-    return deleted

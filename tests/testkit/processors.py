@@ -1,0 +1,49 @@
+"""Processors the test-kit tests run (queues named kit-*)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from flowjobs import Job, processor
+from flowjobs.enqueue import enqueue
+from tests.testapp.models import Note
+
+
+@processor("kit-orders", name="confirm")
+def confirm(job: Job) -> dict[str, Any]:
+    # The note was created by the test, inside its transaction: only the test's own
+    # connection can see it.
+    note = Note.objects.get(pk=job.data["note"])
+    Note.objects.create(text=f"confirmed {note.text}")
+    return {"confirmed": note.text, "thread": threading.current_thread().name}
+
+
+@processor("kit-orders", name="count-async")
+async def count_async(job: Job) -> int:
+    return await Note.objects.acount()
+
+
+@processor("kit-flaky")
+def flaky(job: Job) -> str:
+    if job.attempts_made < job.data["fail_times"]:
+        raise ConnectionError(f"flaky failure {job.attempts_made + 1}")
+    return f"succeeded on attempt {job.attempts_made + 1}"
+
+
+@processor("kit-parts", name="part")
+def part(job: Job) -> int:
+    if job.data.get("fail"):
+        raise ValueError(f"part {job.data['n']} is broken")
+    return job.data["n"]
+
+
+@processor("kit-assemble", name="assemble")
+def assemble(job: Job) -> int:
+    return sum(job.get_children_values().values())
+
+
+@processor("kit-forever")
+def forever(job: Job) -> int:
+    enqueue("kit-forever", "again", {"n": job.data["n"] + 1}, on_commit=False)
+    return job.data["n"]

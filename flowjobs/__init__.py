@@ -8,6 +8,8 @@ enqueue_flow); settings and shared queues in ``flowjobs.conf``.
 
 from __future__ import annotations
 
+__version__ = "0.2.0"
+
 from typing import TYPE_CHECKING, Any
 
 from .engine import (

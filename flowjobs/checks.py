@@ -9,6 +9,7 @@ Ids:
 - flowjobs.E006 DEFAULT_JOB_OPTIONS is rejected by the engine
 - flowjobs.E007 a boolean setting is not a boolean
 - flowjobs.E008 QUEUES is malformed (unknown keys, bad values)
+- flowjobs.E030 TASKS names flowjobs' django.tasks backend on a Django older than 6.0
 - flowjobs.W001 Redis does not answer at REDIS_URL (1 s timeout; password masked)
 - flowjobs.W002 Redis maxmemory-policy is not noeviction (jobs may be evicted)
 
@@ -22,13 +23,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import django
 import redis
+from django.conf import settings as django_settings
 from django.core import checks
 
 from . import conf
 from .engine.connection import eviction_warning, probe
 
-__all__ = ["check_redis", "check_settings", "register_checks"]
+__all__ = ["check_redis", "check_settings", "check_tasks_backend", "register_checks"]
 
 TAG = "flowjobs"
 CONNECT_TIMEOUT_S = 1.0
@@ -46,6 +49,29 @@ def check_settings(
     if not found:  # the mirror's settings build on valid base settings
         found += [checks.Error(message, id="flowjobs.E020") for message in mirror.check_settings()]
     return found
+
+
+def check_tasks_backend(
+    app_configs: Sequence[Any] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """Django 5.2 ignores TASKS, so a flowjobs backend named there would silently do
+    nothing: say so instead."""
+    if django.VERSION >= (6, 0):
+        return []
+    tasks = getattr(django_settings, "TASKS", None)
+    if not isinstance(tasks, dict):
+        return []
+    return [
+        checks.Error(
+            f"TASKS[{alias!r}] uses {backend!r}, which needs Django 6.0 or newer "
+            f"(django.tasks); this is Django {django.get_version()}.",
+            hint="Upgrade Django, or enqueue with flowjobs.enqueue on this version.",
+            id="flowjobs.E030",
+        )
+        for alias, config in tasks.items()
+        if isinstance(config, dict)
+        and str(backend := config.get("BACKEND", "")).startswith("flowjobs.")
+    ]
 
 
 def check_redis(
@@ -81,4 +107,5 @@ def check_redis(
 
 def register_checks() -> None:
     checks.register(check_settings, TAG)
+    checks.register(check_tasks_backend, TAG)
     checks.register(check_redis, TAG)

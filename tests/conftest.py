@@ -119,3 +119,14 @@ def flow_producer(redis_url: str, prefix: str) -> Iterator[FlowProducer]:
     producer = FlowProducer(connection=redis_url, prefix=prefix)
     yield producer
     producer.close()
+
+
+@pytest.fixture(scope="session")
+def wheel_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The python of a venv OUTSIDE the repository with the built flowjobs wheel (and
+    pytest, pytest-django) installed: run it from a directory outside the repository and
+    `import flowjobs` is the installed package, never the source tree."""
+    from tests.packaging.wheel import build_wheel, install_wheel
+
+    base = tmp_path_factory.mktemp("wheel")
+    return install_wheel(base / "venv", build_wheel(base / "dist"))

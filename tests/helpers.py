@@ -5,14 +5,17 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from typing import TypeVar
 
 from flowjobs.testing.server import delete_prefixed_keys
 from tests.redis_server import free_port
 
 __all__ = ["delete_prefixed_keys", "free_port", "new_prefix", "wait_for"]
 
+T = TypeVar("T")  # a TypeVar, not PEP 695: the floors stage runs the suite on Python 3.11
 
-def wait_for[T](
+
+def wait_for(
     predicate: Callable[[], T],
     timeout: float = 10.0,
     interval: float = 0.005,

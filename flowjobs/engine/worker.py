@@ -19,6 +19,7 @@ import contextlib
 import inspect
 import logging
 import os
+import sys
 import threading
 import time
 import uuid
@@ -201,7 +202,8 @@ class Worker:
         if self.processor is None:
             raise FlowJobsError("this worker has no processor: use get_next_job() to process jobs")
         try:
-            asyncio.run(self._main(), loop_factory=_loop_factory())
+            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+                runner.run(self._main())
         finally:
             self._stopped.set()
         if self._fatal is not None:
@@ -330,8 +332,9 @@ class Worker:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         # A processor runs at once, up to its first real wait: quick jobs cost no
-        # scheduling round of the event loop.
-        self._loop.set_task_factory(_eager_task)
+        # scheduling round of the event loop. Eager tasks exist from Python 3.12 on.
+        if _EAGER_TASKS:
+            self._loop.set_task_factory(_eager_task)
         self._wake = asyncio.Event()
         self._blocking_task: asyncio.Task | None = None
         self._aclient = async_client(self._connection)
@@ -903,6 +906,9 @@ class Worker:
             except redis.RedisError as error:
                 self._emit("error", error)
             await asyncio.sleep(self.stalled_interval / 1000)
+
+
+_EAGER_TASKS = sys.version_info >= (3, 12)
 
 
 def _eager_task(loop: asyncio.AbstractEventLoop, coro: Any, **options: Any) -> asyncio.Task:

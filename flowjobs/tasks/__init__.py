@@ -54,6 +54,16 @@ that raise are logged and change nothing.
 
 from __future__ import annotations
 
+import django
+from django.core.exceptions import ImproperlyConfigured
+
+if django.VERSION < (6, 0):
+    raise ImproperlyConfigured(
+        "flowjobs' django.tasks backend (flowjobs.backends.FlowJobsBackend) needs Django 6.0 "
+        f"or newer, where django.tasks exists; this is Django {django.get_version()}. "
+        "Everything else in flowjobs works on this version."
+    )
+
 from .backend import FlowJobsBackend, FlowJobsTask
 from .errors import TaskAborted, UnknownTask
 from .results import from_bullmq_priority, to_bullmq_priority

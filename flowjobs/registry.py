@@ -244,12 +244,11 @@ class Dispatcher:
         ``close_old_connections()`` would end."""
 
         def run(info: ProcessorInfo) -> Any:
-            result = info.call(job, token)
-            if info.is_async:
-                from asgiref.sync import async_to_sync
+            if not info.is_async:
+                return info.call(job, token)
+            from asgiref.sync import async_to_sync
 
-                result = async_to_sync(_awaited)(result)
-            return result
+            return async_to_sync(_on_own_loop)(info, job, token)
 
         return self._logged(job, run)
 
@@ -381,3 +380,17 @@ def isolated_dispatch(job: Job, token: str | None = None) -> Any:
 
 async def _awaited(awaitable: Any) -> Any:
     return await awaitable
+
+
+async def _on_own_loop(info: ProcessorInfo, job: Job, token: str | None) -> Any:
+    """Runs an async processor on the running loop, which is not its worker's: the job it
+    gets uses an asyncio Redis client of this loop for its a* methods."""
+    import copy
+
+    queue = job.queue.on_event_loop()
+    own = copy.copy(job)
+    own.queue = queue
+    try:
+        return await info.call(own, token)
+    finally:
+        await queue.aclient().aclose()

@@ -24,6 +24,15 @@ async def count_async(job: Job) -> int:
     return await Note.objects.acount()
 
 
+@processor("kit-orders", name="progress-async")
+async def progress_async(job: Job) -> int:
+    # the job's a* methods work although this runs on an event loop of its own, not the
+    # worker's
+    await job.aupdate_progress(50)
+    await job.alog("half way")
+    return await Note.objects.acount()
+
+
 @processor("kit-flaky")
 def flaky(job: Job) -> str:
     if job.attempts_made < job.data["fail_times"]:

@@ -57,6 +57,16 @@ def test_async_processor_sees_the_test_transaction(flowjobs):
     assert run.results("count-async") == [2]
 
 
+def test_async_processor_uses_the_async_job_methods(flowjobs):
+    Note.objects.create(text="a")
+    job = enqueue("kit-orders", "progress-async", on_commit=False)
+    run = run_jobs("kit-orders")
+    assert run.results() == [1], str(run)
+    stored = flowjobs.queue("kit-orders").get_job(job.id)
+    assert stored.progress == 50
+    assert flowjobs.queue("kit-orders").get_job_logs(job.id) == (["half way"], 1)
+
+
 def test_retried_job_with_backoff_runs_at_once_with_run_delayed(flowjobs):
     job = enqueue(
         "kit-flaky",

@@ -7,7 +7,8 @@ events stream behave as in production. Only the processor call is handed over to
 thread that called ``run_jobs()``, so a processor sees what the test sees: the same
 database connection, inside the test's transaction (Django's ``TestCase``, pytest-django's
 ``db``), on SQLite as on PostgreSQL. The ``job_started`` / ``job_completed`` /
-``job_failed`` signals are sent in that thread too.
+``job_failed`` signals are sent in that thread too, and the on-commit callbacks a
+processor registers run when it returns (the test's transaction never commits).
 
 ``run_jobs()`` returns once no job of the queues can run: nothing waiting, prioritized,
 active or delayed and due in any of them, read in one MULTI so that a parent released by
@@ -18,6 +19,7 @@ retries waiting out their backoff) are promoted and run at once.
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue as queue_module
 import threading
 import time
@@ -33,6 +35,8 @@ from ..engine.options import now_ms
 from ..engine.worker import MOVED_BY_PROCESSOR
 
 __all__ = ["Attempt", "JobsRun", "JobsStillRunning", "NoProcessorForQueue", "run_jobs"]
+
+logger = logging.getLogger("flowjobs.testing")
 
 DEFAULT_TIMEOUT_S = 10.0
 PUMP_INTERVAL_S = 0.01
@@ -120,6 +124,35 @@ class JobsRun:
         if left:
             lines.append(f"left: {left}")
         return "\n".join(lines)
+
+
+def _on_commit_marks() -> dict[str, int]:
+    from django.db import connections
+
+    return {c.alias: len(c.run_on_commit) for c in connections.all(initialized_only=True)}
+
+
+def _run_on_commit_callbacks(marks: dict[str, int]) -> None:
+    """Runs the on-commit callbacks a processor registered (and takes them off the list).
+
+    In production a processor runs in autocommit mode: ``on_commit`` work runs when its
+    atomic block commits, or at once outside one. Here it runs inside the test's
+    transaction, which never commits, so the kit plays the commit's part when the
+    processor returns. Callbacks of a block that rolled back are gone already (Django
+    drops them with the savepoint)."""
+    from django.db import connections
+
+    for connection in connections.all(initialized_only=True):
+        start = marks.get(connection.alias, 0)
+        while len(connection.run_on_commit) > start:
+            _savepoints, callback, robust = connection.run_on_commit.pop(start)
+            if not robust:
+                callback()
+                continue
+            try:
+                callback()
+            except Exception:
+                logger.exception("a robust on-commit callback of a processor raised")
 
 
 def _queue_names(queues: Iterable[str] | str | None) -> list[str]:
@@ -342,8 +375,12 @@ class _Session:
         attempt = Attempt(dispatcher.queue, job.id, job.name, job.data, job.attempts_made + 1)
         self.attempts[token] = attempt
         self.result.ran.append(attempt)
+        marks = _on_commit_marks()
         try:
-            attempt.result = dispatcher.call_here(job, token)
+            try:
+                attempt.result = dispatcher.call_here(job, token)
+            finally:
+                _run_on_commit_callbacks(marks)
         except BaseException as error:
             attempt.error = error
             attempt.traceback = "".join(traceback.format_exception(error))
@@ -364,12 +401,17 @@ class _Session:
         self.calls.put(lambda: self._record(job, "completed"))
 
     def _on_failed(self, job: Job, error: BaseException) -> None:
-        self.calls.put(lambda: self._record(job, "failed"))
+        self.calls.put(lambda: self._record(job, "failed", error))
 
-    def _record(self, job: Job, outcome: str) -> None:
+    def _record(self, job: Job, outcome: str, error: BaseException | None = None) -> None:
         attempt = self.attempts.get(job.token or "")
         if attempt is None:
-            return
+            # failed before any processor ran (data that is not JSON, no job hash, ...)
+            attempt = Attempt(job.queue.name, job.id, job.name, job.data, job.attempts_made + 1)
+            attempt.error = error
+            if error is not None:
+                attempt.traceback = "".join(traceback.format_exception(error))
+            self.result.ran.append(attempt)
         if outcome == "failed":
             # Read before the job's next attempt can run: that needs this thread.
             state = job.queue.get_job_state(job.id)

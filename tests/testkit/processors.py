@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from django.db import transaction
+
 from flowjobs import Job, processor
 from flowjobs.enqueue import enqueue
 from tests.testapp.models import Note
@@ -56,3 +58,22 @@ def assemble(job: Job) -> int:
 def forever(job: Job) -> int:
     enqueue("kit-forever", "again", {"n": job.data["n"] + 1}, on_commit=False)
     return job.data["n"]
+
+
+@processor("kit-chain", name="first")
+def first(job: Job) -> str:
+    # In production the block commits and the follow-up is enqueued; in a test it is
+    # nested in the test's transaction, and run_jobs() plays the commit's part.
+    with transaction.atomic():
+        Note.objects.create(text="first")
+        enqueue("kit-chain", "second", {}, on_commit=True)
+    if job.data.get("then_fail"):
+        with transaction.atomic():
+            enqueue("kit-chain", "never", {}, on_commit=True)
+            raise RuntimeError("rolled back: its on-commit enqueue must not happen")
+    return "first"
+
+
+@processor("kit-chain", name="second")
+def second(job: Job) -> int:
+    return Note.objects.filter(text="first").count()

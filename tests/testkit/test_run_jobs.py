@@ -50,6 +50,26 @@ def test_on_commit_enqueue_runs_inside_the_test_transaction(
     assert received == [("kit-orders", job_id, True)]
 
 
+def test_on_commit_enqueue_inside_a_processor_happens(flowjobs):
+    enqueue("kit-chain", "first", {}, on_commit=False)
+    run = flowjobs.run_jobs("kit-chain")
+    assert [(a.name, a.outcome) for a in run.ran] == [
+        ("first", "completed"),
+        ("second", "completed"),
+    ]
+    assert run.results("second") == [1]
+
+
+def test_on_commit_enqueue_of_a_rolled_back_block_does_not_happen(flowjobs):
+    enqueue("kit-chain", "first", {"then_fail": True}, on_commit=False)
+    run = flowjobs.run_jobs("kit-chain")
+    # the first block committed (its enqueue happened), the failing one rolled back
+    assert sorted((a.name, a.outcome) for a in run.ran) == [
+        ("first", "failed"),
+        ("second", "completed"),
+    ]
+
+
 def test_async_processor_sees_the_test_transaction(flowjobs):
     Note.objects.bulk_create([Note(text="a"), Note(text="b")])
     enqueue("kit-orders", "count-async", on_commit=False)
@@ -130,6 +150,16 @@ def test_flow_parent_runs_after_its_children(flowjobs):
     run = flowjobs.run_jobs(["kit-parts", "kit-assemble"])
     assert [a.name for a in run.completed] == ["part", "part", "part", "assemble"]
     assert flowjobs.queue("kit-assemble").get_job(node.job.id).returnvalue == 6
+
+
+def test_job_failed_before_its_processor_ran_is_reported(flowjobs):
+    job = enqueue("kit-parts", "part", {"n": 1}, on_commit=False)
+    with flowjobs.redis() as client:
+        client.hset(f"{flowjobs.prefix}:kit-parts:{job.id}", "data", "{not json")
+    run = flowjobs.run_jobs("kit-parts")
+    [failure] = run.failed
+    assert failure.job_id == job.id and "not valid JSON" in str(failure.error)
+    assert "not valid JSON" in failure.traceback
 
 
 def test_time_limit_raises_with_what_ran(flowjobs):

@@ -63,7 +63,9 @@ class Attempt:
     ``outcome``: ``completed``; ``failed`` (for good: no attempts left, or unrecoverable);
     ``retried`` (failed, the job goes round again); ``moved`` (the processor moved the job
     itself: DelayedError, WaitingChildrenError, WaitingError); ``rate-limited``;
-    ``unrecorded`` (the engine could not record it, or the run stopped first).
+    ``unrecorded`` (the engine could not record it, or the run stopped first). A job the
+    engine failed without running its processor (a parent failed by its child, data that
+    is not JSON) is an attempt too, with the engine's ``error``.
     """
 
     queue: str

@@ -110,7 +110,8 @@ FILES = {
             node = services.ship_parcel(["book", "vase"], broken="vase")
             run = run_jobs()
             assert run.results("pack") == ["book"], str(run)
-            [failure] = run.failed
+            failure, parent_failure = run.failed  # the child, then the parent it failed
+            assert parent_failure.job_id == node.job.id, str(run)
             assert failure.name == "pack" and "cannot pack vase" in failure.traceback
             assert 'shop/jobs.py' in failure.traceback
             assert node.job.queue.get_job_state(node.job.id) == "failed"

@@ -129,7 +129,10 @@ def test_flow_with_a_failing_child(flowjobs):
     )
     run = flowjobs.run_jobs()  # every registered queue
     assert run.results("part") == [1]
-    [failure] = run.failed
+    # the child, then its parent (failed by the engine, without running its processor)
+    failure, parent_failure = run.failed
+    assert parent_failure.name == "assemble" and parent_failure.job_id == node.job.id
+    assert f"child {flowjobs.prefix}:kit-parts:{failure.job_id} failed" in str(parent_failure.error)
     assert failure.name == "part" and failure.data["n"] == 2
     assert isinstance(failure.error, ValueError)
     assert "part 2 is broken" in failure.traceback and "processors.py" in failure.traceback

@@ -10,16 +10,29 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 
 from flowjobs import conf
 from tests.helpers import wait_for
 
 PROCESSOR = """
+import os
+
+import redis
+
 from flowjobs import processor
+from flowjobs.conf import settings
 
 @processor("reload-q")
 def answer(job):
-    import os
+    return {{"version": {version}, "pid": os.getpid()}}
+
+@processor("reload-q", name="slow")
+def slow(job):
+    # says it started, then holds on until the test releases it
+    client = redis.Redis.from_url(settings().REDIS_URL)
+    client.rpush(f"{{job.prefix}}:started", job.id)
+    client.blpop([f"{{job.prefix}}:release"], timeout=30)
     return {{"version": {version}, "pid": os.getpid()}}
 """
 
@@ -88,7 +101,15 @@ def test_changed_processor_runs_after_reload(worker_env, start_worker, reload_pr
 
     first = _run_one("before")
     assert first["version"] == 1
-    _change(worker, 1, app, PROCESSOR.format(version=2), lambda: restarts() == 1)
+    # a job running when the file changes finishes with the code it started with
+    slow = conf.get_queue("reload-q").add("slow")
+    with redis.Redis.from_url(worker_env["FLOWJOBS_REDIS_URL"]) as client:
+        prefix = worker_env["FLOWJOBS_PREFIX"]
+        assert client.blpop([f"{prefix}:started"], timeout=30)
+        _change(worker, 1, app, PROCESSOR.format(version=2), lambda: restarts() == 1)
+        wait_for(lambda: "waiting for 1 active job(s)" in worker.output(), message=worker.output())
+        client.rpush(f"{prefix}:release", "go")
+    assert wait_for(lambda: _result(slow.id), timeout=30)["version"] == 1
     second = _run_one("after")
     assert second["version"] == 2, worker.output()
     assert second["pid"] != first["pid"]

@@ -1,7 +1,8 @@
 """The flowjobs pytest plugin (entry point ``pytest11``: ``flowjobs``).
 
 Installed with flowjobs and on by default, because it costs nothing until used: importing
-it imports nothing but pytest, it has no autouse fixture and no hook that runs per test,
+it loads nothing of Django or of the kit (only the ``flowjobs`` package, which a project
+using flowjobs loads anyway), it has no autouse fixture and no hook that runs per test,
 and the Redis server starts only when a test first asks for a fixture below. A project
 that wants none of it runs ``pytest -p no:flowjobs``.
 

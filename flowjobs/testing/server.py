@@ -27,6 +27,7 @@ __all__ = [
     "RedisServerMissing",
     "TestRedis",
     "delete_prefixed_keys",
+    "pdeathsig_prefix",
     "stop_test_redis",
     "test_redis",
 ]
@@ -43,6 +44,19 @@ INSTALL_HINT = (
 
 class RedisServerMissing(FlowJobsError):
     """The test kit found no redis-server to start, or the one it started did not answer."""
+
+
+def pdeathsig_prefix() -> list[str]:
+    """``setpriv --pdeathsig KILL --``: the kernel kills the server when its parent dies, so
+    a test run killed hard (SIGKILL, a CI timeout) leaves no redis-server behind.
+
+    The signal fires when the *thread* that started the process ends, so it is only used
+    from the main thread; elsewhere (and where setpriv is missing) atexit alone cleans up.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return []
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
 
 
 def _free_port() -> int:
@@ -93,6 +107,7 @@ class TestRedis:
             port = _free_port()
             self._process = subprocess.Popen(
                 [
+                    *pdeathsig_prefix(),
                     binary,
                     *("--bind", "127.0.0.1", "--port", str(port)),
                     *("--save", "", "--appendonly", "no", "--daemonize", "no"),

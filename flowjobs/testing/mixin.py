@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from ..engine import FlowJobsError
 from .environment import FlowJobsTestEnvironment, isolated_flowjobs
 from .in_process import JobsRun
 
@@ -37,4 +38,10 @@ class FlowJobsTestMixin:
 
     def run_jobs(self, queues: Iterable[str] | str | None = None, **options: Any) -> JobsRun:
         """``flowjobs.testing.run_jobs`` (same arguments)."""
-        return self.flowjobs.run_jobs(queues, **options)
+        environment = getattr(self, "flowjobs", None)
+        if environment is None:
+            raise FlowJobsError(
+                f"{type(self).__name__}: FlowJobsTestMixin.setUp() did not run, so FLOWJOBS "
+                "is not pointed at the test Redis; call super().setUp() in your setUp()"
+            )
+        return environment.run_jobs(queues, **options)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.test import TestCase, TransactionTestCase
 
-from flowjobs import Flow
+from flowjobs import Flow, FlowJobsError
 from flowjobs.enqueue import enqueue, enqueue_flow
 from flowjobs.testing import FlowJobsTestMixin
 from tests.testapp.models import Note
@@ -59,3 +59,12 @@ class MixinInTransactionTestCase(FlowJobsTestMixin, TransactionTestCase):
         run = self.run_jobs("kit-orders")
         self.assertEqual(run.results(), [run.completed[0].result])
         self.assertEqual(run.completed[0].result["confirmed"], "order 9")
+
+
+class MixinWithoutSuperSetUp(FlowJobsTestMixin, TestCase):
+    def setUp(self):
+        pass  # forgot super().setUp()
+
+    def test_run_jobs_says_what_is_missing(self):
+        with self.assertRaisesMessage(FlowJobsError, "call super().setUp() in your setUp()"):
+            self.run_jobs()

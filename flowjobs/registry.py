@@ -241,11 +241,28 @@ class Dispatcher:
             _close_old_connections()
 
     def sync_call(self, job: Job, token: str | None = None) -> Any:
+        return self._logged(job, lambda info: self.run_sync(info, job, token))
+
+    def call_here(self, job: Job, token: str | None = None) -> Any:
+        """Runs the job's processor in the calling thread (an ``async def`` one through
+        asgiref's ``async_to_sync``) and leaves database connections alone: the test kit
+        runs jobs in the test's own thread, inside the test's transaction, which
+        ``close_old_connections()`` would end."""
+
+        def run(info: ProcessorInfo) -> Any:
+            if not info.is_async:
+                return info.call(job, token)
+            from asgiref.sync import async_to_sync
+
+            return async_to_sync(_on_own_loop)(info, job, token)
+
+        return self._logged(job, run)
+
+    def _logged(self, job: Job, run: Callable[[ProcessorInfo], Any]) -> Any:
         started = time.monotonic()
         _log_start(self.queue, job)
         try:
-            info = self._select(job)
-            result = self.run_sync(info, job, token)
+            result = run(self._select(job))
         except BaseException as error:
             _log_end(self.queue, job, started, error)
             raise
@@ -372,3 +389,17 @@ def isolated_dispatch(job: Job, token: str | None = None) -> Any:
 
 async def _awaited(awaitable: Any) -> Any:
     return await awaitable
+
+
+async def _on_own_loop(info: ProcessorInfo, job: Job, token: str | None) -> Any:
+    """Runs an async processor on the running loop, which is not its worker's: the job it
+    gets uses an asyncio Redis client of this loop for its a* methods."""
+    import copy
+
+    queue = job.queue.on_event_loop()
+    own = copy.copy(job)
+    own.queue = queue
+    try:
+        return await info.call(own, token)
+    finally:
+        await queue.aclient().aclose()

@@ -18,11 +18,19 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from django.dispatch import Signal
 
-__all__ = ["connect_worker", "flush", "job_completed", "job_failed", "job_started"]
+__all__ = [
+    "connect_worker",
+    "flush",
+    "job_completed",
+    "job_failed",
+    "job_started",
+    "send_now",
+]
 
 logger = logging.getLogger("flowjobs.signals")
 
@@ -57,14 +65,7 @@ class _Sender:
             signal, sender, kwargs = self.pending.get()
             try:
                 close_old_connections()
-                for receiver, error in signal.send_robust(sender=sender, **kwargs):
-                    if error is not None:
-                        logger.error(
-                            "receiver %r of a flowjobs signal raised %r",
-                            receiver,
-                            error,
-                            exc_info=(type(error), error, error.__traceback__),
-                        )
+                send_now(signal, sender, **kwargs)
                 close_old_connections()
             finally:
                 self.pending.task_done()
@@ -81,6 +82,18 @@ class _Sender:
         return done.wait(timeout)
 
 
+def send_now(signal: Signal, sender: str, **kwargs: Any) -> None:
+    """Sends ``signal`` in this thread; a receiver that raises is logged, not raised."""
+    for receiver, error in signal.send_robust(sender=sender, **kwargs):
+        if error is not None:
+            logger.error(
+                "receiver %r of a flowjobs signal raised %r",
+                receiver,
+                error,
+                exc_info=(type(error), error, error.__traceback__),
+            )
+
+
 _sender = _Sender()
 
 
@@ -89,18 +102,21 @@ def flush(timeout: float | None = None) -> bool:
     return _sender.flush(timeout)
 
 
-def connect_worker(worker: Any) -> None:
-    """Sends the signals above for the jobs of an engine ``Worker``."""
+def connect_worker(worker: Any, send: Callable[..., None] | None = None) -> None:
+    """Sends the signals above for the jobs of an engine ``Worker``: through the sender
+    thread, or through ``send(signal, sender, **kwargs)`` when given (the test kit sends
+    them in the test's thread)."""
     queue_name = worker.queue.name
+    send = send or _sender.put
 
     def on_active(job: Any) -> None:
-        _sender.put(job_started, queue_name, job=job)
+        send(job_started, queue_name, job=job)
 
     def on_completed(job: Any, result: Any) -> None:
-        _sender.put(job_completed, queue_name, job=job, result=result)
+        send(job_completed, queue_name, job=job, result=result)
 
     def on_failed(job: Any, error: Any) -> None:
-        _sender.put(job_failed, queue_name, job=job, exception=error)
+        send(job_failed, queue_name, job=job, exception=error)
 
     worker.on("active", on_active)
     worker.on("completed", on_completed)

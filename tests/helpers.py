@@ -7,8 +7,7 @@ import uuid
 from collections.abc import Callable
 from typing import TypeVar
 
-import redis
-
+from flowjobs.testing.server import delete_prefixed_keys
 from tests.redis_server import free_port
 
 __all__ = ["delete_prefixed_keys", "free_port", "new_prefix", "wait_for"]
@@ -43,17 +42,3 @@ def wait_for(
 def new_prefix() -> str:
     """A BullMQ key prefix no other test uses: keys are `<prefix>:<queue>:...`."""
     return "fj" + uuid.uuid4().hex[:10]
-
-
-def delete_prefixed_keys(client: redis.Redis, prefix: str) -> int:
-    """Delete every `<prefix>:*` key; returns how many were deleted."""
-    deleted = 0
-    batch: list[bytes | str] = []
-    for key in client.scan_iter(match=f"{prefix}:*", count=1000):
-        batch.append(key)
-        if len(batch) >= 500:
-            deleted += client.unlink(*batch)
-            batch.clear()
-    if batch:
-        deleted += client.unlink(*batch)
-    return deleted

@@ -34,6 +34,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from flowjobs.testing.server import pdeathsig_prefix
+
 __all__ = ["RedisServer", "RedisServerError", "free_port"]
 
 START_TIMEOUT = 10.0
@@ -79,19 +81,6 @@ def _find_binary(binary: str | None) -> str:
             "(run `bash .ci/setup`, or `apt-get install -y redis-server`)"
         )
     return found
-
-
-def _pdeathsig_prefix() -> list[str]:
-    """`setpriv --pdeathsig KILL` makes the kernel kill redis-server when its parent dies.
-
-    The signal fires when the *thread* that started the process ends, so it is only
-    used for servers started from the main thread (fixtures); servers started from a
-    helper thread rely on atexit alone.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return []
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
 
 
 def _option_value(args: Sequence[str], name: str) -> str | None:
@@ -309,7 +298,7 @@ class RedisServer:
             args += ["--port", str(self.port)]
         if self.password:
             args += ["--requirepass", self.password]
-        return [*_pdeathsig_prefix(), *args, *self.extra_args]
+        return [*pdeathsig_prefix(), *args, *self.extra_args]
 
     def _spawn_and_wait(self, timeout: float) -> None:
         with open(self.log_path, "ab") as log:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -10,7 +11,7 @@ import redis
 import redis.asyncio
 
 from . import cancellation, groups, schedulers, scripts, telemetry
-from .connection import Connection, check_cluster_prefix, describe, sync_client
+from .connection import Connection, async_client, check_cluster_prefix, describe, sync_client
 from .errors import (
     ConnectionFailed,
     FlowJobsError,
@@ -85,6 +86,15 @@ class Queue:
                 "async job methods (a*) are only available inside a worker's async processor"
             )
         return self._aclient
+
+    def on_event_loop(self) -> Queue:
+        """A copy of this queue whose async job methods use a new asyncio client of the
+        running event loop (asyncio clients are bound to one loop); close it with
+        ``await copy.aclient().aclose()``. For async processors run outside the
+        worker's loop (the test kit)."""
+        bound = copy.copy(self)
+        bound._aclient = async_client(self.connection)
+        return bound
 
     def __repr__(self) -> str:
         return f"<Queue {self.keys.qualified}>"

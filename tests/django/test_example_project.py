@@ -12,6 +12,7 @@ from tests.helpers import wait_for
 
 
 def _manage(env: dict[str, str], *args: str) -> str:
+    """Runs manage.py; returns its output (stdout, then stderr)."""
     result = subprocess.run(
         [sys.executable, str(REPO / "manage.py"), *args],
         cwd=REPO,
@@ -21,7 +22,7 @@ def _manage(env: dict[str, str], *args: str) -> str:
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
+    return result.stdout + result.stderr
 
 
 def test_demo_flows_all_finish(worker_env, start_worker, tmp_path):
@@ -75,3 +76,18 @@ def test_demo_flows_all_finish(worker_env, start_worker, tmp_path):
 
     worker.signal(signal.SIGTERM)
     assert worker.wait() == 0, worker.output()
+
+
+def test_demo_tests_pass_with_the_test_kit(tmp_path):
+    """The example project's own tests (example_project/demo/tests.py) use flowjobs.testing,
+    run by Django's test runner with a private redis-server of their own."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOWJOBS_", "DJANGO_"))}
+    env.update(
+        DJANGO_SETTINGS_MODULE="example_project.settings",
+        DATABASE_URL=f"sqlite:///{tmp_path / 'demo.sqlite3'}",
+        PYTHONPATH=str(REPO),
+    )
+    output = _manage(env, "test", "example_project.demo", "-v", "2")
+    assert "Ran 5 tests" in output and "\nOK" in output, output

@@ -8,7 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from flowjobs import runner
+from flowjobs import reloading, runner
 
 
 def _positive(value: str) -> int:
@@ -87,9 +87,22 @@ class Command(BaseCommand):
             "processors); a job's own `timeout` option wins",
         )
         parser.add_argument("--child", action="store_true", help="(internal) supervised child")
+        # --reload: flowjobs/reloading.py
+        parser.add_argument(
+            "--reload",
+            action="store_true",
+            help="development: restart the worker when a Python file changes (Django's "
+            "autoreloader); active jobs finish first",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         ensure_logging(options["verbosity"])
+        # --reload: this process restarts a copy of itself, where the worker runs
+        reloader = None
+        if options["reload"] and not options["child"]:
+            if not reloading.in_reloaded_process():
+                sys.exit(reloading.restart_on_change())
+            reloader = reloading.WorkerReloader()
         run_options = runner.RunOptions(
             queues=list(options["queues"]),
             concurrency=options["concurrency"],
@@ -126,6 +139,8 @@ class Command(BaseCommand):
         else:
             process = runner.WorkerProcess(run_options)
             code = process.run()
+        if reloader is not None and reloader.exit_code(code) == reloading.EXIT_RELOAD:
+            sys.exit(reloading.EXIT_RELOAD)
         if code not in (runner.EXIT_OK, runner.EXIT_RECYCLE):
             raise CommandError("runworker stopped with an error", returncode=code)
         if code == runner.EXIT_RECYCLE:

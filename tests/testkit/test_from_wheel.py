@@ -76,10 +76,9 @@ def _registered(shop: dict) -> bool:
 
 
 def test_pytest_django_tests_use_the_kit_and_leave_no_keys(shop, redis_url):
-    # Until pyproject declares the entry point, the plugin is named on the command line.
-    plugin = [] if _registered(shop) else ["-p", "flowjobs.testing.pytest_plugin"]
+    # The plugin comes from the wheel's pytest11 entry point: nothing named on the command line.
     # On the suite's own Redis (FLOWJOBS_TEST_REDIS_URL), to see what the tests leave behind.
-    result = _run(shop, "-m", "pytest", "-q", *plugin, FLOWJOBS_TEST_REDIS_URL=redis_url)
+    result = _run(shop, "-m", "pytest", "-q", FLOWJOBS_TEST_REDIS_URL=redis_url)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "8 passed" in result.stdout, result.stdout  # 5 pytest tests + 3 TestCase tests
     with redis.Redis.from_url(redis_url) as client:
@@ -93,10 +92,5 @@ def test_django_test_runner_without_pytest(shop):
     assert "Ran 3 tests" in result.stderr and "OK" in result.stderr, result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pyproject.toml does not declare [project.entry-points.pytest11] flowjobs = "
-    '"flowjobs.testing.pytest_plugin" yet (the lead adds it; then drop this mark)',
-)
 def test_plugin_is_registered_by_its_entry_point(shop):
     assert _registered(shop)

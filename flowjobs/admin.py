@@ -18,6 +18,7 @@ from django.urls import path
 from django.utils.html import format_html
 
 from . import admin_views
+from .admin_display import allowed_attempts, attempts_text
 from .engine import FlowJobsError
 from .models import JobRecord, JobState
 
@@ -124,7 +125,7 @@ class JobRecordAdmin(admin.ModelAdmin):
 
     @admin.display(description="attempts", ordering="attempts_made")
     def attempts_display(self, obj: JobRecord) -> str:
-        return str(obj.attempts_made)
+        return attempts_text(obj.state, obj.attempts_made, allowed_attempts(obj.opts))
 
     @admin.display(description="duration")
     def duration_display(self, obj: JobRecord) -> str:

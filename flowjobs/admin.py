@@ -17,7 +17,7 @@ from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils.html import format_html
 
-from . import admin_views
+from . import admin_schedulers, admin_views
 from .admin_display import allowed_attempts, attempts_text
 from .engine import FlowJobsError
 from .models import JobRecord, JobState
@@ -159,6 +159,12 @@ class JobRecordAdmin(admin.ModelAdmin):
                 "<int:pk>/action/<str:action>/",
                 bind(admin_views.job_action),
                 name=f"{info}_job_action",
+            ),
+            path("schedulers/", bind(admin_schedulers.scheduler_list), name=f"{info}_schedulers"),
+            path(
+                "schedulers/<str:queue>/<str:action>/",
+                bind(admin_schedulers.scheduler_action),
+                name=f"{info}_scheduler_action",
             ),
             path(
                 "queue/<str:prefix>/<str:queue>/<str:action>/",

@@ -55,6 +55,28 @@ def test_schedulers_declared_in_settings_are_synced_at_worker_start(start_worker
     assert queue.get_job_counts("delayed")["delayed"] == 1
 
 
+def test_a_scheduler_dropped_from_settings_is_removed_at_the_next_start(start_worker):
+    queue = conf.get_queue("fj-echo")
+    queue.upsert_job_scheduler("made-in-code", every=3_600_000)
+    declared = {"hourly": {"every": 3_600_000}, "nightly": {"pattern": "0 3 * * *"}}
+    env = {"FLOWJOBS_QUEUES": json.dumps({"fj-echo": {"SCHEDULERS": declared}})}
+    worker = start_worker("fj-echo", "--burst", env=env)
+    assert worker.wait() == 0, worker.output()
+    assert {s.id for s in queue.get_job_schedulers()} == {"made-in-code", "hourly", "nightly"}
+
+    del declared["nightly"]
+    env = {"FLOWJOBS_QUEUES": json.dumps({"fj-echo": {"SCHEDULERS": declared}})}
+    worker = start_worker("fj-echo", "--burst", env=env)
+    assert worker.wait() == 0, worker.output()
+    assert {s.id for s in queue.get_job_schedulers()} == {"made-in-code", "hourly"}
+    assert 'job scheduler "nightly" of queue fj-echo removed' in worker.output()
+
+    worker = start_worker("fj-echo", "--burst")  # no SCHEDULERS at all any more
+    assert worker.wait() == 0, worker.output()
+    assert [s.id for s in queue.get_job_schedulers()] == ["made-in-code"]
+    assert 'job scheduler "hourly" of queue fj-echo removed' in worker.output()
+
+
 def test_bad_scheduler_declaration_is_a_check_error(settings):
     settings.FLOWJOBS = {
         **settings.FLOWJOBS,

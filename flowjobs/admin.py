@@ -17,7 +17,7 @@ from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils.html import format_html
 
-from . import admin_schedulers, admin_views
+from . import admin_live, admin_schedulers, admin_views
 from .admin_display import allowed_attempts, attempts_text
 from .engine import FlowJobsError
 from .models import JobRecord, JobState
@@ -160,6 +160,9 @@ class JobRecordAdmin(admin.ModelAdmin):
                 bind(admin_views.job_action),
                 name=f"{info}_job_action",
             ),
+            path("dashboard/live/", bind(admin_live.live_dashboard), name=f"{info}_live_dashboard"),
+            path("<int:pk>/live/tree/", bind(admin_live.live_tree), name=f"{info}_live_tree"),
+            path("<int:pk>/live/detail/", bind(admin_live.live_detail), name=f"{info}_live_detail"),
             path("schedulers/", bind(admin_schedulers.scheduler_list), name=f"{info}_schedulers"),
             path(
                 "schedulers/<str:queue>/<str:action>/",

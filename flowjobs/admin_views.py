@@ -24,6 +24,7 @@ from django.urls import reverse
 from . import admin_children, mirror
 from .admin_display import allowed_attempts, attempts_text, fold_trace, readable_options
 from .engine import FlowJobsError, Job, Queue
+from .engine.options import now_ms
 from .models import JobRecord, JobState, StreamPosition
 
 if TYPE_CHECKING:
@@ -147,7 +148,12 @@ class _Child:
 
 def job_detail(model_admin: ModelAdmin, request: HttpRequest, pk: int) -> TemplateResponse:
     _require_view(model_admin, request)
-    record = get_object_or_404(JobRecord, pk=pk)
+    context = detail_context(model_admin, request, get_object_or_404(JobRecord, pk=pk))
+    return _render(model_admin, request, "job_detail.html", context)
+
+
+def detail_context(model_admin: ModelAdmin, request: HttpRequest, record: JobRecord) -> dict:
+    """What the job's page shows (its live part is re-rendered from this too)."""
     job: Job | None = None
     redis_error = ""
     logs: list[str] = []
@@ -262,8 +268,9 @@ def job_detail(model_admin: ModelAdmin, request: HttpRequest, pk: int) -> Templa
         actions=actions,
         invalid_json=record.invalid_json,
         why_waiting=why_waiting,
+        live_url=_url("live_detail", record.pk),
     )
-    return _render(model_admin, request, "job_detail.html", context)
+    return context
 
 
 def _records_by_key(keys: list[str]) -> dict[str, JobRecord]:
@@ -532,12 +539,6 @@ def flow_tree(model_admin: ModelAdmin, request: HttpRequest, pk: int) -> Templat
         ancestors = _ancestors(record)
         top = ancestors[0] if ancestors else record
     root, rendered = build_tree(top, record)
-    tree_states = (
-        JobRecord.objects.filter(root_key=top.root_key or top.key)
-        .values_list("state")
-        .annotate(total=Count("pk"))
-        .order_by("state")
-    )
     above = _ancestors(top)
     context = _context(
         model_admin,
@@ -547,12 +548,30 @@ def flow_tree(model_admin: ModelAdmin, request: HttpRequest, pk: int) -> Templat
         root=root,
         rendered=rendered,
         above=[(row, _url("tree", row.pk)) for row in above],
-        tree_states=list(tree_states),
-        tree_total=sum(total for _, total in tree_states),
         tree_changelist_url=changelist_url(root_key=top.root_key or top.key),
         page_size=CHILDREN_PAGE_SIZE,
+        live_url=_url("live_tree", record.pk, query={"node": top.pk}),
+        **tree_overview(top),
     )
     return _render(model_admin, request, "flow_tree.html", context)
+
+
+def tree_overview(top: JobRecord) -> dict[str, Any]:
+    """The flow's state counts and timeline (the tree page's live parts besides nodes)."""
+    from .admin_timeline import build_timeline
+
+    tree_states = list(
+        JobRecord.objects.filter(root_key=top.root_key or top.key)
+        .values_list("state")
+        .annotate(total=Count("pk"))
+        .order_by("state")
+    )
+    return {
+        "top": top,
+        "tree_states": tree_states,
+        "tree_total": sum(total for _, total in tree_states),
+        "timeline": build_timeline(top),
+    }
 
 
 def tree_children(model_admin: ModelAdmin, request: HttpRequest, pk: int) -> HttpResponse:
@@ -592,10 +611,15 @@ class QueueRow:
     paused: bool
     workers: list[str]
     lag: int | None
+    lag_ms: int | None  # age of the oldest event the mirror has not applied
     cells: list[tuple[str, int, str]]  # (state, live count, changelist link)
     total_url: str
     mirrored: int
     pause_url: str
+
+    @property
+    def lag_age(self) -> str:
+        return format_duration(self.lag_ms) if self.lag_ms else ""
 
 
 _DASHBOARD_STATES = (
@@ -611,7 +635,16 @@ _DASHBOARD_STATES = (
 
 def dashboard(model_admin: ModelAdmin, request: HttpRequest) -> TemplateResponse:
     _require_view(model_admin, request)
+    return _render(model_admin, request, "dashboard.html", dashboard_context(model_admin, request))
+
+
+def dashboard_context(model_admin: ModelAdmin, request: HttpRequest) -> dict:
+    """What the dashboard shows (its live part is re-rendered from this too)."""
+    from .admin_charts import mirror_lag_age, queue_chart
+
     config = mirror.mirror_settings()
+    charts = []
+    now = now_ms()
     rows: list[QueueRow] = []
     redis_error = ""
     lock_holder = None
@@ -641,6 +674,12 @@ def dashboard(model_admin: ModelAdmin, request: HttpRequest) -> TemplateResponse
                     paused=paused,
                     workers=_worker_names(config.prefix, name, clients),
                     lag=_mirror_lag(client, config.prefix, name, positions.get(name)),
+                    lag_ms=mirror_lag_age(
+                        client,
+                        queue.keys.events,
+                        positions[name].last_id if name in positions else None,
+                        now,
+                    ),
                     cells=[
                         (
                             state,
@@ -659,6 +698,7 @@ def dashboard(model_admin: ModelAdmin, request: HttpRequest) -> TemplateResponse
                     ),
                 )
             )
+            charts.append(queue_chart(queue, now))
     except redis.RedisError as error:
         redis_error = str(error)
     can_pause = has_action_permission(request, "pause_queue")
@@ -672,8 +712,11 @@ def dashboard(model_admin: ModelAdmin, request: HttpRequest) -> TemplateResponse
         prefix=config.prefix,
         lock_holder=lock_holder,
         can_pause=can_pause,
+        charts=charts,
+        charts_recorded=any(chart.recorded for chart in charts),
+        live_url=_url("live_dashboard"),
     )
-    return _render(model_admin, request, "dashboard.html", context)
+    return context
 
 
 def _worker_names(prefix: str, queue: str, clients: list[dict[str, Any]]) -> list[str]:

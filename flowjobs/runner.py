@@ -126,6 +126,20 @@ def _sync_schedulers(queue: str, declarations: Any) -> None:
         )
 
 
+def metrics_minutes(current: conf.FlowJobsSettings) -> int | None:
+    """FLOWJOBS["METRICS_MINUTES"] (or FLOWJOBS_METRICS_MINUTES, default 60): minutes of
+    completed/failed counts per minute the workers keep in BullMQ's metrics keys (the
+    dashboard's charts); 0 turns recording off."""
+    value = current.extra.get("METRICS_MINUTES", os.environ.get("FLOWJOBS_METRICS_MINUTES", 60))
+    try:
+        minutes = int(value)
+    except (TypeError, ValueError):
+        minutes = -1
+    if isinstance(value, bool) or minutes < 0:
+        raise FatalError(f"METRICS_MINUTES must be an integer >= 0, got {value!r}")
+    return minutes or None
+
+
 def resolve_queues(requested: Sequence[str]) -> list[str]:
     """The queues to work on: the requested ones (each must have a processor), or every
     registered queue. Raises FatalError when there is nothing to run."""
@@ -249,6 +263,7 @@ class WorkerProcess:
                 stalled_interval=queue_settings.stalled_interval,
                 max_stalled_count=queue_settings.max_stalled_count,
                 limiter=dict(queue_settings.limiter) if queue_settings.limiter else None,
+                metrics_max_data_points=metrics_minutes(current),
                 autorun=False,
                 name=name,
             )

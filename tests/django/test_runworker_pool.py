@@ -90,3 +90,21 @@ def test_bad_scheduler_declaration_is_a_check_error(settings):
 def test_metrics_settings_are_accepted(settings):
     settings.FLOWJOBS = {**settings.FLOWJOBS, "METRICS_TOKEN": "t0ken"}
     assert check_settings() == []
+
+
+def test_runworker_records_per_minute_metrics_unless_turned_off(start_worker):
+    queue = conf.get_queue("fj-echo")
+    queue.add("one", {"n": 1})
+    worker = start_worker("fj-echo", "--burst")
+    assert worker.wait() == 0, worker.output()
+    assert queue.get_metrics("completed")["meta"]["count"] == 1  # on by default (60 minutes)
+
+    queue.add("two", {"n": 2})
+    worker = start_worker("fj-echo", "--burst", env={"FLOWJOBS_METRICS_MINUTES": "0"})
+    assert worker.wait() == 0, worker.output()
+    assert queue.get_job_counts("completed")["completed"] == 2
+    assert queue.get_metrics("completed")["meta"]["count"] == 1  # off: not counted
+
+    worker = start_worker("fj-echo", "--burst", env={"FLOWJOBS_METRICS_MINUTES": "-3"})
+    assert worker.wait() != 0
+    assert "METRICS_MINUTES must be an integer >= 0" in worker.output()

@@ -15,6 +15,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path
+from django.utils import timezone
 from django.utils.html import format_html
 
 from . import admin_live, admin_schedulers, admin_views
@@ -50,7 +51,7 @@ class JobRecordAdmin(admin.ModelAdmin):
         "state_display",
         "progress_display",
         "attempts_display",
-        "created_at",
+        "created_display",
         "duration_display",
         "in_redis",
         "flow_link",
@@ -126,6 +127,18 @@ class JobRecordAdmin(admin.ModelAdmin):
     @admin.display(description="attempts", ordering="attempts_made")
     def attempts_display(self, obj: JobRecord) -> str:
         return attempts_text(obj.state, obj.attempts_made, allowed_attempts(obj.opts))
+
+    @admin.display(description="created", ordering="created_at")
+    def created_display(self, obj: JobRecord) -> str:
+        # compact (the changelist must fit 1280 px); the full time is in the tooltip
+        if obj.created_at is None:
+            return ""
+        local = timezone.localtime(obj.created_at)
+        return format_html(
+            '<span title="{}">{}</span>',
+            local.isoformat(sep=" ", timespec="milliseconds"),
+            local.strftime("%Y-%m-%d %H:%M:%S"),
+        )
 
     @admin.display(description="duration")
     def duration_display(self, obj: JobRecord) -> str:

@@ -15,6 +15,18 @@ ROWS_SHOWN = 200  # jobs drawn; a bigger flow shows its first ones in tree order
 _ROWS_READ = 5000
 
 _FINISHED = (JobState.COMPLETED, JobState.FAILED)
+# what a row needs (the JSON columns of thousands of jobs would be read for nothing)
+_TIMELINE_FIELDS = (
+    "key",
+    "parent_key",
+    "queue",
+    "job_id",
+    "name",
+    "state",
+    "created_at",
+    "processed_at",
+    "finished_at",
+)
 
 
 @dataclass
@@ -93,9 +105,9 @@ class Timeline:
 def _flow_rows(top: JobRecord) -> list[JobRecord]:
     root_key = top.root_key or top.key
     return list(
-        JobRecord.objects.filter(Q(root_key=root_key) | Q(key=root_key)).order_by(
-            "created_at", "pk"
-        )[:_ROWS_READ]
+        JobRecord.objects.filter(Q(root_key=root_key) | Q(key=root_key))
+        .only(*_TIMELINE_FIELDS)
+        .order_by("created_at", "pk")[:_ROWS_READ]
     )
 
 

@@ -166,4 +166,4 @@ def test_flow_tree_failed_detail_retry_and_dashboard(
     assert "paused" in emails_row.text and "Resume" in emails_row.text
     fetchers_row = table.find_element(By.XPATH, ".//tr[th/a[text()='fetchers']]")
     assert "fetch-1" in fetchers_row.text
-    browser.save_screenshot(str(screenshots / "dashboard.png"))
+    # docs/img/dashboard.png comes from test_admin_live_browser (with the charts)

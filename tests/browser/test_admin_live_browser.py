@@ -140,7 +140,26 @@ def test_tree_timeline_and_job_page_update_live(
     browser.find_element(By.CSS_SELECTOR, f"#fj-line-{charge.pk} a.fj-value-toggle").click()
     value = browser.find_element(By.CSS_SELECTOR, f"#fj-line-{charge.pk} code.fj-value")
     assert value.is_displayed() and '"step": "charge"' in value.text
+    other = browser.find_element(By.CSS_SELECTOR, f"#fj-line-{validate.pk} code.fj-value")
+    assert not other.is_displayed()  # values open on demand only
+    # wide enough for the timeline to sit beside the tree
+    browser.set_window_size(1600, 760)
+    browser.refresh()
+    _wait(browser).until(lambda b: b.find_element(By.ID, "fj-timeline").is_displayed())
+    _wait(browser).until(
+        lambda b: (
+            b.find_element(By.CSS_SELECTOR, ".fj-live-status").get_attribute("data-state") == "ok"
+        )
+    )
     browser.save_screenshot(str(screenshots / "flow-timeline.png"))
+
+    # dark mode: the admin's theme switch; the flowjobs parts follow its palette
+    browser.execute_script("localStorage.setItem('theme', 'dark')")
+    browser.refresh()
+    track = browser.find_element(By.CSS_SELECTOR, ".fj-tl-wait")
+    body = browser.execute_script("return getComputedStyle(document.body).backgroundColor")
+    assert body != "rgb(255, 255, 255)"
+    assert track.value_of_css_property("background-color") == "rgba(85, 85, 85, 1)"
 
 
 def test_dashboard_charts_update_live_and_schedulers_page_pauses(

@@ -21,6 +21,7 @@ from .admin_views import (
     _render,
     _require_view,
     _url,
+    discovered_queues,
     has_action_permission,
     live_queue,
 )
@@ -55,7 +56,7 @@ class _Listed:
 def _queue_names() -> list[str]:
     config = mirror.mirror_settings()
     client = mirror.redis_client(config.redis_url)
-    return sorted(set(mirror.discover_queues(client, config.prefix)) | set(registry.queue_names()))
+    return sorted(set(discovered_queues(client, config.prefix)) | set(registry.queue_names()))
 
 
 def _last_jobs(rows: list[SchedulerRow]) -> dict[tuple[str, str], JobRecord]:
@@ -117,8 +118,13 @@ def scheduler_action(
         raise PermissionDenied
     scheduler_id = request.GET.get("id") or request.POST.get("id") or ""
     config = mirror.mirror_settings()
-    engine_queue = live_queue(config.prefix, queue)
-    if queue not in _queue_names() or engine_queue.get_job_scheduler(scheduler_id) is None:
+    try:
+        engine_queue = live_queue(config.prefix, queue)
+        # the scheduler's hash proves the queue real (no action on made-up names)
+        exists = engine_queue.get_job_scheduler(scheduler_id) is not None
+    except FlowJobsError:  # a name Redis keys cannot hold
+        exists = False
+    if not exists:
         raise Http404("no such job scheduler")
     back = _url("schedulers")
     if request.method == "POST":

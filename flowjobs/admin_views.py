@@ -659,7 +659,7 @@ def dashboard_context(model_admin: ModelAdmin, request: HttpRequest) -> dict:
     }
     try:
         client = mirror.redis_client(config.redis_url)
-        names = sorted(set(mirror.discover_queues(client, config.prefix)) | set(mirrored))
+        names = sorted(set(discovered_queues(client, config.prefix)) | set(mirrored))
         clients = client.client_list()
         lock_holder = client.get(config.lock_key)
         for name in names:
@@ -717,6 +717,24 @@ def dashboard_context(model_admin: ModelAdmin, request: HttpRequest) -> dict:
         live_url=_url("live_dashboard"),
     )
     return context
+
+
+# queue discovery SCANs the whole keyspace: done at most this often per prefix, since the
+# dashboard polls every few seconds (a new queue shows up within this delay)
+DISCOVERY_TTL_S = 30.0
+_discovered: dict[tuple[str, str], tuple[float, list[str]]] = {}
+
+
+def discovered_queues(client: redis.Redis, prefix: str) -> list[str]:
+    """The queues under ``prefix`` in Redis (``mirror.discover_queues``), remembered a while."""
+    import time
+
+    where = (repr(client.connection_pool), prefix)
+    found = _discovered.get(where)
+    if found is None or time.monotonic() - found[0] > DISCOVERY_TTL_S:
+        found = (time.monotonic(), mirror.discover_queues(client, prefix))
+        _discovered[where] = found
+    return found[1]
 
 
 def _worker_names(prefix: str, queue: str, clients: list[dict[str, Any]]) -> list[str]:

@@ -144,3 +144,21 @@ def test_dashboard_charts_count_jobs_per_minute_and_show_mirror_lag(
     row = next(row for row in page.context["queues"] if row.name == "mail")
     assert row.lag and row.lag_ms is not None  # nothing applied yet: behind
     assert "behind)" in text
+
+
+def test_dashboard_polls_do_not_scan_the_keyspace_each_time(
+    make_queue, rclient, flowjobs_settings, login
+):
+    """Finding queues is a SCAN of every key: the polling dashboard reuses it a while."""
+    make_queue("mail").add("send", {})
+    client = login("view_jobrecord")
+
+    def scans() -> int:
+        return int(rclient.info("commandstats").get("cmdstat_scan", {}).get("calls", 0))
+
+    first = _live(client, "live_dashboard")
+    assert "mail" in first["regions"]["fj-dashboard-live"]
+    before = scans()
+    for _ in range(3):
+        _live(client, "live_dashboard")
+    assert scans() == before

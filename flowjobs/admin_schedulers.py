@@ -112,6 +112,7 @@ def scheduler_action(
     if action not in SCHEDULER_ACTIONS:
         raise Http404(f"unknown action {action!r}")
     codename, label, effect = SCHEDULER_ACTIONS[action]
+    _require_view(model_admin, request)  # an action permission alone grants nothing
     if not has_action_permission(request, codename):
         from django.core.exceptions import PermissionDenied
 

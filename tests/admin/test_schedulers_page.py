@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.test import Client
 from django.urls import reverse
 
 from flowjobs.engine.schedulers import sync_job_schedulers
@@ -52,11 +53,15 @@ def test_list_shows_schedule_next_run_last_job_and_origin(reports, make_worker, 
     assert "fj-scheduler-pause" not in text  # a viewer gets no action buttons
 
 
-def test_actions_need_their_permission(reports, login):
+def test_actions_need_their_permission(reports, login, make_user):
     viewer = login("view_jobrecord")
     for action in ("pause", "resume", "run", "remove"):
         assert viewer.get(_action("reports", action, "poll")).status_code == 403
         assert viewer.post(_action("reports", action, "poll")).status_code == 403
+    assert reports.get_job_scheduler("poll").paused is False
+    blind = Client()  # an action permission without the view one
+    blind.force_login(make_user("blind", perms=("pause_queue",)))
+    assert blind.post(_action("reports", "pause", "poll")).status_code == 403
     assert reports.get_job_scheduler("poll").paused is False
     pauser = login("view_jobrecord", "pause_queue")
     assert pauser.post(_action("reports", "remove", "poll")).status_code == 403

@@ -108,3 +108,31 @@ def mirrored_wait_reason(parent: JobRecord, limit: int = 100) -> WaitReason:
         elif failure_policy(row.opts) is None:
             reason.stuck.append((row.key, row))
     return reason
+
+
+def blocked_for_good(root_keys: set[str], limit: int = 1000) -> set[str]:
+    """Keys of jobs in waiting-children that will wait forever: a child, or a child's
+    child, ..., failed with no failure policy (each parent up the chain waits on it)."""
+    stuck_parents: set[str] = set()
+    for root_key in root_keys:
+        rows = (
+            JobRecord.objects.filter(root_key=root_key, state=JobState.FAILED)
+            .exclude(parent_key="")
+            .values_list("parent_key", "opts")[:limit]
+        )
+        stuck_parents |= {parent for parent, opts in rows if failure_policy(opts) is None}
+    blocked: set[str] = set()
+    frontier = stuck_parents
+    for _ in range(64):  # flows are not deeper than this in practice; stop on cycles too
+        if not frontier:
+            break
+        rows = JobRecord.objects.filter(
+            key__in=list(frontier)[:limit], state=JobState.WAITING_CHILDREN
+        ).values_list("key", "parent_key")
+        frontier = set()
+        for key, parent_key in rows:
+            if key not in blocked:
+                blocked.add(key)
+                if parent_key:
+                    frontier.add(parent_key)
+    return blocked

@@ -347,6 +347,8 @@ class TreeNode:
     child_states: list[tuple[str, int]] = field(default_factory=list)
     # failed children by what their failure did to this parent (see admin_children)
     failure_marks: dict[str, int] = field(default_factory=dict)
+    # waits forever because a job further down failed with no failure policy
+    blocked_below: bool = False
     focused: bool = False
     open: bool = False
     extra_child: bool = False  # shown beyond the current page because it is selected
@@ -471,6 +473,13 @@ def _attach_child_states(nodes: list[TreeNode]) -> None:
     for key, node in parents.items():
         node.child_states = sorted(counts.get(key, []))
         node.failure_marks = dict(marks.get(key, {}))
+    waiting = [node for node in parents.values() if node.record.state == JobState.WAITING_CHILDREN]
+    if waiting:
+        blocked = admin_children.blocked_for_good(
+            {node.record.root_key or node.record.key for node in waiting}
+        )
+        for node in waiting:
+            node.blocked_below = node.record.key in blocked and not node.stuck_children
 
 
 def _ancestors(record: JobRecord, limit: int = 64) -> list[JobRecord]:

@@ -40,10 +40,14 @@ def _node_html(page: str, record: JobRecord) -> str:
 
 def test_a_parent_stuck_on_a_failed_child_says_why_and_the_detail_agrees(jobs, login):
     client = login("view_jobrecord")
-    # The tree: the middle job waits on a failed child that has no failure policy.
-    node = _node_html(_tree(client, jobs.root), jobs.middle)
+    # The tree: the middle job waits on a failed child that has no failure policy,
+    # and so does the root, which waits on the middle one.
+    page = _tree(client, jobs.root)
+    node = _node_html(page, jobs.middle)
     assert "waits forever" in node
     assert "no failure policy" in node
+    root = _node_html(page, jobs.root)
+    assert "waits forever: a job further down failed" in root
     # The parent's detail: the failed child is "failed", never "pending".
     page = _detail(client, jobs.middle)
     outcomes = {child.key: child.outcome for child in page.context["children"]}

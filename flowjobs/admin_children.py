@@ -65,10 +65,20 @@ class WaitReason:
 
     pending: list[tuple[str, JobRecord | None]] = field(default_factory=list)
     stuck: list[tuple[str, JobRecord | None]] = field(default_factory=list)
+    # pending children that themselves wait forever (a failure further down)
+    blocked: list[tuple[str, JobRecord | None]] = field(default_factory=list)
 
     @property
     def forever(self) -> bool:
-        return bool(self.stuck)
+        return bool(self.stuck or self.blocked)
+
+    def set_aside_blocked(self, root_key: str) -> None:
+        """Moves the pending children that can never finish to ``blocked``."""
+        if not self.pending:
+            return
+        blocked_keys = blocked_for_good({root_key})
+        self.blocked = [item for item in self.pending if item[0] in blocked_keys]
+        self.pending = [item for item in self.pending if item[0] not in blocked_keys]
 
     @property
     def policy_names(self) -> tuple[str, ...]:

@@ -177,6 +177,8 @@ def detail_context(model_admin: ModelAdmin, request: HttpRequest, record: JobRec
             why_waiting = admin_children.mirrored_wait_reason(record)
     if state != JobState.WAITING_CHILDREN:
         why_waiting = None
+    elif why_waiting is not None:
+        why_waiting.set_aside_blocked(record.root_key or record.key)
 
     if job is not None:
         data = job.data

@@ -58,6 +58,10 @@ def test_a_parent_stuck_on_a_failed_child_says_why_and_the_detail_agrees(jobs, l
     assert "fail_parent_on_failure" in text  # the policies it could have had
     assert "Retry the failed child" in text
     assert reverse("admin:flowjobs_jobrecord_detail", args=[jobs.failed.pk]) in text
+    # The root's page: its child will never finish, and it says so, linking to it.
+    root_page = _detail(client, jobs.root).content.decode()
+    assert "will never finish" in root_page
+    assert reverse("admin:flowjobs_jobrecord_detail", args=[jobs.middle.pk]) in root_page
 
 
 def _boom(job: Any) -> Any:

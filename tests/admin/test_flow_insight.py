@@ -186,3 +186,11 @@ def test_options_show_bullmq_long_names(flow_producer, make_queue, flowjobs_sett
     assert "ignoreDependencyOnFailure" in reserve and "&quot;idof&quot;" not in reserve
     kept = _detail(client, JobRecord.objects.get(queue="logs")).content.decode()
     assert "keepLogs" in kept and "&quot;kl&quot;" not in kept
+
+
+def test_the_advice_works_removing_the_stuck_child_releases_its_parent(jobs, login, make_queue):
+    client = login("view_jobrecord", "remove_job")
+    url = reverse("admin:flowjobs_jobrecord_job_action", args=[jobs.failed.pk, "remove"])
+    assert client.post(url).status_code == 302
+    etl = make_queue("etl")
+    assert etl.get_job_state(jobs.middle.job_id) == "waiting"  # runs without its value

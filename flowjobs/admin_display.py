@@ -33,12 +33,16 @@ def allowed_attempts(opts: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-def attempts_text(state: str, attempts_made: int, allowed: int) -> str:
+def attempts_text(state: str, attempts_made: int, allowed: int, of: str = "/") -> str:
     """ "attempt 2/3" for a running job (attemptsMade counts finished attempts only, so
     it reads 0 during the first run); "1/3" (made/allowed) otherwise."""
     if state == "active":
-        return f"attempt {attempts_made + 1}/{allowed}" if allowed else "attempt 1"
-    return f"{attempts_made}/{allowed}" if allowed else str(attempts_made)
+        return (
+            f"attempt {attempts_made + 1}{of}{allowed}"
+            if allowed
+            else f"attempt {attempts_made + 1}"
+        )
+    return f"{attempts_made}{of}{allowed}" if allowed else str(attempts_made)
 
 
 # --------------------------------------------------------------------------- stack traces

@@ -56,7 +56,8 @@ class _Listed:
 def _queue_names() -> list[str]:
     config = mirror.mirror_settings()
     client = mirror.redis_client(config.redis_url)
-    return sorted(set(discovered_queues(client, config.prefix)) | set(registry.queue_names()))
+    discovered = discovered_queues(client, config.redis_url, config.prefix)
+    return sorted(set(discovered) | set(registry.queue_names()))
 
 
 def _last_jobs(rows: list[SchedulerRow]) -> dict[tuple[str, str], JobRecord]:

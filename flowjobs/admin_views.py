@@ -8,6 +8,7 @@ brings the rows up to date from the events the engine emits.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
@@ -232,8 +233,8 @@ def detail_context(model_admin: ModelAdmin, request: HttpRequest, record: JobRec
     fields["traces"] = [fold_trace(trace) for trace in fields["stacktrace"] or []]
     # attemptsMade counts finished attempts: a running job is on the next one
     fields["attempt_running"] = attempts_text(
-        JobState.ACTIVE, fields["attempts_made"], fields["attempts"]
-    ).replace("/", " of ")
+        JobState.ACTIVE, fields["attempts_made"], fields["attempts"], of=" of "
+    )
     fields["progress_percent"] = progress_percent(fields["progress"])
     fields["progress_text"] = (
         "" if fields["progress"] in (None, 0) else pretty_json(fields["progress"])
@@ -670,7 +671,9 @@ def dashboard_context(model_admin: ModelAdmin, request: HttpRequest) -> dict:
     }
     try:
         client = mirror.redis_client(config.redis_url)
-        names = sorted(set(discovered_queues(client, config.prefix)) | set(mirrored))
+        names = sorted(
+            set(discovered_queues(client, config.redis_url, config.prefix)) | set(mirrored)
+        )
         clients = client.client_list()
         lock_holder = client.get(config.lock_key)
         for name in names:
@@ -736,11 +739,9 @@ DISCOVERY_TTL_S = 30.0
 _discovered: dict[tuple[str, str], tuple[float, list[str]]] = {}
 
 
-def discovered_queues(client: redis.Redis, prefix: str) -> list[str]:
+def discovered_queues(client: redis.Redis, redis_url: str, prefix: str) -> list[str]:
     """The queues under ``prefix`` in Redis (``mirror.discover_queues``), remembered a while."""
-    import time
-
-    where = (repr(client.connection_pool), prefix)
+    where = (redis_url, prefix)
     found = _discovered.get(where)
     if found is None or time.monotonic() - found[0] > DISCOVERY_TTL_S:
         found = (time.monotonic(), mirror.discover_queues(client, prefix))

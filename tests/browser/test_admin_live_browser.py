@@ -201,6 +201,11 @@ def test_dashboard_charts_update_live_and_schedulers_page_pauses(
 
     # new delayed jobs show up in the counts without a reload (1 is the digest's next run)
     _wait(browser).until(lambda b: delayed_cell(b) == "4")
+    # the mirror lag, recorded as the page updates, drawn next to its value
+    spark = _wait(browser).until(
+        lambda b: b.find_elements(By.CSS_SELECTOR, 'td.fj-lag[data-queue="mail"] svg polyline')
+    )
+    assert len(spark[0].get_attribute("points").split()) >= 2
     browser.save_screenshot(str(screenshots / "dashboard.png"))
 
     browser.get(live_server.url + reverse("admin:flowjobs_jobrecord_schedulers"))

@@ -92,6 +92,7 @@
       })
       .then(function (data) {
         apply(data);
+        document.dispatchEvent(new CustomEvent("fj:live-updated"));
         var now = new Date();
         say("live \u00b7 updated " + now.toLocaleTimeString(), "ok");
         root.setAttribute("data-live-updated", String(now.getTime()));

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from django.db.models import Q
 
+from .admin_children import failure_policy
 from .models import JobRecord, JobState
 
 ROWS_SHOWN = 200  # jobs drawn; a bigger flow shows its first ones in tree order
@@ -26,6 +27,7 @@ _TIMELINE_FIELDS = (
     "created_at",
     "processed_at",
     "finished_at",
+    "opts",  # a failed child's failure policy decides whether it holds its parent
 )
 
 
@@ -167,15 +169,29 @@ def build_timeline(top: JobRecord, now: datetime.datetime | None = None) -> Time
     return timeline
 
 
+def _held_until(parent: JobRecord, child: JobRecord, now: datetime.datetime) -> datetime.datetime:
+    """Until when ``child`` kept ``parent`` waiting: its end, or for good (now) when it
+    failed with no failure policy under a parent still waiting for its children."""
+    if (
+        parent.state == JobState.WAITING_CHILDREN
+        and child.state == JobState.FAILED
+        and failure_policy(child.opts) is None
+    ):
+        return now
+    return _end(child, now)
+
+
 def _critical_path(
     top: JobRecord, by_parent: dict[str, list[JobRecord]], now: datetime.datetime
 ) -> set[str]:
-    """Keys on the path from ``top`` through the child that finished last, down to a
-    leaf: the jobs that decided when the flow (or subtree) could finish."""
+    """Keys on the path from ``top`` through the child that held its parent longest,
+    down to a leaf: the jobs that decided when the flow (or subtree) could finish."""
     path = set()
     current: JobRecord | None = top
     while current is not None and current.key not in path:
         path.add(current.key)
-        children = by_parent.get(current.key)
-        current = max(children, key=lambda child: _end(child, now)) if children else None
+        parent, children = current, by_parent.get(current.key)
+        current = (
+            max(children, key=lambda child: _held_until(parent, child, now)) if children else None
+        )
     return path

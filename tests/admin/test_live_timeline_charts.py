@@ -162,3 +162,31 @@ def test_dashboard_polls_do_not_scan_the_keyspace_each_time(
     for _ in range(3):
         _live(client, "live_dashboard")
     assert scans() == before
+
+
+def test_a_stuck_flows_critical_path_leads_to_the_failure_holding_it(
+    flow_producer, make_queue, make_worker, flowjobs_settings, login
+):
+    tree = flow_producer.add(
+        Flow(
+            "order",
+            "orders",
+            children=[Flow("charge", "steps", data={"fail": True}), Flow("pack", "steps")],
+        )
+    )
+
+    def step(job: Any) -> Any:
+        if job.data and job.data.get("fail"):
+            raise RuntimeError("card declined")
+        time.sleep(0.2)  # finishes after the failure: the latest end is not the culprit
+        return "packed"
+
+    make_worker("steps", step, concurrency=2)
+    steps = make_queue("steps")
+    wait_for(lambda: steps.get_job_counts("completed", "failed") == {"completed": 1, "failed": 1})
+    reconcile()
+    root = JobRecord.objects.get(queue="orders", job_id=tree.job.id)
+    page = login("view_jobrecord").get(reverse("admin:flowjobs_jobrecord_tree", args=[root.pk]))
+    rows = {row.record.name: row for row in page.context["timeline"].rows}
+    assert rows["order"].open_ended and rows["order"].critical
+    assert rows["charge"].critical and not rows["pack"].critical

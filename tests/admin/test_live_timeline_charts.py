@@ -190,3 +190,28 @@ def test_a_stuck_flows_critical_path_leads_to_the_failure_holding_it(
     rows = {row.record.name: row for row in page.context["timeline"].rows}
     assert rows["order"].open_ended and rows["order"].critical
     assert rows["charge"].critical and not rows["pack"].critical
+
+
+def test_live_answers_timeline_and_schedulers_escape_job_text(
+    flow_producer, make_queue, flowjobs_settings, login
+):
+    evil = "<img src=x onerror=alert(1)>"
+    tree = flow_producer.add(
+        Flow(evil, "evil", data={"html": evil}, children=[Flow(evil, "evil", data={"x": evil})])
+    )
+    make_queue("evil").upsert_job_scheduler("s", every=60_000, template={"name": evil})
+    reconcile()
+    record = JobRecord.objects.get(queue="evil", job_id=tree.job.id)
+    client = login("view_jobrecord")
+    pks = ",".join(str(pk) for pk in JobRecord.objects.values_list("pk", flat=True))
+    answers = [
+        _live(client, "live_tree", record.pk, jobs=pks),
+        _live(client, "live_detail", record.pk),
+        _live(client, "live_dashboard"),
+    ]
+    for answer in answers:
+        for html in answer["regions"].values():
+            assert "<img src=x" not in html
+    assert "&lt;img src=x" in answers[0]["regions"]["fj-timeline"]
+    page = client.get(reverse("admin:flowjobs_jobrecord_schedulers")).content.decode()
+    assert "<img src=x" not in page and "&lt;img src=x" in page

@@ -15,9 +15,11 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path
+from django.utils import timezone
 from django.utils.html import format_html
 
-from . import admin_views
+from . import admin_live, admin_schedulers, admin_views
+from .admin_display import allowed_attempts, attempts_text
 from .engine import FlowJobsError
 from .models import JobRecord, JobState
 
@@ -49,7 +51,7 @@ class JobRecordAdmin(admin.ModelAdmin):
         "state_display",
         "progress_display",
         "attempts_display",
-        "created_at",
+        "created_display",
         "duration_display",
         "in_redis",
         "flow_link",
@@ -124,7 +126,19 @@ class JobRecordAdmin(admin.ModelAdmin):
 
     @admin.display(description="attempts", ordering="attempts_made")
     def attempts_display(self, obj: JobRecord) -> str:
-        return str(obj.attempts_made)
+        return attempts_text(obj.state, obj.attempts_made, allowed_attempts(obj.opts))
+
+    @admin.display(description="created", ordering="created_at")
+    def created_display(self, obj: JobRecord) -> str:
+        # compact (the changelist must fit 1280 px); the full time is in the tooltip
+        if obj.created_at is None:
+            return ""
+        local = timezone.localtime(obj.created_at)
+        return format_html(
+            '<span title="{}">{}</span>',
+            local.isoformat(sep=" ", timespec="milliseconds"),
+            local.strftime("%Y-%m-%d %H:%M:%S"),
+        )
 
     @admin.display(description="duration")
     def duration_display(self, obj: JobRecord) -> str:
@@ -158,6 +172,15 @@ class JobRecordAdmin(admin.ModelAdmin):
                 "<int:pk>/action/<str:action>/",
                 bind(admin_views.job_action),
                 name=f"{info}_job_action",
+            ),
+            path("dashboard/live/", bind(admin_live.live_dashboard), name=f"{info}_live_dashboard"),
+            path("<int:pk>/live/tree/", bind(admin_live.live_tree), name=f"{info}_live_tree"),
+            path("<int:pk>/live/detail/", bind(admin_live.live_detail), name=f"{info}_live_detail"),
+            path("schedulers/", bind(admin_schedulers.scheduler_list), name=f"{info}_schedulers"),
+            path(
+                "schedulers/<str:queue>/<str:action>/",
+                bind(admin_schedulers.scheduler_action),
+                name=f"{info}_scheduler_action",
             ),
             path(
                 "queue/<str:prefix>/<str:queue>/<str:action>/",

@@ -8,6 +8,7 @@ brings the rows up to date from the events the engine emits.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
@@ -21,8 +22,10 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import reverse
 
-from . import mirror
+from . import admin_children, mirror
+from .admin_display import allowed_attempts, attempts_text, fold_trace, readable_options
 from .engine import FlowJobsError, Job, Queue, cancellation
+from .engine.options import now_ms
 from .models import JobRecord, JobState, StreamPosition
 
 if TYPE_CHECKING:
@@ -146,25 +149,37 @@ class _Child:
 
 def job_detail(model_admin: ModelAdmin, request: HttpRequest, pk: int) -> TemplateResponse:
     _require_view(model_admin, request)
-    record = get_object_or_404(JobRecord, pk=pk)
+    context = detail_context(model_admin, request, get_object_or_404(JobRecord, pk=pk))
+    return _render(model_admin, request, "job_detail.html", context)
+
+
+def detail_context(model_admin: ModelAdmin, request: HttpRequest, record: JobRecord) -> dict:
+    """What the job's page shows (its live part is re-rendered from this too)."""
     job: Job | None = None
     redis_error = ""
     logs: list[str] = []
     logs_total = 0
     state = record.state
     children: list[_Child] = []
+    why_waiting: admin_children.WaitReason | None = None
     try:
         queue = live_queue(record.prefix, record.queue)
         job = queue.get_job(record.job_id)
         if job is not None:
             state = job.get_state()
             logs, logs_total = queue.get_job_logs(record.job_id, 0, _LOG_LINES - 1)
-            children = _live_children(job)
+            children, why_waiting = _live_children(job)
     except (redis.RedisError, FlowJobsError) as error:
         redis_error = str(error)
         job = None
     if job is None:
         children = _mirrored_children(record)
+        if state == JobState.WAITING_CHILDREN:
+            why_waiting = admin_children.mirrored_wait_reason(record)
+    if state != JobState.WAITING_CHILDREN:
+        why_waiting = None
+    elif why_waiting is not None:
+        why_waiting.set_aside_blocked(record.root_key or record.key)
 
     if job is not None:
         data = job.data
@@ -172,7 +187,7 @@ def job_detail(model_admin: ModelAdmin, request: HttpRequest, pk: int) -> Templa
         fields = {
             "name": job.name,
             "data": pretty_json(data),
-            "opts": pretty_json(opts),
+            "opts": pretty_json(readable_options(opts)),
             "returnvalue": pretty_json(job.returnvalue) if "returnvalue" in job.raw else "",
             "failed_reason": job.failed_reason or "",
             "stacktrace": job.stacktrace,
@@ -195,7 +210,7 @@ def job_detail(model_admin: ModelAdmin, request: HttpRequest, pk: int) -> Templa
         fields = {
             "name": record.name,
             "data": pretty_json(record.data),
-            "opts": pretty_json(record.opts),
+            "opts": pretty_json(readable_options(record.opts)),
             "returnvalue": pretty_json(record.returnvalue)
             if record.returnvalue is not None
             else "",
@@ -204,9 +219,7 @@ def job_detail(model_admin: ModelAdmin, request: HttpRequest, pk: int) -> Templa
             "progress": record.progress,
             "attempts_made": record.attempts_made,
             "attempts_started": record.attempts_started,
-            "attempts": (record.opts or {}).get("attempts", 0)
-            if isinstance(record.opts, dict)
-            else 0,
+            "attempts": allowed_attempts(record.opts),
             "stalled_counter": record.stalled_counter,
             "created": record.created_at,
             "processed": record.processed_at,
@@ -216,6 +229,12 @@ def job_detail(model_admin: ModelAdmin, request: HttpRequest, pk: int) -> Templa
             "processed_by": record.processed_by,
             "duration": format_duration(record.duration_ms),
         }
+    # traces with the user's frames first
+    fields["traces"] = [fold_trace(trace) for trace in fields["stacktrace"] or []]
+    # attemptsMade counts finished attempts: a running job is on the next one
+    fields["attempt_running"] = attempts_text(
+        JobState.ACTIVE, fields["attempts_made"], fields["attempts"], of=" of "
+    )
     fields["progress_percent"] = progress_percent(fields["progress"])
     fields["progress_text"] = (
         "" if fields["progress"] in (None, 0) else pretty_json(fields["progress"])
@@ -251,8 +270,10 @@ def job_detail(model_admin: ModelAdmin, request: HttpRequest, pk: int) -> Templa
         tree_url=_url("tree", record.pk),
         actions=actions,
         invalid_json=record.invalid_json,
+        why_waiting=why_waiting,
+        live_url=_url("live_detail", record.pk),
     )
-    return _render(model_admin, request, "job_detail.html", context)
+    return context
 
 
 def _records_by_key(keys: list[str]) -> dict[str, JobRecord]:
@@ -263,20 +284,39 @@ def _records_by_key(keys: list[str]) -> dict[str, JobRecord]:
     return found
 
 
-def _live_children(job: Job) -> list[_Child]:
+def _live_children(job: Job) -> tuple[list[_Child], admin_children.WaitReason]:
+    """The children from the parent's dependency keys, and why the parent waits.
+
+    A child that failed without a failure policy stays among the unprocessed
+    dependencies (BullMQ's rule), so each unprocessed one is checked against its
+    queue's failed set: "pending" only for those really still to run."""
     dependencies = job.get_dependencies()
+    unprocessed = dependencies["unprocessed"]
+    failed_unprocessed = admin_children.failed_in_redis(job.queue.client, unprocessed)
+    ignored = dict(sorted(dependencies["ignored"].items())[:CHILDREN_PAGE_SIZE])
+    # ignore_dependency_on_failure and continue_parent_on_failure both land here
+    policies = {key: row.opts for key, row in _records_by_key(list(ignored)).items()}
     listed: list[tuple[str, Any, str]] = []
     for key, value in sorted(dependencies["processed"].items()):
         listed.append((key, pretty_json(value), "completed"))
-    for key, reason in sorted(dependencies["ignored"].items()):
-        listed.append((key, reason, "failed (ignored)"))
+    for key, reason in ignored.items():
+        listed.append((key, reason, f"failed ({admin_children.failure_mark(policies.get(key))})"))
     for key in dependencies["failed"]:
-        listed.append((key, "", "failed"))
-    for key in dependencies["unprocessed"]:
-        listed.append((key, "", "pending"))
+        listed.append((key, "", "failed (failed its parent)"))
+    for key in unprocessed:
+        if key in failed_unprocessed:
+            listed.append((key, "", "failed (no failure policy: the parent waits for it)"))
+        else:
+            listed.append((key, "", "pending"))
+    # what needs a look first: failures, then pending, then completed
+    listed.sort(key=lambda item: (not item[2].startswith("failed"), item[2] != "pending"))
     listed = listed[:CHILDREN_PAGE_SIZE]
-    records = _records_by_key([key for key, _, _ in listed])
-    return [_Child(key, records.get(key), value, outcome) for key, value, outcome in listed]
+    records = _records_by_key([key for key, _, _ in listed] + unprocessed[:CHILDREN_PAGE_SIZE])
+    children = [_Child(key, records.get(key), value, outcome) for key, value, outcome in listed]
+    reason = admin_children.wait_reason(
+        unprocessed[:CHILDREN_PAGE_SIZE], failed_unprocessed, records
+    )
+    return children, reason
 
 
 def _mirrored_children(record: JobRecord) -> list[_Child]:
@@ -308,25 +348,71 @@ class TreeNode:
     subtree_url: str = ""
     detail_url: str = ""
     child_states: list[tuple[str, int]] = field(default_factory=list)
+    # failed children by what their failure did to this parent (see admin_children)
+    failure_marks: dict[str, int] = field(default_factory=dict)
+    # waits forever because a job further down failed with no failure policy
+    blocked_below: bool = False
     focused: bool = False
     open: bool = False
     extra_child: bool = False  # shown beyond the current page because it is selected
 
     @property
     def failed_children(self) -> int:
-        return dict(self.child_states).get(JobState.FAILED, 0)
+        """Failures the parent feels (an ignored or removed failure is not one)."""
+        return sum(
+            total
+            for mark, total in self.failure_marks.items()
+            if admin_children.counts_as_failure(mark)
+        )
+
+    @property
+    def let_go_failures(self) -> list[tuple[str, int]]:
+        """Failed children a policy let go of: (mark, how many)."""
+        return [
+            (mark, total)
+            for mark, total in sorted(self.failure_marks.items())
+            if not admin_children.counts_as_failure(mark)
+        ]
+
+    @property
+    def stuck_children(self) -> int:
+        """Failed children with no failure policy: a waiting parent waits for them forever."""
+        if self.record.state != JobState.WAITING_CHILDREN:
+            return 0
+        return self.failure_marks.get(admin_children.NO_POLICY, 0)
+
+    @property
+    def pending_children(self) -> int:
+        done = (JobState.COMPLETED, JobState.FAILED)
+        return sum(total for state, total in self.child_states if state not in done)
+
+    @property
+    def failure_mark(self) -> str:
+        """For a failed child: what its failure did to its parent ("" when not a child)."""
+        if self.record.state != JobState.FAILED or not self.record.parent_key:
+            return ""
+        return admin_children.failure_mark(self.record.opts)
 
     @property
     def duration(self) -> str:
         return format_duration(self.record.duration_ms)
 
     @property
+    def progress_percent(self) -> int | None:
+        return progress_percent(self.record.progress)
+
+    @property
     def attempts(self) -> str:
-        opts = self.record.opts if isinstance(self.record.opts, dict) else {}
-        allowed = opts.get("attempts") or 0
-        return (
-            f"{self.record.attempts_made}/{allowed}" if allowed else str(self.record.attempts_made)
-        )
+        allowed = allowed_attempts(self.record.opts)
+        return attempts_text(self.record.state, self.record.attempts_made, allowed)
+
+    @property
+    def value_text(self) -> str:
+        """The return value, shown on demand under the node (cut for huge values)."""
+        if self.record.state != JobState.COMPLETED or self.record.returnvalue is None:
+            return ""
+        text = pretty_json(self.record.returnvalue)
+        return text if len(text) <= 2000 else text[:2000] + "\n…"
 
 
 def _children_queryset(record: JobRecord):
@@ -384,8 +470,19 @@ def _attach_child_states(nodes: list[TreeNode]) -> None:
         )
         for parent_key, state, total in rows:
             counts.setdefault(parent_key, []).append((state, total))
+    marks = admin_children.failed_children_marks(
+        [key for key in keys if any(s == JobState.FAILED for s, _ in counts.get(key, []))]
+    )
     for key, node in parents.items():
         node.child_states = sorted(counts.get(key, []))
+        node.failure_marks = dict(marks.get(key, {}))
+    waiting = [node for node in parents.values() if node.record.state == JobState.WAITING_CHILDREN]
+    if waiting:
+        blocked = admin_children.blocked_for_good(
+            {node.record.root_key or node.record.key for node in waiting}
+        )
+        for node in waiting:
+            node.blocked_below = node.record.key in blocked and not node.stuck_children
 
 
 def _ancestors(record: JobRecord, limit: int = 64) -> list[JobRecord]:
@@ -454,12 +551,6 @@ def flow_tree(model_admin: ModelAdmin, request: HttpRequest, pk: int) -> Templat
         ancestors = _ancestors(record)
         top = ancestors[0] if ancestors else record
     root, rendered = build_tree(top, record)
-    tree_states = (
-        JobRecord.objects.filter(root_key=top.root_key or top.key)
-        .values_list("state")
-        .annotate(total=Count("pk"))
-        .order_by("state")
-    )
     above = _ancestors(top)
     context = _context(
         model_admin,
@@ -469,12 +560,30 @@ def flow_tree(model_admin: ModelAdmin, request: HttpRequest, pk: int) -> Templat
         root=root,
         rendered=rendered,
         above=[(row, _url("tree", row.pk)) for row in above],
-        tree_states=list(tree_states),
-        tree_total=sum(total for _, total in tree_states),
         tree_changelist_url=changelist_url(root_key=top.root_key or top.key),
         page_size=CHILDREN_PAGE_SIZE,
+        live_url=_url("live_tree", record.pk, query={"node": top.pk}),
+        **tree_overview(top),
     )
     return _render(model_admin, request, "flow_tree.html", context)
+
+
+def tree_overview(top: JobRecord) -> dict[str, Any]:
+    """The flow's state counts and timeline (the tree page's live parts besides nodes)."""
+    from .admin_timeline import build_timeline
+
+    tree_states = list(
+        JobRecord.objects.filter(root_key=top.root_key or top.key)
+        .values_list("state")
+        .annotate(total=Count("pk"))
+        .order_by("state")
+    )
+    return {
+        "top": top,
+        "tree_states": tree_states,
+        "tree_total": sum(total for _, total in tree_states),
+        "timeline": build_timeline(top),
+    }
 
 
 def tree_children(model_admin: ModelAdmin, request: HttpRequest, pk: int) -> HttpResponse:
@@ -514,10 +623,15 @@ class QueueRow:
     paused: bool
     workers: list[str]
     lag: int | None
+    lag_ms: int | None  # age of the oldest event the mirror has not applied
     cells: list[tuple[str, int, str]]  # (state, live count, changelist link)
     total_url: str
     mirrored: int
     pause_url: str
+
+    @property
+    def lag_age(self) -> str:
+        return format_duration(self.lag_ms) if self.lag_ms else ""
 
 
 _DASHBOARD_STATES = (
@@ -533,7 +647,16 @@ _DASHBOARD_STATES = (
 
 def dashboard(model_admin: ModelAdmin, request: HttpRequest) -> TemplateResponse:
     _require_view(model_admin, request)
+    return _render(model_admin, request, "dashboard.html", dashboard_context(model_admin, request))
+
+
+def dashboard_context(model_admin: ModelAdmin, request: HttpRequest) -> dict:
+    """What the dashboard shows (its live part is re-rendered from this too)."""
+    from .admin_charts import mirror_lag_age, queue_chart
+
     config = mirror.mirror_settings()
+    charts = []
+    now = now_ms()
     rows: list[QueueRow] = []
     redis_error = ""
     lock_holder = None
@@ -548,7 +671,9 @@ def dashboard(model_admin: ModelAdmin, request: HttpRequest) -> TemplateResponse
     }
     try:
         client = mirror.redis_client(config.redis_url)
-        names = sorted(set(mirror.discover_queues(client, config.prefix)) | set(mirrored))
+        names = sorted(
+            set(discovered_queues(client, config.redis_url, config.prefix)) | set(mirrored)
+        )
         clients = client.client_list()
         lock_holder = client.get(config.lock_key)
         for name in names:
@@ -563,6 +688,12 @@ def dashboard(model_admin: ModelAdmin, request: HttpRequest) -> TemplateResponse
                     paused=paused,
                     workers=_worker_names(config.prefix, name, clients),
                     lag=_mirror_lag(client, config.prefix, name, positions.get(name)),
+                    lag_ms=mirror_lag_age(
+                        client,
+                        queue.keys.events,
+                        positions[name].last_id if name in positions else None,
+                        now,
+                    ),
                     cells=[
                         (
                             state,
@@ -581,6 +712,7 @@ def dashboard(model_admin: ModelAdmin, request: HttpRequest) -> TemplateResponse
                     ),
                 )
             )
+            charts.append(queue_chart(queue, now))
     except redis.RedisError as error:
         redis_error = str(error)
     can_pause = has_action_permission(request, "pause_queue")
@@ -594,8 +726,27 @@ def dashboard(model_admin: ModelAdmin, request: HttpRequest) -> TemplateResponse
         prefix=config.prefix,
         lock_holder=lock_holder,
         can_pause=can_pause,
+        charts=charts,
+        charts_recorded=any(chart.recorded for chart in charts),
+        live_url=_url("live_dashboard"),
     )
-    return _render(model_admin, request, "dashboard.html", context)
+    return context
+
+
+# queue discovery SCANs the whole keyspace: done at most this often per prefix, since the
+# dashboard polls every few seconds (a new queue shows up within this delay)
+DISCOVERY_TTL_S = 30.0
+_discovered: dict[tuple[str, str], tuple[float, list[str]]] = {}
+
+
+def discovered_queues(client: redis.Redis, redis_url: str, prefix: str) -> list[str]:
+    """The queues under ``prefix`` in Redis (``mirror.discover_queues``), remembered a while."""
+    where = (redis_url, prefix)
+    found = _discovered.get(where)
+    if found is None or time.monotonic() - found[0] > DISCOVERY_TTL_S:
+        found = (time.monotonic(), mirror.discover_queues(client, prefix))
+        _discovered[where] = found
+    return found[1]
 
 
 def _worker_names(prefix: str, queue: str, clients: list[dict[str, Any]]) -> list[str]:

@@ -104,13 +104,40 @@ def check_redis_at_start(url: str) -> None:
 
 def _sync_schedulers(queue: str, declarations: Any) -> None:
     """Makes the queue's job schedulers match FLOWJOBS["QUEUES"][queue]["SCHEDULERS"]
-    (idempotent: unchanged ones keep their pending run)."""
+    (idempotent: unchanged ones keep their pending run). Schedulers an earlier sync
+    declared and the settings no longer do are removed; others (made in code or by
+    Node.js) are never touched."""
     from .engine.schedulers import sync_job_schedulers
+    from .scheduler_listing import SETTINGS_OWNER
 
-    report = sync_job_schedulers(conf.get_queue(queue), conf.thaw(declarations))
-    changed = {k: v for k, v in report.items() if v and k != "unchanged"}
+    report = sync_job_schedulers(
+        conf.get_queue(queue), conf.thaw(declarations or {}), owner=SETTINGS_OWNER
+    )
+    changed = {k: v for k, v in report.items() if v and k not in ("unchanged", "removed")}
     if changed:
         runner_logger.info("job schedulers of %s: %s", queue, changed)
+    for scheduler_id in report["removed"]:
+        runner_logger.info(
+            'job scheduler "%s" of queue %s removed: no longer in FLOWJOBS["QUEUES"]["%s"]'
+            '["SCHEDULERS"] (only schedulers the settings declared are removed)',
+            scheduler_id,
+            queue,
+            queue,
+        )
+
+
+def metrics_minutes(current: conf.FlowJobsSettings) -> int | None:
+    """FLOWJOBS["METRICS_MINUTES"] (or FLOWJOBS_METRICS_MINUTES, default 60): minutes of
+    completed/failed counts per minute the workers keep in BullMQ's metrics keys (the
+    dashboard's charts); 0 turns recording off."""
+    value = current.extra.get("METRICS_MINUTES", os.environ.get("FLOWJOBS_METRICS_MINUTES", 60))
+    try:
+        minutes = int(value)
+    except (TypeError, ValueError):
+        minutes = -1
+    if isinstance(value, bool) or minutes < 0:
+        raise FatalError(f"METRICS_MINUTES must be an integer >= 0, got {value!r}")
+    return minutes or None
 
 
 def resolve_queues(requested: Sequence[str]) -> list[str]:
@@ -219,8 +246,8 @@ class WorkerProcess:
             queue_settings = current.queue(queue)
             concurrency = self.options.concurrency or queue_settings.concurrency
             dispatcher = registry.get_dispatcher(queue, concurrency)
-            if queue_settings.schedulers:
-                _sync_schedulers(queue, queue_settings.schedulers)
+            # also with none declared: the ones dropped from the settings must go
+            _sync_schedulers(queue, queue_settings.schedulers)
             isolated = self.options.pool == "process"
             worker = Worker(
                 queue,
@@ -236,6 +263,7 @@ class WorkerProcess:
                 stalled_interval=queue_settings.stalled_interval,
                 max_stalled_count=queue_settings.max_stalled_count,
                 limiter=dict(queue_settings.limiter) if queue_settings.limiter else None,
+                metrics_max_data_points=metrics_minutes(current),
                 autorun=False,
                 name=name,
             )

@@ -522,6 +522,17 @@ class Queue:
     def remove_job_scheduler(self, scheduler_id: str) -> bool:
         return schedulers.remove_job_scheduler(self, scheduler_id)
 
+    def pause_job_scheduler(self, scheduler_id: str) -> bool:
+        """No more runs until `resume_job_scheduler` (or any upsert of it)."""
+        return schedulers.pause_job_scheduler(self, scheduler_id)
+
+    def resume_job_scheduler(self, scheduler_id: str) -> Job | None:
+        return schedulers.resume_job_scheduler(self, scheduler_id)
+
+    def run_job_scheduler_now(self, scheduler_id: str) -> Job:
+        """One extra run now from the scheduler's template; its schedule is unchanged."""
+        return schedulers.run_job_scheduler_now(self, scheduler_id)
+
     def get_job_scheduler(self, scheduler_id: str) -> schedulers.JobScheduler | None:
         return schedulers.get_job_scheduler(self, scheduler_id)
 

@@ -25,7 +25,7 @@ from croniter import CroniterBadCronError, croniter
 
 from . import scripts
 from .errors import FlowJobsError, InvalidJobOptions
-from .options import dumps, encode_job, now_ms
+from .options import STORED_NAMES, dumps, encode_job, now_ms
 
 if TYPE_CHECKING:
     import redis
@@ -41,7 +41,11 @@ __all__ = [
     "get_job_scheduler",
     "get_job_schedulers",
     "next_cron_millis",
+    "owned_job_schedulers",
+    "pause_job_scheduler",
     "remove_job_scheduler",
+    "resume_job_scheduler",
+    "run_job_scheduler_now",
     "sync_job_schedulers",
     "upsert_job_scheduler",
 ]
@@ -78,6 +82,7 @@ class JobScheduler:
     offset: int | None = None
     template_data: Any = None
     template_opts: dict[str, Any] = field(default_factory=dict)
+    paused: bool = False  # by pause_job_scheduler: no pending run until resumed
 
 
 class SchedulerError(FlowJobsError, ValueError):
@@ -273,8 +278,6 @@ def upsert_job_scheduler(
     duplicate runs). Returns the pending iteration, or None, as Node does, when the
     schedule has no run left: past its end date, or `count` (the iterations already
     made) has reached `limit`; the scheduler is then left as it was."""
-    from .job import Job
-
     try:
         made = _positive("count", count, 0) or 0
     except SchedulerError as error:
@@ -295,6 +298,15 @@ def upsert_job_scheduler(
         offset=offset,
         template=template,
     )
+    return _store(queue, definition, made)
+
+
+def _store(queue: Queue, definition: _Definition, made: int = 0) -> Job | None:
+    """Writes the definition and its pending iteration (add_job_scheduler); `made` is
+    the number of iterations already made (the repeat option `count`)."""
+    from .job import Job
+
+    scheduler_id = definition.scheduler_id
     now = now_ms()
     if definition.limit is not None and made + 1 > definition.limit:
         return None
@@ -364,6 +376,53 @@ def remove_job_scheduler(queue: Queue, scheduler_id: str) -> bool:
     return result == 0
 
 
+def pause_job_scheduler(queue: Queue, scheduler_id: str) -> bool:
+    """Stops the scheduler producing runs: its pending iteration (if not started) is
+    removed and the definition kept, marked paused. True if the scheduler exists."""
+    result = scripts.run(
+        queue.client,
+        "pause_job_scheduler",
+        [queue.keys.meta],
+        [queue.keys.qualified, now_ms(), scheduler_id],
+    )
+    return result == 0
+
+
+def resume_job_scheduler(queue: Queue, scheduler_id: str) -> Job | None:
+    """Gives a paused scheduler its pending iteration back (its stored definition,
+    upserted: the next run is the next slot from now). Returns that iteration."""
+    current = get_job_scheduler(queue, scheduler_id)
+    if current is None:
+        raise SchedulerError(f'queue "{queue.name}" has no job scheduler "{scheduler_id}"')
+    definition = _Definition(
+        scheduler_id,
+        current.every,
+        current.pattern,
+        current.tz,
+        current.limit,
+        current.start_date,
+        current.end_date,
+        False,
+        current.offset,
+        current.name,
+        dumps({} if current.template_data is None else current.template_data, "template data"),
+        current.template_opts,
+    )
+    # The new pending iteration replaces the one the pause removed, which `ic` counted.
+    return _store(queue, definition, max(0, current.iteration_count - 1))
+
+
+def run_job_scheduler_now(queue: Queue, scheduler_id: str) -> Job:
+    """One extra run now, from the scheduler's template; the schedule is left as it is
+    (its pending run keeps its time)."""
+    current = get_job_scheduler(queue, scheduler_id)
+    if current is None:
+        raise SchedulerError(f'queue "{queue.name}" has no job scheduler "{scheduler_id}"')
+    python_names = {stored: name for name, stored in STORED_NAMES.items()}
+    options = {python_names.get(key, key): value for key, value in current.template_opts.items()}
+    return queue.add(current.name or scheduler_id, current.template_data, **options)
+
+
 # --- reading ------------------------------------------------------------------------------------
 def _int(value: str | None) -> int | None:
     return int(float(value)) if value not in (None, "") else None
@@ -388,6 +447,7 @@ def _scheduler(scheduler_id: str, fields: dict[str, str], score: Any) -> JobSche
         offset=_int(fields.get("offset")),
         template_data=data,
         template_opts=opts if isinstance(opts, dict) else {},
+        paused=bool(fields.get("fjPaused")),
     )
 
 
@@ -539,6 +599,7 @@ def sync_job_schedulers(
     queue: Queue,
     declarations: Mapping[str, Mapping[str, Any]] | Iterable[Mapping[str, Any]],
     remove_undeclared: bool = False,
+    owner: str | None = None,
 ) -> dict[str, list[str]]:
     """Makes the queue's schedulers match `declarations`.
 
@@ -548,8 +609,12 @@ def sync_job_schedulers(
     `"id"` key works too. A scheduler whose stored definition already matches is
     left alone (its pending run keeps its place); a changed one is upserted. With
     `remove_undeclared`, schedulers of the queue that are not declared are removed.
+    With `owner` (a name, e.g. "settings"), the declared ids are remembered in the
+    queue's meta hash as that owner's, and the ones it declared last time and no
+    longer does are removed; schedulers made elsewhere (code, Node.js) are left alone.
     Every declaration is validated before anything is written. Returns the ids
-    `created`, `updated`, `unchanged` and `removed`.
+    `created`, `updated`, `unchanged` and `removed`. A paused scheduler whose
+    definition is unchanged stays paused.
     """
     plans = _plan(queue, declarations)
     report: dict[str, list[str]] = {"created": [], "updated": [], "unchanged": [], "removed": []}
@@ -560,9 +625,34 @@ def sync_job_schedulers(
             continue
         upsert_job_scheduler(queue, scheduler_id, **spec)
         report["created" if current is None else "updated"].append(scheduler_id)
+    declared = {scheduler_id for scheduler_id, _, _ in plans}
+    undeclared: list[str] = []
     if remove_undeclared:
-        declared = {scheduler_id for scheduler_id, _, _ in plans}
-        for scheduler_id in queue.client.zrange(queue.keys.key("repeat"), 0, -1):
-            if scheduler_id not in declared and remove_job_scheduler(queue, scheduler_id):
-                report["removed"].append(scheduler_id)
+        undeclared = queue.client.zrange(queue.keys.key("repeat"), 0, -1)
+    elif owner is not None:
+        undeclared = owned_job_schedulers(queue, owner)
+    for scheduler_id in undeclared:
+        if scheduler_id not in declared and remove_job_scheduler(queue, scheduler_id):
+            report["removed"].append(scheduler_id)
+    if owner is not None:
+        field = _owner_field(owner)
+        if declared:
+            queue.client.hset(queue.keys.meta, field, dumps(sorted(declared), "scheduler ids"))
+        else:
+            queue.client.hdel(queue.keys.meta, field)
     return report
+
+
+def _owner_field(owner: str) -> str:
+    # a meta hash field BullMQ does not read
+    return f"fjSchedulers:{owner}"
+
+
+def owned_job_schedulers(queue: Queue, owner: str) -> list[str]:
+    """The scheduler ids `owner` declared at its last `sync_job_schedulers`."""
+    stored = queue.client.hget(queue.keys.meta, _owner_field(owner))
+    try:
+        ids = json.loads(stored) if stored else []
+    except ValueError:
+        return []
+    return [item for item in ids if isinstance(item, str)] if isinstance(ids, list) else []

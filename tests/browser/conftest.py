@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from selenium import webdriver
@@ -12,6 +14,17 @@ from tests.mirror.support import *  # noqa: F403 (shared fixtures)
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
+DOCS_IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
+
+
+@pytest.fixture
+def screenshots(tmp_path: Path) -> Path:
+    """Where tests save screenshots: pytest's tmp dir, or docs/img/ for the
+    documentation when FLOWJOBS_SCREENSHOTS=1."""
+    if os.environ.get("FLOWJOBS_SCREENSHOTS") == "1":
+        DOCS_IMG.mkdir(parents=True, exist_ok=True)
+        return DOCS_IMG
+    return tmp_path
 
 
 @pytest.fixture

@@ -6,8 +6,6 @@ docs/img/ (flow-tree.png, job-detail.png, dashboard.png) for the documentation.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,8 +20,6 @@ from flowjobs.models import JobRecord
 from tests.helpers import wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-DOCS_IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
 
 
 def fetch(job: Any) -> dict:
@@ -41,14 +37,6 @@ def extract(job: Any) -> dict:
 
 def report(job: Any) -> dict:
     return {"sections": len(job.get_children_values()), "status": "published"}
-
-
-@pytest.fixture
-def screenshots(tmp_path: Path) -> Path:
-    if os.environ.get("FLOWJOBS_SCREENSHOTS") == "1":
-        DOCS_IMG.mkdir(parents=True, exist_ok=True)
-        return DOCS_IMG
-    return tmp_path
 
 
 def _wait(browser: Any, timeout: float = 15) -> WebDriverWait:
@@ -178,4 +166,4 @@ def test_flow_tree_failed_detail_retry_and_dashboard(
     assert "paused" in emails_row.text and "Resume" in emails_row.text
     fetchers_row = table.find_element(By.XPATH, ".//tr[th/a[text()='fetchers']]")
     assert "fetch-1" in fetchers_row.text
-    browser.save_screenshot(str(screenshots / "dashboard.png"))
+    # docs/img/dashboard.png comes from test_admin_live_browser (with the charts)

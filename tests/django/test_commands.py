@@ -112,3 +112,34 @@ def test_checkstalled_reports_redis_errors(settings):
     settings.FLOWJOBS = {**settings.FLOWJOBS, "REDIS_URL": "redis://127.0.0.1:9/0"}
     with pytest.raises(CommandError, match="cannot reach Redis"):
         run("checkstalled", "tools", "--once")
+
+
+def test_schedulers_lists_each_with_schedule_next_run_status_and_origin():
+    from flowjobs.engine.schedulers import sync_job_schedulers
+    from flowjobs.scheduler_listing import SETTINGS_OWNER
+
+    queue = conf.get_queue("fj-sched")
+    assert run("flowjobs", "schedulers", "fj-sched").strip() == "no job schedulers"
+    sync_job_schedulers(
+        queue, {"nightly": {"pattern": "0 3 * * *", "tz": "Europe/Paris"}}, owner=SETTINGS_OWNER
+    )
+    queue.upsert_job_scheduler("poll", every=30_000)
+    queue.pause_job_scheduler("poll")
+    lines = run("flowjobs", "schedulers").splitlines()
+    assert lines[0].split() == [
+        "queue",
+        "scheduler",
+        "schedule",
+        "next",
+        "run",
+        "(UTC)",
+        "runs",
+        "status",
+        "from",
+    ]
+    nightly = next(line for line in lines if "nightly" in line)
+    assert "cron 0 3 * * * (Europe/Paris)" in nightly
+    assert nightly.split()[-2:] == ["active", "settings"]
+    assert " 01:00:00 " in nightly or " 02:00:00 " in nightly  # 03:00 in Paris, in UTC
+    poll = next(line for line in lines if "poll" in line)
+    assert "every 30 s" in poll and poll.split()[-2:] == ["paused", "code"]

@@ -91,3 +91,32 @@ def test_demo_tests_pass_with_the_test_kit(tmp_path):
     )
     output = _manage(env, "test", "example_project.demo", "-v", "2")
     assert "Ran 5 tests" in output and "\nOK" in output, output
+
+
+def test_the_demos_more_commands_reach_the_demos_redis(worker_env, redis_url, tmp_path):
+    """The commands the demo prints under "more:" carry its Redis URL: pasted into
+    another terminal (where FLOWJOBS_REDIS_URL is not set) they see the demo's queues."""
+    conf.get_queue("demo-hinted").add("job", {})
+    hints = subprocess.run(
+        ["bash", str(REPO / ".ci" / "demo-hints")],
+        env={"PATH": worker_env["PATH"], "FLOWJOBS_REDIS_URL": redis_url},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    commands = [line.replace("more:", "").strip() for line in hints.splitlines()]
+    assert commands and all(
+        command.startswith(f"FLOWJOBS_REDIS_URL={redis_url} ") for command in commands
+    )
+    queues = next(command for command in commands if command.endswith("flowjobs queues"))
+    terminal = {key: value for key, value in worker_env.items() if key != "FLOWJOBS_REDIS_URL"}
+    terminal.update(
+        DJANGO_SETTINGS_MODULE="example_project.settings",
+        DATABASE_URL=f"sqlite:///{tmp_path / 'demo.sqlite3'}",
+    )
+    result = subprocess.run(
+        ["bash", "-c", queues], cwd=REPO, env=terminal, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    hinted = next(line for line in result.stdout.splitlines() if line.startswith("demo-hinted"))
+    assert hinted.split()[2] == "1"  # its one waiting job

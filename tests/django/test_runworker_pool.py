@@ -55,6 +55,28 @@ def test_schedulers_declared_in_settings_are_synced_at_worker_start(start_worker
     assert queue.get_job_counts("delayed")["delayed"] == 1
 
 
+def test_a_scheduler_dropped_from_settings_is_removed_at_the_next_start(start_worker):
+    queue = conf.get_queue("fj-echo")
+    queue.upsert_job_scheduler("made-in-code", every=3_600_000)
+    declared = {"hourly": {"every": 3_600_000}, "nightly": {"pattern": "0 3 * * *"}}
+    env = {"FLOWJOBS_QUEUES": json.dumps({"fj-echo": {"SCHEDULERS": declared}})}
+    worker = start_worker("fj-echo", "--burst", env=env)
+    assert worker.wait() == 0, worker.output()
+    assert {s.id for s in queue.get_job_schedulers()} == {"made-in-code", "hourly", "nightly"}
+
+    del declared["nightly"]
+    env = {"FLOWJOBS_QUEUES": json.dumps({"fj-echo": {"SCHEDULERS": declared}})}
+    worker = start_worker("fj-echo", "--burst", env=env)
+    assert worker.wait() == 0, worker.output()
+    assert {s.id for s in queue.get_job_schedulers()} == {"made-in-code", "hourly"}
+    assert 'job scheduler "nightly" of queue fj-echo removed' in worker.output()
+
+    worker = start_worker("fj-echo", "--burst")  # no SCHEDULERS at all any more
+    assert worker.wait() == 0, worker.output()
+    assert [s.id for s in queue.get_job_schedulers()] == ["made-in-code"]
+    assert 'job scheduler "hourly" of queue fj-echo removed' in worker.output()
+
+
 def test_bad_scheduler_declaration_is_a_check_error(settings):
     settings.FLOWJOBS = {
         **settings.FLOWJOBS,
@@ -68,3 +90,21 @@ def test_bad_scheduler_declaration_is_a_check_error(settings):
 def test_metrics_settings_are_accepted(settings):
     settings.FLOWJOBS = {**settings.FLOWJOBS, "METRICS_TOKEN": "t0ken"}
     assert check_settings() == []
+
+
+def test_runworker_records_per_minute_metrics_unless_turned_off(start_worker):
+    queue = conf.get_queue("fj-echo")
+    queue.add("one", {"n": 1})
+    worker = start_worker("fj-echo", "--burst")
+    assert worker.wait() == 0, worker.output()
+    assert queue.get_metrics("completed")["meta"]["count"] == 1  # on by default (60 minutes)
+
+    queue.add("two", {"n": 2})
+    worker = start_worker("fj-echo", "--burst", env={"FLOWJOBS_METRICS_MINUTES": "0"})
+    assert worker.wait() == 0, worker.output()
+    assert queue.get_job_counts("completed")["completed"] == 2
+    assert queue.get_metrics("completed")["meta"]["count"] == 1  # off: not counted
+
+    worker = start_worker("fj-echo", "--burst", env={"FLOWJOBS_METRICS_MINUTES": "-3"})
+    assert worker.wait() != 0
+    assert "METRICS_MINUTES must be an integer >= 0" in worker.output()

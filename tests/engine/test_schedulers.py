@@ -219,3 +219,50 @@ def test_next_cron_millis_with_seconds_and_zone():
     assert next_cron_millis("*/2 * * * * *", start) == start - 500 + 2_000
     paris = next_cron_millis("0 9 * * *", start, "Europe/Paris")
     assert datetime.fromtimestamp(paris / 1000, ZoneInfo("Europe/Paris")).hour == 9
+
+
+def test_sync_with_an_owner_removes_only_what_that_owner_declared_before(queue):
+    queue.upsert_job_scheduler("made-in-code", every=60_000)
+    declared = {
+        "nightly": {"pattern": "0 3 * * *", "template": {"name": "backup"}},
+        "poll": {"every": 30_000},
+    }
+    first = sync_job_schedulers(queue, declared, owner="settings")
+    assert sorted(first["created"]) == ["nightly", "poll"]
+    # "poll" vanished from the settings: it goes; "made-in-code" was never theirs
+    second = sync_job_schedulers(queue, {"nightly": declared["nightly"]}, owner="settings")
+    assert second["removed"] == ["poll"] and second["unchanged"] == ["nightly"]
+    assert sorted(s.id for s in queue.get_job_schedulers()) == ["made-in-code", "nightly"]
+    # nothing declared any more: the last one goes too, and the code's one stays
+    third = sync_job_schedulers(queue, {}, owner="settings")
+    assert third["removed"] == ["nightly"]
+    assert [s.id for s in queue.get_job_schedulers()] == ["made-in-code"]
+    assert sync_job_schedulers(queue, {}, owner="settings")["removed"] == []
+
+
+def test_pause_resume_and_run_now(queue):
+    queue.upsert_job_scheduler(
+        "poll",
+        every=3_600_000,
+        template={"name": "poll", "data": {"feed": 1}, "opts": {"attempts": 2}},
+    )
+    pending = queue.get_job_scheduler("poll").next_millis
+    assert queue.get_job_counts("waiting", "delayed") == {"waiting": 1, "delayed": 0}
+
+    assert queue.pause_job_scheduler("poll") is True
+    scheduler = queue.get_job_scheduler("poll")
+    assert scheduler.paused is True
+    assert queue.get_job(f"repeat:poll:{pending}") is None
+    assert queue.get_job_counts("waiting", "delayed") == {"waiting": 0, "delayed": 0}
+    assert queue.pause_job_scheduler("nope") is False
+
+    extra = queue.run_job_scheduler_now("poll")
+    assert extra.name == "poll" and extra.data == {"feed": 1} and extra.opts["attempts"] == 2
+    assert queue.get_job_scheduler("poll").paused is True  # one run, the schedule untouched
+
+    iteration = queue.resume_job_scheduler("poll")
+    assert queue.get_job_scheduler("poll").paused is False
+    assert iteration is not None and iteration.id.startswith("repeat:poll:")
+    assert queue.get_job_counts("delayed")["delayed"] == 1
+    with pytest.raises(FlowJobsError, match='no job scheduler "nope"'):
+        queue.resume_job_scheduler("nope")

@@ -1,4 +1,4 @@
-"""manage.py flowjobs <queues|pause|resume|retry|clean|obliterate>: queue tools."""
+"""manage.py flowjobs <queues|schedulers|pause|resume|retry|clean|obliterate>: queue tools."""
 
 from __future__ import annotations
 
@@ -38,6 +38,10 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         actions = parser.add_subparsers(dest="action", required=True, metavar="action")
         actions.add_parser("queues", help="list queues with job counts per state")
+        schedulers = actions.add_parser(
+            "schedulers", help="list job schedulers: schedule, next run, declared in"
+        )
+        schedulers.add_argument("queue", nargs="?", help="only this queue's")
         for action, text in (("pause", "pause a queue"), ("resume", "resume a queue")):
             actions.add_parser(action, help=text).add_argument("queue")
         retry = actions.add_parser("retry", help="move failed (or completed) jobs back to wait")
@@ -84,6 +88,34 @@ class Command(BaseCommand):
                 c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
             ]
             self.stdout.write("  ".join(cells).rstrip())
+
+    def do_schedulers(self, options: dict[str, Any]) -> None:
+        from flowjobs.scheduler_listing import scheduler_rows
+
+        names = [options["queue"]] if options["queue"] else known_queues()
+        rows = scheduler_rows(conf.get_queue(name) for name in names)
+        if not rows:
+            self.stdout.write("no job schedulers")
+            return
+        table = [["queue", "scheduler", "schedule", "next run (UTC)", "runs", "status", "from"]]
+        for row in rows:
+            next_run = row.next_run.strftime("%Y-%m-%d %H:%M:%S") if row.next_run else "-"
+            table.append(
+                [
+                    row.queue,
+                    row.id,
+                    row.schedule,
+                    next_run,
+                    str(row.scheduler.iteration_count),
+                    row.status,
+                    row.declared_in,
+                ]
+            )
+        widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+        for line in table:
+            self.stdout.write(
+                "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+            )
 
     def do_pause(self, options: dict[str, Any]) -> None:
         conf.get_queue(options["queue"]).pause()

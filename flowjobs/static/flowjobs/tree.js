@@ -33,6 +33,16 @@
     });
   }, true);
 
+  // A node's return value: shown in place on demand (inside a summary, so the click
+  // must not also open or close the node). Without this script the link opens the job.
+  document.addEventListener("click", function (event) {
+    var toggle = event.target.closest("a.fj-value-toggle");
+    if (!toggle) return;
+    event.preventDefault();
+    var value = toggle.nextElementSibling;
+    if (value) value.hidden = !value.hidden;
+  });
+
   document.addEventListener("click", function (event) {
     var link = event.target.closest("a[data-more]");
     if (!link) return;

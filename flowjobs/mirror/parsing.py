@@ -1,0 +1,78 @@
+"""Decoding the text Redis hands the mirror: timestamps, numbers, JSON, ids and keys."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.utils import timezone
+
+
+def to_datetime(ms: Any) -> datetime.datetime | None:
+    try:
+        value = int(float(ms))
+    except (TypeError, ValueError):
+        return None
+    if value <= 0:
+        return None
+    moment = datetime.datetime.fromtimestamp(value / 1000, tz=datetime.UTC)
+    if not django_settings.USE_TZ:
+        return timezone.make_naive(moment, timezone.get_default_timezone())
+    return moment
+
+
+def to_int(value: Any, default: int = 0) -> int:
+    try:
+        return int(float(value))
+    except (TypeError, ValueError):
+        return default
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def clean_text(text: str) -> str:
+    # PostgreSQL text and jsonb cannot hold NUL characters.
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
+def shortened(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, visibly: the last one becomes an ellipsis."""
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def parse_json(raw: str | None) -> tuple[Any, bool]:
+    """(value, parsed_ok). Text that is not JSON comes back unchanged with False."""
+    if raw is None:
+        return None, True
+    if "\\u0000" in raw:
+        raw = raw.replace("\\u0000", "\\ufffd")
+    try:
+        return json.loads(raw, parse_constant=_reject_constant), True
+    except (ValueError, RecursionError):
+        return clean_text(raw), False
+
+
+def entry_ms(entry_id: str) -> int:
+    return to_int(entry_id.split("-", 1)[0])
+
+
+def compare_ids(a: str, b: str) -> int:
+    a_ms, _, a_seq = a.partition("-")
+    b_ms, _, b_seq = b.partition("-")
+    left = (to_int(a_ms), to_int(a_seq))
+    right = (to_int(b_ms), to_int(b_seq))
+    return (left > right) - (left < right)
+
+
+def split_queue_key(queue_key: str) -> tuple[str, str]:
+    """``"<prefix>:<queue>"`` -> (prefix, queue); queue names never contain ':'."""
+    prefix, _, queue = queue_key.rpartition(":")
+    return prefix, queue
+
+
+def job_key(prefix: str, queue: str, job_id: str) -> str:
+    return f"{prefix}:{queue}:{job_id}"

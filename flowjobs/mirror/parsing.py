@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 from typing import Any
 
 from django.conf import settings as django_settings
@@ -51,9 +52,31 @@ def parse_json(raw: str | None) -> tuple[Any, bool]:
     if "\\u0000" in raw:
         raw = raw.replace("\\u0000", "\\ufffd")
     try:
-        return json.loads(raw, parse_constant=_reject_constant), True
+        value = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, RecursionError):
         return clean_text(raw), False
+    if ("\\ud" in raw or "\\uD" in raw) and _has_lone_surrogate(value):
+        return clean_text(raw), False
+    return value, True
+
+
+def _finite_float(text: str) -> float:
+    # 1e400 parses as infinity, which no JSON column can hold.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number out of range: {text}")
+    return value
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """Whether JSON text escaped half a surrogate pair, which UTF-8 (and jsonb) cannot hold."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    except (ValueError, RecursionError):
+        return False
+    return False
 
 
 def entry_ms(entry_id: str) -> int:

@@ -107,8 +107,9 @@ class Stored:
     unstorable: int = 0
 
 
-# Errors a row's own values can cause; anything else (a lost connection) is not the job's fault.
-_ROW_ERRORS = (DataError, IntegrityError, ValueError)
+# Errors a row's own values can cause (a number too large for its column, text the
+# database refuses); anything else, a lost connection say, is not the job's fault.
+_ROW_ERRORS = (DataError, IntegrityError, ValueError, OverflowError)
 
 
 def store(

@@ -15,8 +15,8 @@ Usage::
         while working:
             lease.keep()                              # LeaseLost once it is gone
             with transaction.atomic():
-                check_fence(lease.key, lease.fence)   # LeaseLost: rolls back
                 ...                                   # the batch's writes
+                check_fence(lease.key, lease.fence)   # LeaseLost: all rolled back
 
     lease.release()
 
@@ -26,9 +26,11 @@ got. On Redis Cluster both keys share a slot when ``key`` carries a hash tag.
 
 Database: one ``LeaseFence`` row per lease key holds the highest fence that has
 written. ``check_fence`` runs ``UPDATE ... SET fence = mine WHERE fence <= mine``
-as the transaction's first statement: the row stays locked until commit, so fenced
-transactions of one lease never interleave, and once a newer holder has committed
-an older one updates zero rows and gets ``LeaseLost`` before writing anything.
+as the transaction's last statement, just before the commit. Once a newer holder
+has committed (or holds the row, about to commit) an older holder's update matches
+zero rows, raises ``LeaseLost`` and its whole transaction rolls back. Checking last
+keeps the row locked only for the commit itself: a holder paused in the middle of
+a transaction does not block the fenced writes of the one that took over.
 ``acquire(floor=...)`` lifts the Redis counter above the database's highest fence,
 so a Redis that lost its data (restart without persistence) cannot hand out a
 fence the database would refuse forever.
@@ -155,9 +157,9 @@ def highest_fence(name: str) -> int:
 def check_fence(name: str, fence: int) -> None:
     """Admit the current transaction's writes for the holder of ``fence``, or raise.
 
-    Call first thing inside ``transaction.atomic()``: the row lock taken here is held
-    until the transaction ends. Raises ``LeaseLost`` when a holder with a higher
-    fence has already written.
+    Call last inside ``transaction.atomic()``, after the writes it guards. Raises
+    ``LeaseLost`` (so the transaction rolls back) when a holder with a higher fence
+    has written, or is committing.
     """
     from .models import LeaseFence
 

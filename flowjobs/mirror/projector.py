@@ -75,16 +75,13 @@ class Projector:
         if self.lease is not None:
             self.lease.keep()
 
-    def _check_fence(self) -> None:
-        if self.lease is not None:
-            check_fence(self.lease.key, self.lease.fence)
-
     @contextmanager
     def _transaction(self) -> Iterator[None]:
         """A transaction that commits only while this projector's lease is the newest."""
         with transaction.atomic():
-            self._check_fence()
             yield
+            if self.lease is not None:
+                check_fence(self.lease.key, self.lease.fence)
 
     def load_positions(self) -> None:
         """(Re)load every queue's position from the database."""
@@ -165,7 +162,7 @@ class Projector:
             stream.queue,
             resolver=self.resolver,
             heartbeat=self._heartbeat,
-            check_fence=self._check_fence,
+            atomic=self._transaction,
         )
 
     def _recover(self, lost: list[_Stream]) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 from django.db import transaction
@@ -51,12 +53,12 @@ def reconcile_queue(
     *,
     resolver: RootResolver | None = None,
     heartbeat: Callable[[], None] | None = None,
-    check_fence: Callable[[], None] | None = None,
+    atomic: Callable[[], AbstractContextManager[Any]] = transaction.atomic,
     page: int = 1000,
 ) -> dict[str, int]:
     """Repair one queue's rows from Redis: new, changed and vanished jobs.
 
-    ``check_fence`` runs first in every transaction (the projector's lease check).
+    ``atomic`` makes each transaction (the projector's checks its lease's fence).
     """
     resolver = resolver or RootResolver(client)
     started = timezone.now()
@@ -70,15 +72,11 @@ def reconcile_queue(
             read_hashes(client, observations)
             # A job that vanished between the two reads is handled by the sweep below.
             observations = [obs for obs in observations if obs.fields]
-            with transaction.atomic():
-                if check_fence:
-                    check_fence()
+            with atomic():
                 stored = store(client, observations, resolver)
             upserted += stored.written
             unstorable += stored.unstorable
-    missing = _sweep_missing(
-        client, prefix, queue, started, heartbeat=heartbeat, check_fence=check_fence
-    )
+    missing = _sweep_missing(client, prefix, queue, started, heartbeat=heartbeat, atomic=atomic)
     return {"upserted": upserted, "marked_missing": missing, "unstorable": unstorable}
 
 
@@ -89,7 +87,7 @@ def _sweep_missing(
     started: datetime.datetime,
     *,
     heartbeat: Callable[[], None] | None = None,
-    check_fence: Callable[[], None] | None = None,
+    atomic: Callable[[], AbstractContextManager[Any]] = transaction.atomic,
 ) -> int:
     """Mark rows the scan did not refresh whose job hash no longer exists."""
     marked = 0
@@ -109,9 +107,7 @@ def _sweep_missing(
             pipe.exists(key)
         gone = [pk for (pk, _key), exists in zip(chunk, pipe.execute(), strict=True) if not exists]
         if gone:
-            with transaction.atomic():
-                if check_fence:
-                    check_fence()
+            with atomic():
                 marked += JobRecord.objects.filter(pk__in=gone).update(
                     in_redis=False, synced_at=timezone.now()
                 )

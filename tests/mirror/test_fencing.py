@@ -10,9 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +21,7 @@ from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 
 from flowjobs.lease import FencedLease, LeaseLost, check_fence, highest_fence
 from flowjobs.models import JobRecord, LeaseFence, StreamPosition
-from tests.django.conftest import database_url
+from tests.django.conftest import WorkerProcess, database_url
 from tests.helpers import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,37 +68,12 @@ def test_a_redis_that_forgot_the_fence_counter_still_hands_out_a_newer_fence(rcl
         check_fence(key, second.fence)
 
 
-class _Syncjobs:
-    """``manage.py syncjobs``; its Redis connections carry ``name`` (CLIENT LIST)."""
-
-    def __init__(self, env: dict[str, str], name: str) -> None:
-        self.name = name
-        env = {**env, "FLOWJOBS_REDIS_URL": f"{env['FLOWJOBS_REDIS_URL']}?client_name={name}"}
-        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in stop()
-            mode="w+", prefix="flowjobs-syncjobs-", suffix=".log", delete=False
-        )
-        self.proc = subprocess.Popen(
-            [sys.executable, str(REPO / "manage.py"), "syncjobs"],
-            cwd=REPO,
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def output(self) -> str:
-        return Path(self.log.name).read_text()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        os.unlink(self.log.name)
+def _syncjobs(env: dict[str, str], name: str) -> WorkerProcess:
+    """``manage.py syncjobs`` whose Redis connections carry ``name`` (CLIENT LIST)."""
+    url = f"{env['FLOWJOBS_REDIS_URL']}?client_name={name}"
+    process = WorkerProcess([], {**env, "FLOWJOBS_REDIS_URL": url}, command="syncjobs")
+    process.name = name
+    return process
 
 
 def _holder_pid(rclient, key: str) -> int | None:
@@ -175,7 +147,7 @@ def test_projectors_paused_past_their_lease_leave_the_mirror_equal_to_redis(
     # No trimming: a trimmed stream makes the projector reconcile, which would hide stale rows.
     rclient.hset(f"{prefix}:q:meta", "opts.maxLenEvents", "1000000")
     queue.add("warm-up", {})  # the events stream exists before the projectors start
-    projectors = [_Syncjobs(env, "mirror-a"), _Syncjobs(env, "mirror-b")]
+    projectors = [_syncjobs(env, "mirror-a"), _syncjobs(env, "mirror-b")]
     by_pid = {p.proc.pid: p for p in projectors}
     stop_load = threading.Event()
 
@@ -248,4 +220,5 @@ def test_projectors_paused_past_their_lease_leave_the_mirror_equal_to_redis(
     finally:
         stop_load.set()
         for projector in projectors:
+            projector.signal(signal.SIGCONT)
             projector.stop()

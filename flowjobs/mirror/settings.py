@@ -103,6 +103,11 @@ def check_settings() -> list[str]:
             problems.append(f'FLOWJOBS MIRROR_HISTORY["{name[8:]}"] must be None or >= 0')
     if current.block_ms * 3 > current.lock_ttl_ms:
         problems.append("FLOWJOBS MIRROR_BLOCK_MS must be under a third of MIRROR_LOCK_TTL_MS")
+    from .unstorable import text_problem
+
+    prefix_problem = text_problem("PREFIX", current.prefix, "prefix")
+    if prefix_problem:
+        problems.append(f"FLOWJOBS {prefix_problem}: the mirror cannot store its jobs")
     return problems
 
 

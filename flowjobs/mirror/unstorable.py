@@ -30,18 +30,15 @@ _IDENTIFIER_COLUMNS = (
     "parent_job_id",
     "root_key",
 )
+_LIMITS = {column: JobRecord._meta.get_field(column).max_length for column in _IDENTIFIER_COLUMNS}
 _LOGGED_ID_CHARS = 200
-
-
-def _limit(column: str) -> int:
-    return JobRecord._meta.get_field(column).max_length
 
 
 def text_problem(what: str, value: str, column: str) -> str | None:
     """Why ``value`` cannot be stored in JobRecord ``column`` (None when it can)."""
     if "\x00" in value:
         return f"{what} contains a NUL character"
-    limit = _limit(column)
+    limit = _LIMITS[column]
     if len(value) > limit:
         return f"{what} is {len(value)} characters long, over the mirror's {limit}"
     return None

@@ -104,7 +104,7 @@ def start_in_worker(stop_event: threading.Event) -> threading.Thread | None:
 
     def finish() -> None:
         # A daemon thread dies with the process: give it a moment to commit its batch
-        # and release the lock, so a standby takes over now rather than after the TTL.
+        # and release the lease, so a standby takes over now rather than after the TTL.
         if stop_event.is_set():
             thread.join(config.block_ms / 1000 + 5)
 

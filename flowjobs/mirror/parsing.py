@@ -40,6 +40,11 @@ def clean_text(text: str) -> str:
     return text.replace("\x00", "\ufffd") if "\x00" in text else text
 
 
+# JSON nested deeper than this is kept as raw text: SQLite's JSON functions refuse
+# more than 1,000 levels, and no job needs anything close.
+MAX_JSON_DEPTH = 500
+
+
 def shortened(text: str, limit: int) -> str:
     """``text`` cut to ``limit`` characters, visibly: the last one becomes an ellipsis."""
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"
@@ -57,7 +62,23 @@ def parse_json(raw: str | None) -> tuple[Any, bool]:
         return clean_text(raw), False
     if ("\\ud" in raw or "\\uD" in raw) and _has_lone_surrogate(value):
         return clean_text(raw), False
+    if raw.count("[") + raw.count("{") > MAX_JSON_DEPTH and _too_deep(value):
+        return clean_text(raw), False
     return value, True
+
+
+def _too_deep(value: Any) -> bool:
+    """Whether ``value`` nests deeper than MAX_JSON_DEPTH (walked without recursion)."""
+    pending = [(value, 1)]
+    while pending:
+        current, depth = pending.pop()
+        if depth > MAX_JSON_DEPTH:
+            return True
+        if isinstance(current, dict):
+            pending.extend((item, depth + 1) for item in current.values())
+        elif isinstance(current, list):
+            pending.extend((item, depth + 1) for item in current)
+    return False
 
 
 def _finite_float(text: str) -> float:

@@ -13,6 +13,7 @@ import pytest
 from django.core.management import call_command
 
 from flowjobs.mirror import reconcile
+from flowjobs.mirror.parsing import MAX_JSON_DEPTH
 from flowjobs.models import JobRecord, UnstorableJob
 
 pytestmark = pytest.mark.django_db
@@ -158,3 +159,43 @@ def test_values_the_database_refuses_are_found_one_job_at_a_time(make_projector,
     assert rows["surrogate"].invalid_json == ["data"]
     assert rows["surrogate"].data == '{"a": "\\ud800"}'
     assert "refused" in UnstorableJob.objects.get(job_id="huge").reason
+
+
+@pytest.mark.parametrize("depth", [400, 900, 5_000, 100_000])
+def test_deeply_nested_json_never_stops_the_mirror(depth, make_projector, rclient, prefix):
+    nested = "[" * depth + "]" * depth
+    _foreign_job(rclient, prefix, "q", "deep", data=nested, opts=nested)
+    _foreign_job(rclient, prefix, "q", "fine")
+
+    make_projector().catch_up()
+    reconcile(rclient, prefix)
+
+    rows = {row.job_id: row for row in JobRecord.objects.filter(queue="q")}
+    assert set(rows) == {"deep", "fine"}
+    assert not UnstorableJob.objects.exists()
+    deep = rows["deep"]
+    if depth <= MAX_JSON_DEPTH:
+        assert deep.invalid_json == [] and isinstance(deep.data, list)
+    else:  # kept as raw text, on every database
+        assert deep.invalid_json == ["data", "opts"] and deep.data == nested
+
+
+def test_raw_bytes_in_every_field_never_stop_the_mirror(make_projector, rclient, prefix):
+    raw = b"\xff\xfe\x00\xc3(\xed\xa0\x80"
+    fields = ("name", "data", "opts", "returnvalue", "progress", "stacktrace")
+    _foreign_job(rclient, prefix, "q", "bytes", **dict.fromkeys(fields, raw))
+    rclient.hset(f"{prefix}:q:bytes", mapping={"failedReason": raw, "pb": raw})
+    _foreign_job(rclient, prefix, "q", "fine")
+
+    make_projector().catch_up()
+
+    rows = {row.job_id: row for row in JobRecord.objects.filter(queue="q")}
+    assert set(rows) == {"bytes", "fine"}
+    assert "\ufffd" in rows["bytes"].name
+    assert set(rows["bytes"].invalid_json) == {
+        "data",
+        "opts",
+        "returnvalue",
+        "progress",
+        "stacktrace",
+    }

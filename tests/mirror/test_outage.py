@@ -71,3 +71,15 @@ def test_a_redis_outage_is_one_warning_and_one_info_line(settings, prefix, caplo
     assert float(back[0].getMessage().rsplit("after ", 1)[1].split()[0]) >= 2.0
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
     assert all(r.exc_info is None for r in caplog.records if r.name == "flowjobs.mirror")
+
+
+def test_the_projector_client_is_built_by_the_engine_builder(redis_url):
+    from flowjobs.engine.connection import sync_client
+
+    engine_options = sync_client(redis_url).connection_pool.connection_kwargs
+    options = mirror.redis_client(redis_url).connection_pool.connection_kwargs
+    # The engine's dead-connection settings (timeouts, keepalive, health checks), plus
+    # lenient decoding of foreign bytes.
+    for name in ("health_check_interval", "socket_timeout", "socket_keepalive"):
+        assert options.get(name) == engine_options.get(name), name
+    assert options["encoding_errors"] == "replace"

@@ -21,7 +21,7 @@ from django.utils.html import format_html
 from . import admin_live, admin_schedulers, admin_views
 from .admin_display import allowed_attempts, attempts_text
 from .engine import FlowJobsError
-from .models import JobRecord, JobState
+from .models import JobRecord, JobState, UnstorableJob
 
 
 def state_badge(state: str) -> str:
@@ -42,8 +42,21 @@ def progress_bar(value: Any) -> str:
     )
 
 
+class _ReadOnlyAdmin(admin.ModelAdmin):
+    """The mirror's rows are written by the projector only: nobody adds, edits or deletes."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 @admin.register(JobRecord)
-class JobRecordAdmin(admin.ModelAdmin):
+class JobRecordAdmin(_ReadOnlyAdmin):
     list_display = (
         "job_link",
         "queue",
@@ -66,17 +79,6 @@ class JobRecordAdmin(admin.ModelAdmin):
 
     class Media:
         css = {"all": ("flowjobs/admin.css",)}
-
-    # -- read-only ------------------------------------------------------------------
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     def has_retry_permission(self, request: HttpRequest) -> bool:
         return admin_views.has_action_permission(request, "retry_job")
@@ -249,3 +251,21 @@ class JobRecordAdmin(admin.ModelAdmin):
         self, request: HttpRequest, queryset: QuerySet[JobRecord]
     ) -> TemplateResponse | None:
         return self._bulk(request, queryset, "promote", (JobState.DELAYED,))
+
+
+@admin.register(UnstorableJob)
+class UnstorableJobAdmin(_ReadOnlyAdmin):
+    """Jobs and queues the mirror could not store (see flowjobs.mirror.unstorable).
+
+    Read-only, like the rest of the mirror.
+    """
+
+    list_display = ("queue", "job_id_display", "reason", "first_seen", "last_seen")
+    list_filter = ("queue",)
+    search_fields = ("job_id", "queue")
+    list_display_links = None
+
+    @admin.display(description="job id", ordering="job_id")
+    def job_id_display(self, obj: UnstorableJob) -> str:
+        shown = obj.job_id or "(the whole queue)"
+        return shown if len(shown) <= 120 else f"{shown[:120]}... ({len(shown)} characters)"

@@ -22,7 +22,7 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import reverse
 
-from . import admin_children, mirror
+from . import admin_children, conf, mirror, registry
 from .admin_display import allowed_attempts, attempts_text, fold_trace, readable_options
 from .engine import FlowJobsError, Job, Queue, cancellation
 from .engine.options import now_ms
@@ -50,7 +50,13 @@ QUEUE_ACTIONS: dict[str, str] = {"pause": "Pause", "resume": "Resume"}
 
 
 def has_action_permission(request: HttpRequest, codename: str) -> bool:
-    return request.user.is_active and request.user.has_perm(f"flowjobs.{codename}")
+    """An action needs its own permission and the view permission: one alone grants nothing."""
+    user = request.user
+    return (
+        user.is_active
+        and user.has_perm("flowjobs.view_jobrecord")
+        and user.has_perm(f"flowjobs.{codename}")
+    )
 
 
 def _require_view(model_admin: ModelAdmin, request: HttpRequest) -> None:
@@ -591,9 +597,11 @@ def tree_children(model_admin: ModelAdmin, request: HttpRequest, pk: int) -> Htt
     _require_view(model_admin, request)
     record = get_object_or_404(JobRecord, pk=pk)
     try:
-        page = max(1, int(request.GET.get("page", "1")))
+        page = int(request.GET.get("page", "1"))
     except ValueError:
         page = 1
+    last_page = max(1, -(-record.children_count // CHILDREN_PAGE_SIZE))
+    page = min(max(1, page), last_page)  # past the end: the last page, never an OFFSET overflow
     node = _node(record, 0)
     _load_children(node, page)
     _attach_child_states(node.children or [])
@@ -832,12 +840,32 @@ def job_action(model_admin: ModelAdmin, request: HttpRequest, pk: int, action: s
     return _render(model_admin, request, "confirm_action.html", context)
 
 
+def _require_known_queue(prefix: str, queue: str) -> None:
+    """404 unless ``queue`` is one the project knows, under the configured prefix: named
+    in QUEUES or by a registered processor, or found in Redis (its meta hash or events
+    stream). The URL's prefix is never trusted: acting on it would write stray keys."""
+    config = mirror.mirror_settings()
+    if prefix != config.prefix or not queue or ":" in queue:
+        raise Http404("no such queue")
+    if queue in set(conf.settings().QUEUES) | set(registry.queue_names()):
+        return
+    try:
+        found = mirror.redis_client(config.redis_url).exists(
+            f"{prefix}:{queue}:meta", f"{prefix}:{queue}:events"
+        )
+    except redis.RedisError:
+        return  # the action itself reports that Redis cannot be reached
+    if not found:
+        raise Http404("no such queue")
+
+
 def queue_action(
     model_admin: ModelAdmin, request: HttpRequest, prefix: str, queue: str, action: str
 ) -> HttpResponse:
     if action not in QUEUE_ACTIONS:
         raise Http404(f"unknown action {action!r}")
     _require_action(request, "pause_queue")
+    _require_known_queue(prefix, queue)
     label = QUEUE_ACTIONS[action]
     if request.method == "POST":
         try:

@@ -130,3 +130,44 @@ class StreamPosition(models.Model):
 
     def __str__(self) -> str:
         return f"{self.prefix}:{self.queue}:events @ {self.last_id}"
+
+
+class UnstorableJob(models.Model):
+    """A job (or a whole queue, with ``job_id`` empty) the mirror cannot store.
+
+    Its identifiers hold a NUL character or do not fit their columns (see
+    ``JobRecord``). The mirror records it here once, logs one line, and stores the
+    rest of the batch. The identifiers are kept escaped (control characters as
+    ``\\xNN``) and whole, however long.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    # sha256 of the job's identifiers: one row per job however long its id.
+    digest = models.CharField(max_length=64, unique=True)
+    prefix = models.TextField()
+    queue = models.TextField()
+    job_id = models.TextField("job id", blank=True)
+    reason = models.TextField()
+    first_seen = models.DateTimeField()
+    last_seen = models.DateTimeField()
+
+    class Meta:
+        verbose_name = "unstorable job"
+        ordering = ("-last_seen", "-id")
+
+    def __str__(self) -> str:
+        return f"{self.queue}:{self.job_id}" if self.job_id else self.queue
+
+
+class LeaseFence(models.Model):
+    """The highest fence token that has written under one lease (see flowjobs.lease)."""
+
+    id = models.BigAutoField(primary_key=True)
+    name = models.CharField(max_length=255, unique=True)
+    fence = models.BigIntegerField(default=0)
+
+    class Meta:
+        verbose_name = "lease fence"
+
+    def __str__(self) -> str:
+        return f"{self.name} @ {self.fence}"

@@ -75,16 +75,22 @@ def test_anonymous_and_non_staff_are_sent_to_login_everywhere(who, jobs, login):
 _ALL = ("view_jobrecord", "retry_job", "remove_job", "promote_job", "pause_queue")
 
 
-def test_staff_without_permission_is_refused_everywhere(jobs, login):
-    client = login()
-    for url in _view_urls(jobs) + _action_urls(jobs):
-        assert client.get(url).status_code == 403, url
+def _assert_no_action_goes_through(client, jobs) -> None:
+    """No confirmation page, no action (single or bulk), nothing changed in Redis."""
     for url in _action_urls(jobs):
+        assert client.get(url).status_code == 403, url
         assert client.post(url, {"confirm": "yes"}).status_code == 403, url
     changelist = reverse("admin:flowjobs_jobrecord_changelist")
     for data in _bulk_posts(jobs):
         assert client.post(changelist, data).status_code == 403
     _redis_unchanged(jobs)
+
+
+def test_staff_without_permission_is_refused_everywhere(jobs, login):
+    client = login()
+    for url in _view_urls(jobs):
+        assert client.get(url).status_code == 403, url
+    _assert_no_action_goes_through(client, jobs)
 
 
 def test_action_permissions_do_not_grant_viewing(jobs, login):
@@ -153,3 +159,53 @@ def test_change_view_redirects_to_the_detail(jobs, login):
         client.post(reverse("admin:flowjobs_jobrecord_delete", args=[jobs.failed.pk])).status_code
         == 403
     )
+
+
+def test_an_action_permission_without_the_view_permission_grants_nothing(jobs, login):
+    _assert_no_action_goes_through(
+        login("retry_job", "remove_job", "promote_job", "pause_queue"), jobs
+    )
+
+
+def test_queue_actions_only_reach_queues_the_project_knows(jobs, login):
+    client = login(*_ALL)
+    redis = jobs.queue.client
+    prefix = jobs.queue.prefix
+    before = set(redis.scan_iter(match="*"))
+    refused = [
+        ("elsewhere", "other"),  # a prefix written into the URL
+        (prefix, "no-such-queue"),  # under the right prefix, but no such queue
+        (f"{prefix}:other", "x"),
+    ]
+    for url_prefix, queue in refused:
+        for action in ("pause", "resume"):
+            url = reverse("admin:flowjobs_jobrecord_queue_action", args=[url_prefix, queue, action])
+            assert client.get(url).status_code == 404, url
+            assert client.post(url, {"confirm": "yes"}).status_code == 404, url
+    assert set(redis.scan_iter(match="*")) == before  # no stray meta keys
+    _redis_unchanged(jobs)
+
+    # A queue discovered under the configured prefix can be paused.
+    url = reverse("admin:flowjobs_jobrecord_queue_action", args=[prefix, "other", "pause"])
+    assert client.post(url, {"confirm": "yes"}).status_code == 302
+    assert redis.hexists(f"{prefix}:other:meta", "paused")
+
+
+def test_a_queue_registered_in_the_project_can_be_paused_before_it_has_keys(jobs, login, settings):
+    settings.FLOWJOBS = {**settings.FLOWJOBS, "QUEUES": {"planned": {}}}
+    client = login(*_ALL)
+    prefix = jobs.queue.prefix
+    url = reverse("admin:flowjobs_jobrecord_queue_action", args=[prefix, "planned", "pause"])
+    assert client.post(url, {"confirm": "yes"}).status_code == 302
+    assert jobs.queue.client.hexists(f"{prefix}:planned:meta", "paused")
+
+
+@pytest.mark.parametrize("page", ["99999999999999999999999", "1e400", "-5", "abc", "3"])
+def test_a_bad_or_huge_children_page_is_never_a_server_error(page, jobs, login):
+    client = login("view_jobrecord")
+    url = reverse("admin:flowjobs_jobrecord_children", args=[jobs.root.pk])
+    for query in (f"?page={page}", f"?page={page}&fragment=1"):
+        response = client.get(url + query)
+        assert response.status_code in (200, 404), query
+        if response.status_code == 200:  # the last page (the root has one child)
+            assert jobs.middle.job_id.encode() in response.content, query

@@ -47,14 +47,14 @@ def database_url() -> str:
 
 
 class WorkerProcess:
-    """``manage.py runworker ...`` running in the background, output in a file."""
+    """``manage.py runworker ...`` (or another command) in the background, output in a file."""
 
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], command: str = "runworker") -> None:
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in stop()
-            mode="w+", prefix="flowjobs-runworker-", suffix=".log", delete=False
+            mode="w+", prefix=f"flowjobs-{command}-", suffix=".log", delete=False
         )
         self.proc = subprocess.Popen(
-            [sys.executable, str(REPO / "manage.py"), "runworker", *args],
+            [sys.executable, str(REPO / "manage.py"), command, *args],
             cwd=REPO,
             env=env,
             stdout=self.log,

@@ -110,3 +110,5 @@ def test_check_settings_reports_bad_mirror_settings(settings, flowjobs_settings)
     assert any("MIRROR_HISTORY" in problem for problem in problems)
     settings.FLOWJOBS = {**flowjobs_settings, "MIRROR_BLOCK_MS": "soon"}
     assert check_settings() and "not valid" in check_settings()[0]
+    settings.FLOWJOBS = {**flowjobs_settings, "PREFIX": "p" * 101}
+    assert any("PREFIX is 101 characters long" in problem for problem in check_settings())

@@ -38,12 +38,18 @@ class Command(BaseCommand):
             for queue, counts in sorted(result.per_queue.items()):
                 self.stdout.write(
                     f"{queue}: {counts['upserted']} job(s) mirrored, "
-                    f"{counts['marked_missing']} no longer in Redis",
+                    f"{counts['marked_missing']} no longer in Redis"
+                    + (f", {counts['unstorable']} unstorable" if counts["unstorable"] else ""),
                 )
             self.stdout.write(
                 self.style.SUCCESS(
                     f"reconciled {result.queues} queue(s): {result.upserted} job(s) mirrored, "
                     f"{result.marked_missing} marked as gone from Redis"
+                    + (
+                        f", {result.unstorable} unstorable (see the unstorable jobs in the admin)"
+                        if result.unstorable
+                        else ""
+                    )
                 )
             )
             return

@@ -1,0 +1,279 @@
+"""The projector: follows every queue's events stream and applies it in batches."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from django.db import close_old_connections, transaction
+
+from ..lease import FencedLease, check_fence
+from ..models import StreamPosition
+from .client import redis_client
+from .discovery import discover_queues, mirrorable_queues
+from .history import prune_history
+from .observation import Observation
+from .parsing import compare_ids
+from .positions import save_positions, stream_tail
+from .reconcile import reconcile_queue
+from .roots import RootResolver
+from .settings import MirrorSettings, mirror_settings
+from .store import read_hashes, store
+
+logger = logging.getLogger("flowjobs.mirror")
+
+
+@dataclass
+class _Stream:
+    prefix: str
+    queue: str
+    last_id: str = "0-0"
+    entries_read: int | None = 0
+
+    @property
+    def key(self) -> str:
+        return f"{self.prefix}:{self.queue}:events"
+
+
+class Projector:
+    """Follows the events streams of every queue under one prefix.
+
+    Call :meth:`step` repeatedly (or :meth:`run`). Each step reads up to
+    ``batch_size`` events per stream, applies them, and commits the rows with the
+    new stream positions in one transaction.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis | None = None,
+        prefix: str | None = None,
+        *,
+        config: MirrorSettings | None = None,
+        lease: FencedLease | None = None,
+    ) -> None:
+        self.config = config or mirror_settings()
+        self.client = client or redis_client(self.config.redis_url)
+        self.prefix = prefix or self.config.prefix
+        self.lease = lease
+        self.streams: dict[str, _Stream] = {}
+        self.resolver = RootResolver(self.client)
+        self._discovered_at = -1e18
+        self._reconciled_at = time.monotonic()
+        self._pruned_at = -1e18
+        self.events_applied = 0
+        self.reconciles = 0
+
+    # -- bookkeeping ------------------------------------------------------------
+
+    def _heartbeat(self) -> None:
+        if self.lease is not None:
+            self.lease.keep()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """A transaction that commits only while this projector's lease is the newest."""
+        with transaction.atomic():
+            yield
+            if self.lease is not None:
+                check_fence(self.lease.key, self.lease.fence)
+
+    def load_positions(self) -> None:
+        """(Re)load every queue's position from the database."""
+        self.streams = {}
+        for position in StreamPosition.objects.filter(prefix=self.prefix):
+            stream = _Stream(self.prefix, position.queue, position.last_id, position.entries_read)
+            self.streams[stream.key] = stream
+        self._discovered_at = -1e18
+
+    def discover(self, force: bool = False) -> None:
+        if not force and time.monotonic() - self._discovered_at < self.config.discover_interval:
+            return
+        self._discovered_at = time.monotonic()
+        found = discover_queues(self.client, self.prefix)
+        for queue in mirrorable_queues(self.client, self.prefix, found):
+            stream = _Stream(self.prefix, queue)
+            self.streams.setdefault(stream.key, stream)
+
+    # -- one cycle --------------------------------------------------------------
+
+    def step(self, block_ms: int | None = None) -> int:
+        """Apply the next batch; block up to ``block_ms`` when idle. Returns events applied."""
+        self._heartbeat()
+        self.discover()
+        if not self.streams:
+            return 0
+        streams = list(self.streams.values())
+        pipe = self.client.pipeline(transaction=True)
+        for stream in streams:
+            pipe.xinfo_stream(stream.key)
+        pipe.xread({stream.key: stream.last_id for stream in streams}, count=self.config.batch_size)
+        replies = pipe.execute(raise_on_error=False)
+        infos, read = replies[:-1], replies[-1]
+        if isinstance(read, Exception):
+            raise read
+
+        lost = [
+            stream for stream, info in zip(streams, infos, strict=True) if self._lost(stream, info)
+        ]
+        if lost:
+            self._recover(lost)
+            return 0
+
+        entries_by_key = _entries_by_stream(read)
+        if not entries_by_key:
+            wait = self.config.block_ms if block_ms is None else block_ms
+            if wait > 0:
+                self.client.xread(
+                    {stream.key: stream.last_id for stream in streams}, count=1, block=wait
+                )
+            return 0
+        return self._apply(streams, entries_by_key)
+
+    def _lost(self, stream: _Stream, info: Any) -> bool:
+        """Whether entries after our position are gone (trimmed, or the stream deleted)."""
+        if isinstance(info, Exception):
+            # No stream: fine for a queue we never read; otherwise it was deleted.
+            return stream.last_id != "0-0"
+        length = int(info.get("length") or 0)
+        added = info.get("entries-added")
+        last_generated = str(info.get("last-generated-id") or "0-0")
+        if compare_ids(last_generated, stream.last_id) < 0:
+            return True  # recreated with older ids
+        if added is not None and stream.entries_read is not None:
+            added = int(added)
+            if added < stream.entries_read:
+                return True  # recreated
+            return added - length > stream.entries_read
+        first = info.get("first-entry")
+        if not first:
+            return compare_ids(last_generated, stream.last_id) > 0
+        return compare_ids(first[0], stream.last_id) > 0 and stream.last_id != "0-0"
+
+    def _reconcile(self, stream: _Stream) -> None:
+        reconcile_queue(
+            self.client,
+            stream.prefix,
+            stream.queue,
+            resolver=self.resolver,
+            heartbeat=self._heartbeat,
+            atomic=self._transaction,
+        )
+
+    def _recover(self, lost: list[_Stream]) -> None:
+        for stream in lost:
+            logger.info(
+                "events stream %s was trimmed past %s: reconciling queue %s",
+                stream.key,
+                stream.last_id,
+                stream.queue,
+            )
+            tail = stream_tail(self.client, stream.prefix, stream.queue) or ("0-0", 0)
+            self._reconcile(stream)
+            stream.last_id, stream.entries_read = tail
+            with self._transaction():
+                save_positions({(stream.prefix, stream.queue): tail})
+            self.reconciles += 1
+
+    def _apply(self, streams: list[_Stream], entries_by_key: dict[str, list[Any]]) -> int:
+        observations: dict[tuple[str, str, str], Observation] = {}
+        to_reconcile: list[_Stream] = []
+        moved: dict[tuple[str, str], tuple[str, int | None]] = {}
+        applied = 0
+        for stream in streams:
+            entries = entries_by_key.get(stream.key)
+            if not entries:
+                continue
+            for entry_id, entry in entries:
+                applied += 1
+                event = entry.get("event", "")
+                if event == "cleaned":
+                    # clean() removes jobs without per-job events.
+                    if stream not in to_reconcile:
+                        to_reconcile.append(stream)
+                    continue
+                job_id = entry.get("jobId")
+                if not job_id:
+                    continue
+                ident = (stream.prefix, stream.queue, job_id)
+                obs = observations.get(ident)
+                if obs is None:
+                    obs = observations[ident] = Observation(*ident)
+                obs.apply_event(event, entry, entry_id)
+            read = None if stream.entries_read is None else stream.entries_read + len(entries)
+            moved[(stream.prefix, stream.queue)] = (entries[-1][0], read)
+
+        pending = list(observations.values())
+        read_hashes(self.client, pending)
+        with self._transaction():
+            store(self.client, pending, self.resolver)
+            save_positions(moved)
+        for stream in streams:
+            if (stream.prefix, stream.queue) in moved:
+                stream.last_id, stream.entries_read = moved[(stream.prefix, stream.queue)]
+        self.events_applied += applied
+        for stream in to_reconcile:
+            self._reconcile(stream)
+        return applied
+
+    def housekeeping(self) -> None:
+        """Periodic full reconcile (drain/obliterate emit no events) and history pruning."""
+        interval = self.config.reconcile_interval
+        if interval is not None and time.monotonic() - self._reconciled_at >= interval:
+            self._reconciled_at = time.monotonic()
+            for stream in list(self.streams.values()):
+                self._heartbeat()
+                self._reconcile(stream)
+        bounded = self.config.history_age is not None or self.config.history_count is not None
+        if bounded and time.monotonic() - self._pruned_at >= self.config.prune_interval:
+            self._pruned_at = time.monotonic()
+            pruned = prune_history(self.config.history_age, self.config.history_count)
+            if pruned:
+                logger.info("pruned %d mirrored jobs beyond the history bounds", pruned)
+
+    def catch_up(self, max_steps: int = 1_000_000) -> int:
+        """Apply events until every stream is read to its end (no blocking)."""
+        total = 0
+        self.discover(force=True)
+        for _ in range(max_steps):
+            applied = self.step(block_ms=0)
+            if applied == 0 and not self._behind():
+                break
+            total += applied
+        return total
+
+    def _behind(self) -> bool:
+        pipe = self.client.pipeline(transaction=False)
+        streams = list(self.streams.values())
+        for stream in streams:
+            pipe.xinfo_stream(stream.key)
+        for stream, info in zip(streams, pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(info, Exception):
+                continue
+            if compare_ids(str(info.get("last-generated-id") or "0-0"), stream.last_id) > 0:
+                return True
+        return False
+
+    def run(self, stop_event: threading.Event) -> None:
+        """Project until ``stop_event`` is set (or the lease is lost)."""
+        self.load_positions()
+        while not stop_event.is_set():
+            close_old_connections()
+            self.step()
+            self.housekeeping()
+
+
+def _entries_by_stream(reply: Any) -> dict[str, list[Any]]:
+    if not reply:
+        return {}
+    if isinstance(reply, dict):  # RESP3 shape
+        return {
+            key: (value[0] if value and isinstance(value[0], list) else value)
+            for key, value in reply.items()
+        }
+    return {key: entries for key, entries in reply}

@@ -1,0 +1,119 @@
+"""The mirror's settings: ``FLOWJOBS["MIRROR_*"]``, then env ``FLOWJOBS_MIRROR_*``."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings as django_settings
+
+_DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+_DEFAULT_PREFIX = "bull"
+
+
+@dataclass(frozen=True)
+class MirrorSettings:
+    """The mirror's knobs, read from ``settings.FLOWJOBS`` (env ``FLOWJOBS_<NAME>``)."""
+
+    redis_url: str = _DEFAULT_REDIS_URL
+    prefix: str = _DEFAULT_PREFIX
+    in_worker: bool = True
+    batch_size: int = 1000
+    block_ms: int = 1000
+    lock_ttl_ms: int = 30_000
+    discover_interval: float = 5.0
+    reconcile_interval: float | None = 900.0
+    prune_interval: float = 3600.0
+    history_age: int | None = None
+    history_count: int | None = None
+
+    @property
+    def lock_key(self) -> str:
+        return f"{self.prefix}:flowjobs:mirror-lock"
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(f"FLOWJOBS_{name}")
+    return value if value not in (None, "") else None
+
+
+def _optional_number(value: Any) -> int | None:
+    if value in (None, "", "none", "None"):
+        return None
+    return int(value)
+
+
+def _configured() -> dict[str, Any]:
+    configured = getattr(django_settings, "FLOWJOBS", None)
+    return dict(configured) if isinstance(configured, dict) else {}
+
+
+def mirror_settings() -> MirrorSettings:
+    """Current mirror settings: ``FLOWJOBS["MIRROR_*"]``, then env ``FLOWJOBS_MIRROR_*``.
+
+    REDIS_URL, PREFIX and MIRROR (run the projector inside runworker) come from
+    ``flowjobs.conf``.
+    """
+    configured = _configured()
+
+    def pick(name: str, default: Any) -> Any:
+        if name in configured:
+            return configured[name]
+        from_env = _env(name)
+        return from_env if from_env is not None else default
+
+    redis_url, prefix, in_worker = _base_settings()
+    history = pick("MIRROR_HISTORY", None)
+    if isinstance(history, str):
+        history = json.loads(history)
+    history = history or {}
+    reconcile_interval = pick("MIRROR_RECONCILE_INTERVAL", 900.0)
+    return MirrorSettings(
+        redis_url=redis_url,
+        prefix=prefix,
+        in_worker=in_worker,
+        batch_size=int(pick("MIRROR_BATCH_SIZE", 1000)),
+        block_ms=int(pick("MIRROR_BLOCK_MS", 1000)),
+        lock_ttl_ms=int(pick("MIRROR_LOCK_TTL_MS", 30_000)),
+        discover_interval=float(pick("MIRROR_DISCOVER_INTERVAL", 5.0)),
+        reconcile_interval=(
+            None if reconcile_interval in (None, "", "none") else float(reconcile_interval)
+        ),
+        prune_interval=float(pick("MIRROR_PRUNE_INTERVAL", 3600.0)),
+        history_age=_optional_number(history.get("age")),
+        history_count=_optional_number(history.get("count")),
+    )
+
+
+def check_settings() -> list[str]:
+    """Messages for invalid ``MIRROR_*`` settings (empty when they are fine)."""
+    problems = []
+    try:
+        current = mirror_settings()
+    except (TypeError, ValueError, AttributeError) as error:
+        return [f"FLOWJOBS MIRROR_* settings are not valid: {error}"]
+    for name in ("batch_size", "block_ms", "lock_ttl_ms"):
+        if getattr(current, name) <= 0:
+            problems.append(f"FLOWJOBS MIRROR_{name.upper()} must be > 0")
+    for name in ("history_age", "history_count"):
+        value = getattr(current, name)
+        if value is not None and value < 0:
+            problems.append(f'FLOWJOBS MIRROR_HISTORY["{name[8:]}"] must be None or >= 0')
+    if current.block_ms * 3 > current.lock_ttl_ms:
+        problems.append("FLOWJOBS MIRROR_BLOCK_MS must be under a third of MIRROR_LOCK_TTL_MS")
+    from .unstorable import text_problem
+
+    prefix_problem = text_problem("PREFIX", current.prefix, "prefix")
+    if prefix_problem:
+        problems.append(f"FLOWJOBS {prefix_problem}: the mirror cannot store its jobs")
+    return problems
+
+
+def _base_settings() -> tuple[str, str, bool]:
+    """REDIS_URL, PREFIX and MIRROR, validated by ``flowjobs.conf``."""
+    from .. import conf
+
+    current = conf.settings()
+    return str(current.REDIS_URL), str(current.PREFIX), bool(current.MIRROR)

@@ -21,6 +21,19 @@ class InvalidQueueName(FlowJobsError, ValueError):
     """A queue name or prefix that would break the key layout."""
 
 
+class InvalidConnection(FlowJobsError, ValueError):
+    """`connection=` is neither a Redis URL, a redis-py client nor None."""
+
+
+class InvalidWorkerOptions(FlowJobsError, ValueError):
+    """A Worker (or Queue) setting is out of range; nothing was started or written."""
+
+
+class RedisOutOfMemory(FlowJobsError):
+    """Redis refused the write: it reached maxmemory (with the noeviction policy).
+    Nothing was written; free memory or raise maxmemory and try again."""
+
+
 class JobNotFound(FlowJobsError, LookupError):
     """The job does not exist (any more) in Redis."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,11 @@ from .errors import InvalidJobData, InvalidJobOptions
 from .keys import QUEUE_KEY_SUFFIXES
 
 MAX_PRIORITY = 2_097_151
+# JSON (data, options, return values) may nest this deep, both ways: deeper text is
+# refused when written and fails its job when read (Python's own recursion limit sits
+# not far above, and past it the decoder raises RecursionError).
+MAX_JSON_DEPTH = 500
+_JSON_STRING_OR_BRACKET = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
 
 # snake_case option -> stored BullMQ key
 STORED_NAMES: dict[str, str] = {
@@ -51,13 +57,47 @@ STORED_NAMES: dict[str, str] = {
 PARENT_POLICIES = ("fpof", "cpof", "idof", "rdof")
 
 
+def json_too_deep(text: str) -> bool:
+    """True when JSON text nests arrays and objects deeper than MAX_JSON_DEPTH."""
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return False  # the common case, at the cost of two C-speed counts
+    depth = 0
+    for match in _JSON_STRING_OR_BRACKET.finditer(text):
+        token = match.group()
+        if token in "[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return True
+        elif token in "]}":
+            depth -= 1
+    return False
+
+
+def loads(text: str) -> Any:
+    """json.loads within MAX_JSON_DEPTH; raises ValueError (the reason) otherwise."""
+    if json_too_deep(text):
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels (MAX_JSON_DEPTH)")
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels (MAX_JSON_DEPTH)") from None
+
+
 def dumps(value: Any, what: str = "data") -> str:
     """Compact JSON like JSON.stringify; NaN/Infinity and non-JSON types are refused, and
-    so are non-string object keys (JSON would turn 1 into "1", or merge 1 and "1")."""
+    so are non-string object keys (JSON would turn 1 into "1", or merge 1 and "1"), and
+    nesting deeper than MAX_JSON_DEPTH."""
     try:
         text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as error:
         raise InvalidJobData(f"{what} must be JSON-serialisable: {error}") from None
+    except RecursionError:
+        text = None
+    if text is None or json_too_deep(text):
+        raise InvalidJobData(
+            f"{what} nests deeper than {MAX_JSON_DEPTH} levels (MAX_JSON_DEPTH), "
+            "more than a JSON reader is sure to decode"
+        )
     if isinstance(value, dict | list | tuple):
         _check_keys(value, what)
     if not text.isascii() and not is_unicode(text):

@@ -158,7 +158,8 @@ def pack_call(name: str, keys: Sequence[str], args: Sequence[Arg]) -> bytes:
     parts = [_packed_head(name, 3 + len(keys) + len(args), len(keys))]
     for value in (*keys, *args):
         if isinstance(value, str):
-            data = value.encode()
+            # an id read from Redis that is not UTF-8 goes back as the same bytes
+            data = value.encode("utf-8", "surrogateescape")
         elif isinstance(value, bytes):
             data = value
         else:

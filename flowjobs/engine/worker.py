@@ -31,7 +31,14 @@ import redis.asyncio
 
 from . import cancellation, groups, schedulers, scripts, telemetry
 from .backoff import BackoffStrategy
-from .connection import Connection, async_client, describe, eviction_warning, is_cluster
+from .connection import (
+    Connection,
+    async_client,
+    describe,
+    eviction_warning,
+    is_cluster,
+    printable,
+)
 from .errors import (
     DelayedError,
     FlowJobsError,
@@ -44,6 +51,7 @@ from .errors import (
     error_for_code,
 )
 from .finishing import (
+    FailurePlan,
     FetchSettings,
     completed_value,
     error_message,
@@ -563,16 +571,9 @@ class Worker:
                 await self._advance_scheduler(job)
             if job.deferred_failure:
                 raise UnrecoverableError(job.deferred_failure)
-            if job.data_error:
-                raise UnrecoverableError(
-                    f'job "{job.id}" of queue "{self.queue.name}" has data that is not valid '
-                    f"JSON ({job.data_error})"
-                )
-            if job.opts_error:
-                raise UnrecoverableError(
-                    f'job "{job.id}" of queue "{self.queue.name}" has options that are not a '
-                    f"valid JSON object ({job.opts_error})"
-                )
+            problem = job.decode_problem()
+            if problem:
+                raise UnrecoverableError(problem)
             if not {"name", "data", "timestamp"} & job.raw.keys():
                 raise UnrecoverableError(
                     f'job "{job.id}" of queue "{self.queue.name}" has no job hash: its id was '
@@ -731,7 +732,10 @@ class Worker:
         plans: list[tuple[Job, str, Any]] = []
         for job, outcome, value in batch:
             self._active.pop(job.id, None)
-            call = self._outcome_call(job, outcome, value)
+            try:
+                call = self._outcome_call(job, outcome, value)
+            except Exception as error:  # noqa: BLE001 - one job must not stop the batch
+                call = self._unrecordable_call(job, outcome, value, error)
             if call is not None:
                 calls.append(call[0])
                 plans.append((job, call[1], call[2]))
@@ -829,6 +833,26 @@ class Worker:
             job, value, token, plan, keep, None, self.fetch, self.metrics_max_data_points
         )
         return call, ("failed" if plan.kind == "fail" else "retried"), value
+
+    def _unrecordable_call(
+        self, job: Job, outcome: str, value: Any, error: Exception
+    ) -> tuple[scripts.Call, str, Any] | None:
+        """The job's outcome cannot be written as asked (foreign options no rule of ours
+        reads, a backoff strategy that raises): it fails for good, the reason naming
+        what broke. If even that cannot be written it is left to the stalled check,
+        which moves it out of active."""
+        reason = f'cannot record {outcome} of job "{printable(job.id)}": '
+        reason += f"{type(error).__name__}: {error}"
+        if outcome != "completed" and isinstance(value, BaseException):
+            reason += f" (the job failed with: {error_message(value)})"
+        failure = UnrecoverableError(reason)
+        try:
+            call = failure_call(job, failure, job.token or "0", FailurePlan("fail"), (-1, "", ""))
+        except Exception:  # noqa: BLE001
+            logger.exception("job %s of queue %s: %s", printable(job.id), self.queue.name, reason)
+            return None
+        logger.warning("job %s of queue %s: %s", printable(job.id), self.queue.name, reason)
+        return call, "failed", failure
 
     def _after_record(self, job: Job, outcome: str, value: Any, result: Any) -> None:
         if isinstance(result, BaseException) or (isinstance(result, int) and result < 0):

@@ -23,7 +23,9 @@ in the middle of a reply, and goes back to Redis as the same bytes.
 from __future__ import annotations
 
 import inspect
+import logging
 import socket
+import time
 from functools import cache
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
@@ -43,9 +45,9 @@ SENTINEL_SCHEMES = {"redis+sentinel": "redis", "rediss+sentinel": "rediss"}
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
 # --- dead-connection detection -----------------------------------------------------------------
-# An answer slower than this means the connection is dead (a Lua script runs in well
-# under it; BullMQ's scripts work in bounded batches).
-SOCKET_TIMEOUT_S = 10.0
+# An answer slower than this means the connection is dead (redis-py 8's default; a
+# Lua script runs in well under it, BullMQ's scripts work in bounded batches).
+SOCKET_TIMEOUT_S = 5.0
 SOCKET_CONNECT_TIMEOUT_S = 5.0
 # A blocking command (BZPOPMIN, XREAD BLOCK) may stay silent for its own wait; its
 # connection's socket timeout is that wait plus this margin.
@@ -110,6 +112,28 @@ def printable(text: str) -> str:
     except UnicodeEncodeError:
         data = text.encode("utf-8", "backslashreplace")
     return data.decode("utf-8", "backslashreplace")
+
+
+class OutageLog:
+    """One warning when Redis is lost and one info line, with the outage's length, when
+    it is back: however many calls fail in between, and however many tasks make them."""
+
+    def __init__(self, logger: logging.Logger, where: str) -> None:
+        self.logger = logger
+        self.where = where
+        self.since: float | None = None
+
+    def lost(self, error: BaseException) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+            self.logger.warning("lost Redis at %s (%s); reconnecting", self.where, error)
+
+    def back(self) -> None:
+        if self.since is not None:
+            self.logger.info(
+                "Redis at %s is back after %.1fs", self.where, time.monotonic() - self.since
+            )
+            self.since = None
 
 
 Connection = str | redis.Redis | redis.cluster.RedisCluster | None

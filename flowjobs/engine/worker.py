@@ -33,6 +33,7 @@ from . import cancellation, groups, schedulers, scripts, telemetry
 from .backoff import BackoffStrategy
 from .connection import (
     Connection,
+    OutageLog,
     async_client,
     describe,
     eviction_warning,
@@ -71,7 +72,8 @@ logger = logging.getLogger("flowjobs.worker")
 Processor = Callable[..., Any]
 MOVED_BY_PROCESSOR = (DelayedError, WaitingChildrenError, WaitingError)
 MAXIMUM_RATE_LIMIT_DELAY_MS = 30_000
-CONNECTION_RETRY_MAX_S = 10.0
+# the longest pause between two reconnection attempts (ioredis, under BullMQ, waits 2 s)
+CONNECTION_RETRY_MAX_S = 2.0
 
 
 class Worker:
@@ -182,7 +184,7 @@ class Worker:
         self._limit_until = 0.0
         self._processed_since_drained = False
         self._fatal: BaseException | None = None
-        self._outage_since: float | None = None
+        self._outage = OutageLog(logger, describe(connection))
         self.jobs_processed = 0
         if autorun and processor is not None:
             self.start()
@@ -343,9 +345,10 @@ class Worker:
         self._wake = asyncio.Event()
         self._blocking_task: asyncio.Task | None = None
         self._aclient = async_client(self._connection)
-        # redis-py's default socket timeout (5 s) would cut the blocking wait on the marker
+        # its socket timeout outlasts the longest wait on the marker (drain_delay), so a
+        # silent connection (a half-open cut) is noticed soon after the wait should end
         self._blocking_client = async_client(
-            self._connection, single_connection_client=True, socket_timeout=None
+            self._connection, blocking_wait_s=self.drain_delay, single_connection_client=True
         )
         self.queue._aclient = self._aclient
         if self._pool is not None:
@@ -424,13 +427,7 @@ class Worker:
             except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
                 if self._closing:
                     raise
-                logger.warning(
-                    "cannot reach Redis at %s (%s); retrying in %.1fs",
-                    describe(self._connection),
-                    error,
-                    delay,
-                )
-                await asyncio.sleep(delay)
+                await self._connection_lost(error, delay)
                 delay = min(delay * 2, CONNECTION_RETRY_MAX_S)
 
     async def _check_eviction_policy(self) -> None:
@@ -481,13 +478,7 @@ class Worker:
                     self._fetch_args(tokens),
                 )
                 retry_delay = 0.1
-                if self._outage_since is not None:
-                    logger.warning(
-                        "Redis at %s is back after %.1fs",
-                        describe(self._connection),
-                        time.monotonic() - self._outage_since,
-                    )
-                    self._outage_since = None
+                self._outage.back()
             except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
                 self._reserved -= count
                 await self._connection_lost(error, retry_delay)
@@ -519,15 +510,14 @@ class Worker:
             await self._wait_for_marker(delay_until)
 
     async def _connection_lost(self, error: BaseException, delay: float) -> None:
-        if self._outage_since is None:
-            self._outage_since = time.monotonic()
-        logger.warning(
-            "lost Redis at %s (%s); reconnecting in %.1fs",
-            describe(self._connection),
-            error,
-            delay,
-        )
+        """Logged once per outage. The pool's other connections went the same way as
+        this one (a dead server, a half-open cut): drop them all, so that no call waits
+        out its socket timeout on one of them; then wait `delay` before trying again."""
+        self._outage.lost(error)
         self._emit("error", error)
+        if not is_cluster(self._aclient):
+            with contextlib.suppress(Exception):
+                await self._aclient.connection_pool.disconnect()
         await self._wait_wake(delay)
 
     def _rate_limited(self, delay_ms: int) -> None:
@@ -544,12 +534,15 @@ class Worker:
     async def _wait_for_marker(self, delay_until: int) -> None:
         timeout = self.drain_delay
         if delay_until:
-            timeout = min(max((delay_until - now_ms()) / 1000, 0.001), 10.0)
+            # never longer than drain_delay: the blocking client's socket timeout is set
+            # just above it
+            timeout = min(max((delay_until - now_ms()) / 1000, 0.001), self.drain_delay)
         self._blocking_task = asyncio.ensure_future(
             self._blocking_client.bzpopmin(self.queue.keys.marker, timeout)
         )
         try:
             await self._blocking_task
+            self._outage.back()
         except asyncio.CancelledError:
             if self._closing:
                 return
@@ -761,6 +754,7 @@ class Worker:
         while True:
             try:
                 results = await scripts.run_on_lane(lane, calls) if calls else []
+                self._outage.back()
                 break
             except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
                 # a finish not recorded is retried: worst case Redis already has it and

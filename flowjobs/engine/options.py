@@ -156,7 +156,7 @@ def _int(
     return value
 
 
-def _keep_jobs(job_name: str, option: str, value: Any) -> Any:
+def check_keep_jobs(job_name: str, option: str, value: Any) -> Any:
     if isinstance(value, bool):
         return value
     if isinstance(value, int | float):
@@ -307,7 +307,7 @@ def encode_job(
             case "backoff":
                 value = _backoff(name, value)
             case "remove_on_complete" | "remove_on_fail":
-                value = _keep_jobs(name, option, value)
+                value = check_keep_jobs(name, option, value)
             case "keep_logs" | "stacktrace_limit" | "size_limit":
                 value = _int(name, option, value)
             case "timeout":

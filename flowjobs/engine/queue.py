@@ -69,6 +69,16 @@ class Queue:
         self.client: redis.Redis = sync_client(connection)
         check_cluster_prefix(self.client, prefix)
         self.default_job_options = dict(default_job_options or {})
+        if self.default_job_options:
+            # checked now, not at the first add
+            encode_job(
+                self.keys.qualified,
+                prefix,
+                "default_job_options",
+                None,
+                {},
+                self.default_job_options,
+            )
         self._aclient: redis.asyncio.Redis | None = None
 
     def aclient(self) -> redis.asyncio.Redis:

@@ -44,6 +44,7 @@ from .errors import (
     DelayedError,
     FlowJobsError,
     InvalidJobData,
+    InvalidWorkerOptions,
     JobCancelled,
     RateLimitError,
     UnrecoverableError,
@@ -66,6 +67,7 @@ from .job import Job
 from .options import now_ms
 from .queue import Queue
 from .threadpool import ThreadPool
+from .worker_settings import check_worker_settings
 
 logger = logging.getLogger("flowjobs.worker")
 
@@ -107,37 +109,48 @@ class Worker:
         process_initializer: str | None = None,
     ) -> None:
         if isolation not in ("thread", "process"):
-            raise FlowJobsError(f'isolation must be "thread" or "process", got {isolation!r}')
+            raise InvalidWorkerOptions(
+                f'isolation must be "thread" or "process", got {isolation!r}'
+            )
         processor, self.processor_path = resolve_processor(processor)
         if isolation == "process" and processor is not None and self.processor_path is None:
             processor_path(processor)  # raises: explains what a child process can import
-        if not isinstance(concurrency, int) or concurrency < 1:
-            raise FlowJobsError(f"concurrency must be a positive integer, got {concurrency!r}")
-        if limiter is not None and (
-            not isinstance(limiter, dict)
-            or not isinstance(limiter.get("max"), int)
-            or not isinstance(limiter.get("duration"), int)
-        ):
-            raise FlowJobsError(f'limiter must be {{"max": int, "duration": ms}}, got {limiter!r}')
+        settings = check_worker_settings(
+            concurrency=concurrency,
+            lock_duration=lock_duration,
+            lock_renew_time=lock_renew_time,
+            stalled_interval=stalled_interval,
+            max_stalled_count=max_stalled_count,
+            drain_delay=drain_delay,
+            limiter=limiter,
+            group_concurrency=group_concurrency,
+            group_limiter=group_limiter,
+            job_timeout_ms=job_timeout_ms,
+            metrics_max_data_points=metrics_max_data_points,
+            remove_on_complete=remove_on_complete,
+            remove_on_fail=remove_on_fail,
+            name=name,
+        )
+        limiter, group_limiter = settings["limiter"], settings["group_limiter"]
         self.queue = Queue(queue_name, connection, prefix)
         self.name = name
         self.processor = processor
-        self.concurrency = concurrency
-        self.lock_duration = int(lock_duration)
-        self.lock_renew_time = int(lock_renew_time or lock_duration / 2)
-        self.stalled_interval = int(stalled_interval)
-        self.max_stalled_count = int(max_stalled_count)
-        self.drain_delay = float(drain_delay)
+        self.concurrency = concurrency = settings["concurrency"]
+        self.lock_duration = settings["lock_duration"]
+        self.lock_renew_time = settings["lock_renew_time"]
+        self.stalled_interval = settings["stalled_interval"]
+        self.max_stalled_count = settings["max_stalled_count"]
+        self.drain_delay = settings["drain_delay"]
         self.backoff_strategies = dict(backoff_strategies or {})
         self.remove_on_complete = remove_on_complete
         self.remove_on_fail = remove_on_fail
-        self.metrics_max_data_points = metrics_max_data_points
+        self.metrics_max_data_points = settings["metrics_max_data_points"]
         self.skip_stalled_check = skip_stalled_check
         self.skip_lock_renewal = skip_lock_renewal
         self.isolation = isolation
-        self.job_timeout_ms = job_timeout_ms
+        self.job_timeout_ms = settings["job_timeout_ms"]
         self.group_limits = {
-            "concurrency": group_concurrency,
+            "concurrency": settings["group_concurrency"],
             "max_jobs": (group_limiter or {}).get("max"),
             "duration_ms": (group_limiter or {}).get("duration"),
         }

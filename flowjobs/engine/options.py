@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import InvalidJobData, InvalidJobOptions
-from .keys import QUEUE_KEY_SUFFIXES
+from .keys import MAX_JOB_ID_LENGTH, QUEUE_KEY_SUFFIXES, text_problem
 
 MAX_PRIORITY = 2_097_151
 # JSON (data, options, return values) may nest this deep, both ways: deeper text is
@@ -205,6 +205,9 @@ def check_job_id(job_name: str, job_id: Any) -> str:
         job_id = str(job_id)
     if not isinstance(job_id, str) or not job_id or not is_unicode(job_id):
         raise _fail(job_name, f"job_id must be a non-empty string, got {job_id!r}")
+    problem = text_problem(job_id, MAX_JOB_ID_LENGTH)
+    if problem:
+        raise _fail(job_name, f"job_id {job_id[:80]!r} {problem}")
     if job_id == "0" or job_id.startswith("0:"):
         raise _fail(
             job_name,

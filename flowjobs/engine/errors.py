@@ -29,9 +29,15 @@ class InvalidWorkerOptions(FlowJobsError, ValueError):
     """A Worker (or Queue) setting is out of range; nothing was started or written."""
 
 
-class RedisOutOfMemory(FlowJobsError):
-    """Redis refused the write: it reached maxmemory (with the noeviction policy).
-    Nothing was written; free memory or raise maxmemory and try again."""
+class InvalidArgument(FlowJobsError, ValueError):
+    """An argument of a public call is out of range or of the wrong type; nothing was
+    written."""
+
+
+class RedisOutOfMemory(FlowJobsError, redis.exceptions.OutOfMemoryError):
+    """Redis refused a write: it reached maxmemory (under the noeviction policy).
+    Nothing was written; free memory or raise maxmemory and try again. It subclasses
+    redis-py's error, so `except redis.ResponseError` still catches it."""
 
 
 class JobNotFound(FlowJobsError, LookupError):

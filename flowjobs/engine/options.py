@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import InvalidJobData, InvalidJobOptions
+from .errors import InvalidArgument, InvalidJobData, InvalidJobOptions
 from .keys import MAX_JOB_ID_LENGTH, QUEUE_KEY_SUFFIXES, text_problem
 
 MAX_PRIORITY = 2_097_151
@@ -154,6 +154,21 @@ def _int(
         upper = f"..{maximum:_}" if maximum is not None else " or more"
         raise _fail(job_name, f"{option} must be {minimum}{upper}, got {value!r}")
     return value
+
+
+def whole_argument(what: str, value: Any, minimum: int, maximum: int | None = None) -> int:
+    """A whole-number argument of a public call (a whole float is fine), or
+    InvalidArgument naming it."""
+    whole = (
+        not isinstance(value, bool)
+        and isinstance(value, int | float)
+        and math.isfinite(value)
+        and value == int(value)
+    )
+    if not whole or value < minimum or (maximum is not None and value > maximum):
+        upper = f"..{maximum:_}" if maximum is not None else " or more"
+        raise InvalidArgument(f"{what} must be a whole number {minimum}{upper}, got {value!r}")
+    return int(value)
 
 
 def check_keep_jobs(job_name: str, option: str, value: Any) -> Any:

@@ -14,6 +14,7 @@ from .connection import Connection, check_cluster_prefix, describe, sync_client
 from .errors import (
     ConnectionFailed,
     FlowJobsError,
+    InvalidArgument,
     InvalidJobOptions,
     QueueHasActiveJobs,
     QueueNotPaused,
@@ -29,7 +30,7 @@ from .finishing import (
 )
 from .job import Job
 from .keys import QueueKeys
-from .options import EncodedJob, encode_job, now_ms
+from .options import EncodedJob, encode_job, now_ms, whole_argument
 
 # Job states as BullMQ names them, and the Redis structure holding each.
 STATES: dict[str, tuple[str, str]] = {
@@ -45,7 +46,24 @@ STATE_ALIASES = {"wait": "waiting", "paused": "waiting"}
 MAX_MANUAL_RATE_LIMIT = 9007199254740991
 
 
+def _states(states: Any) -> list[str]:
+    """One state name or an iterable of them, as a list (InvalidArgument otherwise)."""
+    if isinstance(states, str):
+        return [states]
+    try:
+        listed = list(states)
+    except TypeError:
+        listed = None
+    if listed is None or not all(isinstance(state, str) for state in listed):
+        raise InvalidArgument(
+            f"states must be a state name or a list of them ({', '.join(STATES)}), got {states!r}"
+        )
+    return listed
+
+
 def _state_name(state: str) -> str:
+    if not isinstance(state, str):
+        raise InvalidArgument(f"a job state must be a name ({', '.join(STATES)}), got {state!r}")
     name = STATE_ALIASES.get(state, state)
     if name not in STATES:
         raise FlowJobsError(f'unknown job state "{state}"; known: {", ".join(STATES)}')
@@ -190,8 +208,9 @@ class Queue:
         end: int = -1,
         asc: bool = False,
     ) -> list[str]:
-        if isinstance(states, str):
-            states = [states]
+        states = _states(states)
+        start = whole_argument("start", start, -(2**63))
+        end = whole_argument("end", end, -(2**63))
         ids: list[str] = []
         seen: set[str] = set()
         for state in states:
@@ -312,6 +331,8 @@ class Queue:
 
     def clean(self, grace_ms: int, limit: int = 0, state: str = "completed") -> list[str]:
         """Removes jobs of `state` finished (or created) more than grace_ms ago."""
+        grace_ms = whole_argument("clean: grace_ms", grace_ms, 0)
+        limit = whole_argument("clean: limit", limit, 0)
         name = _state_name(state)
         suffix = STATES[name][0]
         removed: list[str] = []
@@ -335,6 +356,7 @@ class Queue:
 
     def obliterate(self, force: bool = False, count: int = 1000) -> None:
         """Deletes the queue and all its jobs (pauses it first)."""
+        count = whole_argument("obliterate: count", count, 1)
         self.pause()
         while True:
             result = scripts.run(
@@ -362,10 +384,13 @@ class Queue:
         name = _state_name(state)
         if name not in ("failed", "completed"):
             raise FlowJobsError(f'retry_jobs: state must be "failed" or "completed", got {state!r}')
-        self._move_jobs_to_wait(name, count, timestamp or now_ms())
+        count = whole_argument("retry_jobs: count", count, 1)
+        before = now_ms() if timestamp is None else whole_argument("timestamp", timestamp, 0)
+        self._move_jobs_to_wait(name, count, before)
 
     def promote_jobs(self, count: int = 1000) -> None:
         """Moves every delayed job to wait now."""
+        count = whole_argument("promote_jobs: count", count, 1)
         self._move_jobs_to_wait("delayed", count, "+inf")
 
     def _move_jobs_to_wait(self, state: str, count: int, max_score: Any) -> None:
@@ -382,7 +407,8 @@ class Queue:
 
     def rate_limit(self, ms: int) -> None:
         """Stops every worker of this queue from taking jobs for `ms` (needs a limiter)."""
-        self.client.set(self.keys.key("limiter"), MAX_MANUAL_RATE_LIMIT, px=int(ms))
+        ms = whole_argument("rate_limit: ms", ms, 1)
+        self.client.set(self.keys.key("limiter"), MAX_MANUAL_RATE_LIMIT, px=ms)
 
     def get_rate_limit_ttl(self, max_jobs: int | None = None) -> int:
         limiter = self.keys.key("limiter")
@@ -414,14 +440,15 @@ class Queue:
         self.client.hdel(self.keys.meta, "concurrency")
 
     def set_global_rate_limit(self, max_jobs: int, duration_ms: int) -> None:
-        self.client.hset(
-            self.keys.meta, mapping={"max": int(max_jobs), "duration": int(duration_ms)}
-        )
+        max_jobs = whole_argument("global rate limit: max_jobs", max_jobs, 1)
+        duration_ms = whole_argument("global rate limit: duration_ms", duration_ms, 1)
+        self.client.hset(self.keys.meta, mapping={"max": max_jobs, "duration": duration_ms})
 
     def remove_global_rate_limit(self) -> None:
         self.client.hdel(self.keys.meta, "max", "duration")
 
     def trim_events(self, max_length: int) -> int:
+        max_length = whole_argument("trim_events: max_length", max_length, 0)
         return self.client.xtrim(self.keys.events, maxlen=max_length, approximate=True)
 
     def check_stalled(
@@ -429,6 +456,8 @@ class Queue:
     ) -> list[str]:
         """One run of the stalled-job check (skipped, returning [], if another process ran
         it less than `stalled_interval_ms` ago). Returns the ids moved back to wait."""
+        max_stalled_count = whole_argument("max_stalled_count", max_stalled_count, 0)
+        stalled_interval_ms = whole_argument("stalled_interval_ms", stalled_interval_ms, 1)
         return scripts.run(
             self.client,
             "move_stalled_jobs_to_wait",
@@ -483,6 +512,8 @@ class Queue:
         [newest minute first, ...], "count": number of data points}`."""
         if kind not in ("completed", "failed"):
             raise FlowJobsError(f'get_metrics: kind must be "completed" or "failed", got {kind!r}')
+        start = whole_argument("start", start, -(2**63))
+        end = whole_argument("end", end, -(2**63))
         key = self.keys.key(f"metrics:{kind}")
         pipe = self.client.pipeline(transaction=False)
         pipe.hmget(key, "count", "prevTS", "prevCount")

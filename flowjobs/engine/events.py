@@ -9,7 +9,7 @@ from typing import Any
 
 import redis
 
-from .connection import Connection, check_cluster_prefix, sync_client
+from .connection import Connection, OutageLog, check_cluster_prefix, describe, sync_client
 from .keys import QueueKeys
 
 logger = logging.getLogger("flowjobs.events")
@@ -44,6 +44,7 @@ class QueueEvents:
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
+        self._outage = OutageLog(logger, describe(connection))
         if autorun:
             self.start()
 
@@ -66,24 +67,28 @@ class QueueEvents:
         return self._ready.wait(timeout)
 
     def run(self) -> None:
-        if self.last_event_id == "$":
-            # pin "$" to a real id so nothing between start and the first read is missed
-            info = (
-                self.client.xinfo_stream(self.keys.events)
-                if self.client.exists(self.keys.events)
-                else None
-            )
-            self.last_event_id = info["last-generated-id"] if info else "0-0"
-        self._ready.set()
         while not self._closing.is_set():
             try:
+                if self.last_event_id == "$":
+                    # pin "$" to a real id so nothing between start and the first read
+                    # is missed
+                    info = (
+                        self.client.xinfo_stream(self.keys.events)
+                        if self.client.exists(self.keys.events)
+                        else None
+                    )
+                    self.last_event_id = info["last-generated-id"] if info else "0-0"
+                self._ready.set()
+                # the block stays well under the socket timeout: a silent connection
+                # (a half-open cut) times out and is replaced
                 answer = self.client.xread(
                     {self.keys.events: self.last_event_id},
                     block=min(self.blocking_timeout_ms, 1000),
                     count=1000,
                 )
-            except (redis.ConnectionError, redis.TimeoutError) as error:
-                logger.warning("events of %s: %s; retrying", self.keys.qualified, error)
+                self._outage.back()
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+                self._outage.lost(error)
                 self._closing.wait(1)
                 continue
             for _, entries in answer or []:

@@ -121,3 +121,33 @@ def test_a_busy_worker_finishes_its_jobs_after_a_half_open_cut(
     lost, back = _outage_lines(caplog)
     assert len(lost) == 1, lost
     assert len(back) == 1, back
+
+
+def test_queue_events_resume_after_a_half_open_cut(proxy, make_queue, prefix, caplog, report):
+    from flowjobs.engine import QueueEvents
+
+    caplog.set_level(logging.INFO, logger="flowjobs")
+    queue = make_queue("q")
+    added: list[str] = []
+    events = QueueEvents("q", connection=proxy.url, prefix=prefix)
+    events.on("added", lambda event: added.append(event["jobId"]))
+    try:
+        assert events.wait_until_ready()
+        first = queue.add("before", {})
+        wait_for(lambda: first.id in added, timeout=5)
+        proxy.hold()
+        threading.Event().wait(OUTAGE_S)  # the outage
+        during = queue.add("during", {})
+        proxy.restore()
+        restored = time.monotonic()
+        after = queue.add("after", {})
+        wait_for(lambda: {during.id, after.id} <= set(added), timeout=RECOVERY_BOUND_S + 5)
+        recovered = time.monotonic() - restored
+    finally:
+        events.close()
+    report("recovered_s", round(recovered, 1))
+    assert recovered < RECOVERY_BOUND_S
+    assert added == [first.id, during.id, after.id]  # none missed, none twice
+    lost, back = _outage_lines(caplog)
+    assert len(lost) == 1, lost
+    assert len(back) == 1, back

@@ -4,6 +4,8 @@
     proxy.hold()     # half-open cut: every open connection goes silent for good
                      # (no FIN, no RST: the peer's kernel still ACKs what is sent, nothing
                      # comes back); new connections are accepted and held the same way
+    proxy.hold(b"SUBSCRIBE")  # the same for the open connections whose client has
+                     # sent these bytes so far (one kind of connection); new ones pass
     proxy.restore()  # new connections pass again; the held ones stay dead, as after a
                      # host that vanished and came back
     proxy.reset()    # RST every open connection
@@ -42,6 +44,7 @@ class FaultProxy:
         self._selector.register(self._listener, selectors.EVENT_READ)
         self._peers: dict[socket.socket, socket.socket] = {}  # forwarding, both directions
         self._held: list[socket.socket] = []  # open and silent, until close()
+        self._sent: dict[socket.socket, bytes] = {}  # a client's first bytes, per client
         self.connections = 0  # accepted so far
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="fault-proxy", daemon=True)
@@ -52,10 +55,15 @@ class FaultProxy:
         return f"redis://127.0.0.1:{self.port}/0"
 
     # --- faults -------------------------------------------------------------------------
-    def hold(self) -> None:
+    def hold(self, containing: bytes | None = None) -> None:
         with self._lock:
-            self._mode = "hold"
-            self._hold_all()
+            if containing is None:
+                self._mode = "hold"
+                self._hold_all()
+                return
+            for client, sent in list(self._sent.items()):
+                if containing in sent and client in self._peers:
+                    self._hold_pair(client)
 
     def restore(self) -> None:
         with self._lock:
@@ -90,6 +98,13 @@ class FaultProxy:
             self._held.append(sock)
         self._peers.clear()
 
+    def _hold_pair(self, sock: socket.socket) -> None:
+        other = self._peers.pop(sock)
+        del self._peers[other]
+        for each in (sock, other):
+            self._selector.unregister(each)
+            self._held.append(each)
+
     def _accept(self) -> None:
         try:
             client, _ = self._listener.accept()
@@ -111,6 +126,7 @@ class FaultProxy:
             return
         self._peers[client] = upstream
         self._peers[upstream] = client
+        self._sent[client] = b""
         self._selector.register(client, selectors.EVENT_READ)
         self._selector.register(upstream, selectors.EVENT_READ)
 
@@ -121,6 +137,8 @@ class FaultProxy:
         try:
             data = sock.recv(65536)
             if data:
+                if sock in self._sent and len(self._sent[sock]) < 4096:
+                    self._sent[sock] += data[:4096]
                 other.sendall(data)
                 return
         except OSError:

@@ -32,6 +32,7 @@ import redis.asyncio
 from . import cancellation, groups, schedulers, scripts, telemetry
 from .backoff import BackoffStrategy
 from .connection import (
+    SOCKET_TIMEOUT_S,
     Connection,
     OutageLog,
     async_client,
@@ -76,6 +77,8 @@ MOVED_BY_PROCESSOR = (DelayedError, WaitingChildrenError, WaitingError)
 MAXIMUM_RATE_LIMIT_DELAY_MS = 30_000
 # the longest pause between two reconnection attempts (ioredis, under BullMQ, waits 2 s)
 CONNECTION_RETRY_MAX_S = 2.0
+# how often a worker checks that its cancel-request subscription still delivers
+PUBSUB_PROBE_INTERVAL_S = 5.0
 
 
 class Worker:
@@ -650,8 +653,34 @@ class Worker:
 
     async def _subscribe_cancels(self) -> Any:
         pubsub = self._aclient.pubsub(ignore_subscribe_messages=True)
-        await pubsub.subscribe(cancellation.channel(self.queue.keys))
+        await pubsub.subscribe(cancellation.channel(self.queue.keys), self._probe_channel)
         return pubsub
+
+    @property
+    def _probe_channel(self) -> str:
+        return f"{cancellation.channel(self.queue.keys)}:probe:{self._token_base}"
+
+    async def _read_cancels(self, pubsub: Any) -> None:
+        """Hands published cancel requests on. Every PUBSUB_PROBE_INTERVAL_S this worker
+        publishes a probe to itself: a subscription that does not deliver it within the
+        socket timeout sits on a silent connection (a half-open cut) and is replaced."""
+        last_heard = time.monotonic()
+        probed_at: float | None = None
+        while True:
+            message = await pubsub.get_message(timeout=1.0)
+            now = time.monotonic()
+            if message is not None and message.get("type") == "message":
+                if message.get("channel") == self._probe_channel:
+                    last_heard, probed_at = now, None
+                    continue
+                request = cancellation.parse(message.get("data"))
+                if request is not None:
+                    self._cancel_request(*request)
+            if probed_at is None and now - last_heard >= PUBSUB_PROBE_INTERVAL_S:
+                probed_at = now
+                await self._aclient.publish(self._probe_channel, "probe")
+            elif probed_at is not None and now - probed_at > SOCKET_TIMEOUT_S:
+                raise redis.TimeoutError("the cancel channel did not deliver this worker's probe")
 
     async def _cancel_listener(self, pubsub: Any) -> None:
         """Receives cancel requests (queue.cancel_job) as they are published; lock renewal
@@ -662,10 +691,7 @@ class Worker:
                 if pubsub is None:
                     pubsub = await self._subscribe_cancels()
                     delay = 0.1
-                async for message in pubsub.listen():
-                    request = cancellation.parse(message.get("data"))
-                    if request is not None:
-                        self._cancel_request(*request)
+                await self._read_cancels(pubsub)
             except (redis.ConnectionError, redis.TimeoutError, OSError):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, CONNECTION_RETRY_MAX_S)

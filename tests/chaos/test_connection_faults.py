@@ -151,3 +151,43 @@ def test_queue_events_resume_after_a_half_open_cut(proxy, make_queue, prefix, ca
     lost, back = _outage_lines(caplog)
     assert len(lost) == 1, lost
     assert len(back) == 1, back
+
+
+@pytest.mark.parametrize("cut", ["every connection", "the subscription only"])
+def test_cancel_requests_arrive_again_after_a_half_open_cut(proxy, make_queue, prefix, report, cut):
+    """The cancel-request subscription is a connection too: after a cut a cancel
+    reaches the running job by the channel again, long before the next lock renewal
+    (a 2-minute lock renews every minute) would find it in the job hash. When only the
+    subscription's connection goes silent, the worker's probe finds out."""
+    import asyncio
+
+    queue = make_queue("q")
+
+    async def process(job):
+        if job.name == "long":
+            await asyncio.sleep(120)
+        return "done"
+
+    worker = Worker(
+        "q", process, connection=proxy.url, prefix=prefix, concurrency=2, lock_duration=120_000
+    )
+    try:
+        long = queue.add("long", {})
+        wait_for(lambda: queue.get_job_state(long.id) == "active", timeout=10)
+        proxy.hold(None if cut == "every connection" else b"SUBSCRIBE")
+        threading.Event().wait(OUTAGE_S)  # the outage
+        proxy.restore()
+        restored = time.monotonic()
+        quick = queue.add("quick", {})
+        wait_for(lambda: queue.get_job_state(quick.id) == "completed", timeout=RECOVERY_BOUND_S)
+
+        def cancelled() -> bool:
+            queue.cancel_job(long.id, "enough")  # repeated: one sent before resubscribing is lost
+            return queue.get_job_state(long.id) == "failed"
+
+        wait_for(cancelled, timeout=RECOVERY_BOUND_S + 5, interval=0.5)
+        recovered = time.monotonic() - restored
+    finally:
+        worker.close(force=True, timeout=10)
+    report("recovered_s", round(recovered, 1))
+    assert queue.get_job(long.id).failed_reason == "cancelled: enough"

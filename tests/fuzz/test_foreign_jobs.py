@@ -11,8 +11,10 @@ import time
 
 import pytest
 import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from flowjobs.engine import Queue, Worker
+from flowjobs.engine import Job, Queue, UnrecoverableError, Worker
 from tests.helpers import wait_for
 
 HUGE_BYTES = 5 * 1024 * 1024
@@ -331,3 +333,87 @@ def test_junk_keep_jobs_options_do_not_stop_recording(foreign_queue, redis_url, 
         else:
             assert queue.get_job_state(job_id) == "completed", (job_id, job.failed_reason)
             assert job.returnvalue == job_id
+
+
+# --- property: whatever bytes a foreign producer wrote, a worker can record an outcome --
+
+_KNOWN_FIELDS = ["name", "data", "opts", "timestamp", "atm", "ats", "stacktrace", "parentKey"]
+_JSON_BITS = [b"[", b"]", b"{", b"}", b'"a":', b"1", b",", b'"\xff"', b"null", b"\xc3"]
+
+
+@st.composite
+def _raw_values(draw: st.DrawFn) -> bytes:
+    kind = draw(st.sampled_from(["bytes", "json-ish", "deep"]))
+    if kind == "bytes":
+        return draw(st.binary(max_size=40))
+    if kind == "deep":
+        depth = draw(st.integers(0, 3_000))
+        return b'{"a":' * depth + b"1" + b"}" * depth
+    return b"".join(draw(st.lists(st.sampled_from(_JSON_BITS), max_size=30)))
+
+
+@st.composite
+def _raw_jobs(draw: st.DrawFn) -> tuple[bytes, dict[bytes, bytes]]:
+    names = draw(
+        st.lists(st.sampled_from(_KNOWN_FIELDS) | st.text(max_size=5), max_size=8, unique=True)
+    )
+    fields = {name.encode(): draw(_raw_values()) for name in names}
+    if draw(st.booleans()):
+        fields[b"opts"] = json.dumps(
+            {
+                "attempts": draw(st.integers(-2, 5) | st.text(max_size=3)),
+                "backoff": draw(
+                    st.none()
+                    | st.integers(-5, 5)
+                    | st.dictionaries(
+                        st.text(max_size=6),
+                        st.integers() | st.lists(st.integers(), max_size=2),
+                        max_size=3,
+                    )
+                ),
+                "removeOnComplete": draw(
+                    st.none()
+                    | st.booleans()
+                    | st.floats()
+                    | st.dictionaries(
+                        st.sampled_from(["count", "age", "limit"]),
+                        st.floats() | st.text(max_size=2) | st.lists(st.integers(), max_size=2),
+                        max_size=3,
+                    )
+                ),
+                "stackTraceLimit": draw(st.integers(-3, 3) | st.floats()),
+            }
+        ).encode()
+    return draw(st.binary(min_size=1, max_size=12)), fields
+
+
+@settings(max_examples=150, deadline=None, database=None)
+@given(raw=_raw_jobs(), outcome=st.sampled_from(["completed", "failed"]))
+def test_any_foreign_hash_decodes_and_gets_an_outcome_call(raw, outcome):
+    """What Redis hands the worker (decoded with surrogateescape, as every flowjobs
+    client does) always becomes a Job, and the worker can always build the script call
+    that records its outcome, or, failing that, the call that fails it with a reason;
+    and that call can be sent."""
+    from flowjobs.engine import scripts
+    from flowjobs.engine.connection import ENCODING_ERRORS
+
+    raw_id, fields = raw
+    worker = Worker("fuzz", lambda job: None, connection="redis://127.0.0.1:1/0", autorun=False)
+    decoded = {
+        name.decode("utf-8", ENCODING_ERRORS): value.decode("utf-8", ENCODING_ERRORS)
+        for name, value in fields.items()
+    }
+    job = Job(worker.queue, raw_id.decode("utf-8", ENCODING_ERRORS), decoded)
+    job.token = "token"
+    problem = job.decode_problem()
+    if problem is not None:
+        value: object = UnrecoverableError(problem)
+        outcome = "failed"
+    else:
+        value = ValueError("boom") if outcome == "failed" else {"ok": True}
+    try:
+        call = worker._outcome_call(job, outcome, value)
+    except Exception as error:  # the worker's safety net takes over
+        call = worker._unrecordable_call(job, outcome, value, error)
+    assert call is not None
+    assert scripts.pack_call(*call[0])

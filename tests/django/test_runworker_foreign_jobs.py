@@ -1,0 +1,55 @@
+"""runworker with several processes and foreign jobs it cannot decode (issue 14): the
+bad jobs fail with a reason, the good ones beside them complete, no process dies."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+import redis
+
+from flowjobs import conf
+from tests.helpers import wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+DEEP = 20_000
+POISON = {
+    b"bad-utf8": {b"name": b"hello", b"data": b'{"a": "\xff"}', b"opts": b"{}", b"timestamp": b"1"},
+    b"deep-opts": {
+        b"name": b"hello",
+        b"data": b"{}",
+        b"opts": b'{"a":' * DEEP + b"1" + b"}" * DEEP,
+        b"timestamp": b"1",
+    },
+}
+
+
+def test_poison_jobs_fail_and_no_worker_process_dies(start_worker, redis_url, prefix):
+    raw = redis.Redis.from_url(redis_url)
+    base = f"{prefix}:fj-echo:".encode()
+    try:
+        for job_id, fields in POISON.items():
+            raw.hset(base + job_id, mapping=fields)
+        raw.lpush(base + b"wait", *POISON)
+        raw.zadd(base + b"marker", {"0": 0})
+    finally:
+        raw.close()
+    queue = conf.get_queue("fj-echo")
+    good = [queue.add("hello", {"n": n}) for n in range(6)]
+    worker = start_worker("fj-echo", "--processes", "2")
+    wait_for(
+        lambda: (
+            all(queue.get_job_state(job.id) == "completed" for job in good)
+            and all(queue.get_job_state(job_id.decode()) == "failed" for job_id in POISON)
+        ),
+        timeout=30,
+        message=worker.output(),
+    )
+    assert queue.get_job("bad-utf8").failed_reason.endswith(
+        'field "data" is not valid UTF-8 (byte 0xff at offset 7)'
+    )
+    assert 'field "opts" is not valid JSON' in queue.get_job("deep-opts").failed_reason
+    worker.signal(signal.SIGTERM)
+    assert worker.wait() == 0, worker.output()
+    assert worker.output().count("started worker process") == 2, worker.output()

@@ -1,14 +1,18 @@
-"""runworker with several processes and foreign jobs it cannot decode (issue 14): the
-bad jobs fail with a reason, the good ones beside them complete, no process dies."""
+"""runworker with several processes against what issue 14 found: foreign jobs it cannot
+decode (they fail with a reason, the good ones beside them complete, no process dies)
+and a half-open cut between the workers and Redis (they consume again soon after)."""
 
 from __future__ import annotations
 
 import signal
+import threading
+import time
 
 import pytest
 import redis
 
 from flowjobs import conf
+from tests.faultproxy import FaultProxy
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -53,3 +57,30 @@ def test_poison_jobs_fail_and_no_worker_process_dies(start_worker, redis_url, pr
     worker.signal(signal.SIGTERM)
     assert worker.wait() == 0, worker.output()
     assert worker.output().count("started worker process") == 2, worker.output()
+
+
+@pytest.mark.chaos
+def test_worker_processes_consume_again_after_a_half_open_cut(start_worker, redis_server):
+    proxy = FaultProxy("127.0.0.1", redis_server.port)
+    try:
+        queue = conf.get_queue("fj-echo")
+        worker = start_worker("fj-echo", "--processes", "2", env={"FLOWJOBS_REDIS_URL": proxy.url})
+        wait_for(lambda: len(queue.get_workers()) >= 2, timeout=30, message=worker.output())
+        warm = queue.add("hello", {"n": -1})
+        wait_for(lambda: queue.get_job_state(warm.id) == "completed", timeout=20)
+        proxy.hold()
+        threading.Event().wait(3.0)  # the outage
+        jobs = [queue.add("hello", {"n": n}) for n in range(50)]
+        proxy.restore()
+        restored = time.monotonic()
+        wait_for(
+            lambda: all(queue.get_job_state(job.id) == "completed" for job in jobs),
+            timeout=25,
+            message=worker.output(),
+        )
+        assert time.monotonic() - restored < 15
+        worker.signal(signal.SIGTERM)
+        assert worker.wait() == 0, worker.output()
+        assert worker.output().count("started worker process") == 2, worker.output()
+    finally:
+        proxy.close()

@@ -880,7 +880,18 @@ class Worker:
             reason += f" (the job failed with: {error_message(value)})"
         failure = UnrecoverableError(reason)
         try:
-            call = failure_call(job, failure, job.token or "0", FailurePlan("fail"), (-1, "", ""))
+            # fetch-next tokens may be appended to this call: it carries this worker's
+            # fetch settings, as every finish does
+            call = failure_call(
+                job,
+                failure,
+                job.token or "0",
+                FailurePlan("fail"),
+                (-1, "", ""),
+                None,
+                self.fetch,
+                self.metrics_max_data_points,
+            )
         except Exception:  # noqa: BLE001
             logger.exception("job %s of queue %s: %s", printable(job.id), self.queue.name, reason)
             return None

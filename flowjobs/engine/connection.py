@@ -91,7 +91,7 @@ def client_options(blocking_wait_s: float | None = None) -> dict[str, Any]:
 
 def unreadable(text: str) -> str | None:
     """Why a reply decoded with surrogateescape is not valid UTF-8 (None when it is)."""
-    if text.isascii():
+    if not isinstance(text, str) or text.isascii():
         return None
     try:
         text.encode()

@@ -87,11 +87,8 @@ class Job:
     def _apply(self, fields: dict[str, str]) -> None:
         # bytes that are not UTF-8 (foreign producers) arrive surrogate-escaped: such a
         # job is readable enough to be failed, with its unreadable fields left unparsed
-        self.unreadable = unreadable(self.id)
-        if self.unreadable:
-            self.unreadable = f"id {self.unreadable}"
-        else:
-            self.unreadable = _unreadable_fields(fields)
+        problem = unreadable(self.id)
+        self.unreadable = f"id {problem}" if problem else _unreadable_fields(fields)
         raw = fields
         if self.unreadable:
             fields = {k: v for k, v in fields.items() if not (unreadable(k) or unreadable(v))}

@@ -65,6 +65,8 @@ def _json_or_raw(text: str | None, default: Any) -> tuple[Any, str | None]:
 def _unreadable_fields(fields: dict[str, str]) -> str | None:
     """Which field (name or value) of a job hash is not UTF-8, as a sentence part."""
     for name, value in fields.items():
+        if name.isascii() and value.isascii():
+            continue  # the common case, without a call
         problem = unreadable(name)
         if problem:
             return f'field name "{printable(name)}" {problem}'

@@ -75,7 +75,7 @@ def json_too_deep(text: str) -> bool:
 
 def loads(text: str) -> Any:
     """json.loads within MAX_JSON_DEPTH; raises ValueError (the reason) otherwise."""
-    if json_too_deep(text):
+    if len(text) > MAX_JSON_DEPTH and json_too_deep(text):  # shorter text cannot be
         raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels (MAX_JSON_DEPTH)")
     try:
         return json.loads(text)

@@ -1,6 +1,7 @@
-"""runworker with several processes against what issue 14 found: foreign jobs it cannot
-decode (they fail with a reason, the good ones beside them complete, no process dies)
-and a half-open cut between the workers and Redis (they consume again soon after)."""
+"""runworker and checkstalled against what issue 14 found: foreign jobs a worker cannot
+decode (they fail with a reason, the good ones beside them complete, no process dies),
+a half-open cut between the workers and Redis (they consume again soon after), and an
+outage logged once, not once per failed check."""
 
 from __future__ import annotations
 
@@ -84,3 +85,39 @@ def test_worker_processes_consume_again_after_a_half_open_cut(start_worker, redi
         assert worker.output().count("started worker process") == 2, worker.output()
     finally:
         proxy.close()
+
+
+@pytest.mark.chaos
+def test_checkstalled_logs_an_outage_once_and_its_end_once(worker_env, redis_server):
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    proxy = FaultProxy("127.0.0.1", redis_server.port)
+    log = tempfile.NamedTemporaryFile(mode="w+", suffix=".log", delete=False)  # noqa: SIM115
+    repo = Path(__file__).resolve().parents[2]
+    process = subprocess.Popen(
+        [sys.executable, str(repo / "manage.py"), "checkstalled", "fj-echo", "--interval", "100"],
+        cwd=repo,
+        env={**worker_env, "FLOWJOBS_REDIS_URL": proxy.url},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        output = lambda: Path(log.name).read_text()  # noqa: E731
+        wait_for(lambda: proxy.connections >= 1, timeout=20, message=output())
+        proxy.refuse()
+        proxy.reset()
+        threading.Event().wait(2.0)  # the outage: about 20 checks fail
+        proxy.restore()
+        wait_for(lambda: "is back after" in output(), timeout=15, message=output())
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0, output()
+        assert output().count("lost Redis at") == 1, output()
+        assert output().count("is back after") == 1, output()
+    finally:
+        if process.poll() is None:
+            process.kill()
+        proxy.close()
+        Path(log.name).unlink()

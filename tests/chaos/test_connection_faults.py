@@ -40,7 +40,15 @@ def _outage_lines(caplog: pytest.LogCaptureFixture) -> tuple[list[str], list[str
     return lost, back
 
 
-def _run(proxy: FaultProxy, queue: Queue, fault: str, jobs: int, busy: bool, prefix: str):
+def _run(
+    proxy: FaultProxy,
+    queue: Queue,
+    fault: str,
+    jobs: int,
+    busy: bool,
+    prefix: str,
+    outage_s: float = OUTAGE_S,
+):
     """Runs a default-settings worker through the proxy, injects `fault` while it is idle
     (or busy), restores the network and returns (executions, seconds to recover)."""
     executions: Counter[str] = Counter()
@@ -67,7 +75,7 @@ def _run(proxy: FaultProxy, queue: Queue, fault: str, jobs: int, busy: bool, pre
             proxy.refuse()
             proxy.reset()
         # the outage: Redis stays unreachable this long (what is measured is afterwards)
-        threading.Event().wait(OUTAGE_S)
+        threading.Event().wait(outage_s)
         if not busy:
             batch = queue.add_bulk([("job", {"n": n}) for n in range(jobs)])
         proxy.restore()
@@ -85,13 +93,21 @@ def _run(proxy: FaultProxy, queue: Queue, fault: str, jobs: int, busy: bool, pre
     return executions, recovered, batch
 
 
-@pytest.mark.parametrize("fault", ["half-open", "reset"])
+@pytest.mark.parametrize(
+    ("fault", "outage_s"),
+    [
+        ("half-open", OUTAGE_S),
+        # longer than every timeout: reconnection attempts meet held connections too
+        ("half-open", 12.0),
+        ("reset", OUTAGE_S),
+    ],
+)
 def test_an_idle_worker_consumes_again_after_a_network_fault(
-    proxy, make_queue, prefix, caplog, report, fault
+    proxy, make_queue, prefix, caplog, report, fault, outage_s
 ):
     caplog.set_level(logging.INFO, logger="flowjobs")
     queue = make_queue("q")
-    executions, recovered, batch = _run(proxy, queue, fault, 20, False, prefix)
+    executions, recovered, batch = _run(proxy, queue, fault, 20, False, prefix, outage_s)
     report("faults", 1)
     report("jobs", len(batch))
     report("duplicated", sum(executions[job.id] - 1 for job in batch))

@@ -10,7 +10,9 @@ from typing import Any
 import redis
 
 from .connection import Connection, OutageLog, check_cluster_prefix, describe, sync_client
+from .errors import InvalidArgument
 from .keys import QueueKeys
+from .options import whole_argument
 
 logger = logging.getLogger("flowjobs.events")
 
@@ -36,6 +38,11 @@ class QueueEvents:
         autorun: bool = True,
     ) -> None:
         self.keys = QueueKeys(prefix, queue_name)
+        blocking_timeout_ms = whole_argument("blocking_timeout_ms", blocking_timeout_ms, 1)
+        if not isinstance(last_event_id, str) or not last_event_id:
+            raise InvalidArgument(
+                f'last_event_id must be a stream id or "$", got {last_event_id!r}'
+            )
         self.client = sync_client(connection)
         check_cluster_prefix(self.client, prefix)
         self.last_event_id = last_event_id

@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from flowjobs.engine import InvalidWorkerOptions, Queue, Worker
-from flowjobs.engine.errors import FlowJobsError, InvalidConnection, InvalidJobOptions
+from flowjobs.engine import InvalidWorkerOptions, Queue, QueueEvents, Worker
+from flowjobs.engine.errors import (
+    FlowJobsError,
+    InvalidArgument,
+    InvalidConnection,
+    InvalidJobOptions,
+)
 
 BAD_WORKER_SETTINGS = [
     {"lock_duration": 0},
@@ -68,3 +73,11 @@ def test_a_queue_checks_its_connection_and_default_job_options(redis_url, prefix
     with pytest.raises(InvalidJobOptions, match="unknown option"):
         Queue("q", connection=redis_url, prefix=prefix, default_job_options={"bogus": 1})
     assert issubclass(InvalidConnection, FlowJobsError)
+
+
+@pytest.mark.parametrize(
+    "settings", [{"blocking_timeout_ms": -1}, {"blocking_timeout_ms": "x"}, {"last_event_id": 5}]
+)
+def test_queue_events_check_their_settings(redis_url, prefix, settings):
+    with pytest.raises(InvalidArgument, match=next(iter(settings))):
+        QueueEvents("q", connection=redis_url, prefix=prefix, autorun=False, **settings)

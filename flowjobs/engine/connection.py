@@ -11,11 +11,21 @@ URLs:
   a Redis Cluster, reached through any of the listed nodes. The key prefix must
   hold a hash tag (`{bull}`) so all keys of all queues live in one slot.
 Other query arguments are redis-py's (`socket_timeout`, `ssl_ca_certs`, ...).
+
+Every client built here detects dead connections (docs/deployment.md, "Dead
+connections"): TCP keepalive, a socket timeout on every read (a blocking command's
+is its wait plus a margin), a PING before reusing a connection idle for a while.
+Replies are decoded as UTF-8 with `surrogateescape`: a foreign value that is not
+UTF-8 arrives as text holding lone surrogates (see `unreadable`) instead of raising
+in the middle of a reply, and goes back to Redis as the same bytes.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
+import socket
+import time
 from functools import cache
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
@@ -28,11 +38,103 @@ import redis.cluster
 import redis.sentinel
 from redis.connection import parse_url
 
-from .errors import InvalidQueueName
+from .errors import InvalidConnection, InvalidQueueName
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 SENTINEL_SCHEMES = {"redis+sentinel": "redis", "rediss+sentinel": "rediss"}
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+# --- dead-connection detection -----------------------------------------------------------------
+# An answer slower than this means the connection is dead (redis-py 8's default; a
+# Lua script runs in well under it, BullMQ's scripts work in bounded batches).
+SOCKET_TIMEOUT_S = 5.0
+SOCKET_CONNECT_TIMEOUT_S = 5.0
+# A blocking command (BZPOPMIN, XREAD BLOCK) may stay silent for its own wait; its
+# connection's socket timeout is that wait plus this margin.
+BLOCKING_MARGIN_S = 3.0
+# A connection idle this long is PINGed before it is used again.
+HEALTH_CHECK_INTERVAL_S = 15
+# The kernel probes a silent connection after KEEPALIVE_IDLE_S and gives up after
+# KEEPALIVE_COUNT unanswered probes KEEPALIVE_INTERVAL_S apart (about 11 s).
+KEEPALIVE_IDLE_S = 5
+KEEPALIVE_INTERVAL_S = 2
+KEEPALIVE_COUNT = 3
+ENCODING_ERRORS = "surrogateescape"
+
+
+def keepalive_options() -> dict[int, int]:
+    """TCP keepalive tuning for this platform (Linux names; macOS calls idle KEEPALIVE)."""
+    names = {
+        "TCP_KEEPIDLE": KEEPALIVE_IDLE_S,
+        "TCP_KEEPALIVE": KEEPALIVE_IDLE_S,
+        "TCP_KEEPINTVL": KEEPALIVE_INTERVAL_S,
+        "TCP_KEEPCNT": KEEPALIVE_COUNT,
+    }
+    return {getattr(socket, n): v for n, v in names.items() if hasattr(socket, n)}
+
+
+def client_options(blocking_wait_s: float | None = None) -> dict[str, Any]:
+    """The redis-py options of every client flowjobs builds (a URL's own query arguments
+    win). `blocking_wait_s`: the longest blocking wait the client will send."""
+    return {
+        "decode_responses": True,
+        "encoding_errors": ENCODING_ERRORS,
+        "socket_timeout": (
+            SOCKET_TIMEOUT_S if blocking_wait_s is None else blocking_wait_s + BLOCKING_MARGIN_S
+        ),
+        "socket_connect_timeout": SOCKET_CONNECT_TIMEOUT_S,
+        "socket_keepalive": True,
+        "socket_keepalive_options": keepalive_options(),
+        "health_check_interval": HEALTH_CHECK_INTERVAL_S,
+    }
+
+
+def unreadable(text: str) -> str | None:
+    """Why a reply decoded with surrogateescape is not valid UTF-8 (None when it is)."""
+    if not isinstance(text, str) or text.isascii():
+        return None
+    try:
+        text.encode()
+    except UnicodeEncodeError as error:
+        offset = len(text[: error.start].encode("utf-8", ENCODING_ERRORS))
+        code = ord(text[error.start])
+        byte = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else "a surrogate"
+        return f"is not valid UTF-8 ({byte} at offset {offset})"
+    return None
+
+
+def printable(text: str) -> str:
+    """Text for a message: bytes that are not UTF-8 shown as \\xNN escapes."""
+    if text.isascii():
+        return text
+    try:
+        data = text.encode("utf-8", ENCODING_ERRORS)
+    except UnicodeEncodeError:
+        data = text.encode("utf-8", "backslashreplace")
+    return data.decode("utf-8", "backslashreplace")
+
+
+class OutageLog:
+    """One warning when Redis is lost and one info line, with the outage's length, when
+    it is back: however many calls fail in between, and however many tasks make them."""
+
+    def __init__(self, logger: logging.Logger, where: str) -> None:
+        self.logger = logger
+        self.where = where
+        self.since: float | None = None
+
+    def lost(self, error: BaseException) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+            self.logger.warning("lost Redis at %s (%s); reconnecting", self.where, error)
+
+    def back(self) -> None:
+        if self.since is not None:
+            self.logger.info(
+                "Redis at %s is back after %.1fs", self.where, time.monotonic() - self.since
+            )
+            self.since = None
+
 
 Connection = str | redis.Redis | redis.cluster.RedisCluster | None
 SyncClient = redis.Redis | redis.cluster.RedisCluster
@@ -131,35 +233,54 @@ def _sync_from_url(url: str, **options: Any) -> SyncClient:
     return redis.Redis.from_url(url, **options)
 
 
-def sync_client(connection: Connection) -> SyncClient:
-    """A decoding redis-py client for a URL, or the given client as it is."""
+def sync_client(connection: Connection, blocking_wait_s: float | None = None) -> SyncClient:
+    """A decoding redis-py client for a URL (with `client_options`), or the given client
+    as it is. `blocking_wait_s`: the longest blocking wait the caller will send."""
     url = _url_of(connection)
     if url is None:
-        assert isinstance(connection, redis.Redis | redis.cluster.RedisCluster)
+        if not isinstance(connection, redis.Redis | redis.cluster.RedisCluster):
+            raise InvalidConnection(
+                "connection must be a redis:// URL, a redis-py client or None, "
+                f"got {type(connection).__name__}"
+            )
         return connection
-    return _sync_from_url(url, decode_responses=True, health_check_interval=30)
+    return _sync_from_url(url, **client_options(blocking_wait_s))
 
 
-def async_client(connection: Connection, **extra: Any) -> AsyncClient:
-    """An asyncio client speaking to the same server (primary, cluster) as `connection`.
-    `single_connection_client=True` asks for a client with one dedicated connection."""
+def async_client(
+    connection: Connection, blocking_wait_s: float | None = None, **extra: Any
+) -> AsyncClient:
+    """An asyncio client speaking to the same server (primary, cluster) as `connection`,
+    with `client_options` filling in what a URL or a given client leaves open.
+    `blocking_wait_s`: the longest blocking wait the client will send (its socket
+    timeout outlasts it). `single_connection_client=True` asks for a client with one
+    dedicated connection."""
+    detection = client_options(blocking_wait_s)
+    forced = {"decode_responses": True, "encoding_errors": ENCODING_ERRORS}
+    if blocking_wait_s is not None:
+        forced["socket_timeout"] = detection["socket_timeout"]
     url = _url_of(connection)
     if url is not None:
         scheme = url.split("://", 1)[0]
         if scheme in SENTINEL_SCHEMES:
             hosts, service, kwargs, sentinel_kwargs = _sentinel_parts(url)
+            kwargs = {**detection, **kwargs, **forced}
             return _async_sentinel(hosts, service, kwargs, sentinel_kwargs, extra)
         if scheme in CLUSTER_SCHEMES:
             hosts, kwargs = _cluster_parts(url)
-            return _async_cluster(hosts, kwargs, extra)
-        return redis.asyncio.Redis.from_url(url, decode_responses=True, **extra)
+            return _async_cluster(hosts, {**detection, **kwargs, **forced}, extra)
+        client = redis.asyncio.Redis.from_url(url, **{**detection, **forced, **extra})
+        # from_url lets the URL's own arguments win; a blocking wait must not be cut
+        client.connection_pool.connection_kwargs.update(forced)
+        return client
+    sync_client(connection)  # raises InvalidConnection for anything else
     if isinstance(connection, redis.cluster.RedisCluster):
         hosts = [(node.host, node.port) for node in connection.get_nodes()]
-        kwargs = dict(connection.nodes_manager.connection_kwargs)
+        kwargs = _fill_in(connection.nodes_manager.connection_kwargs, detection, forced)
         return _async_cluster(hosts, kwargs, extra)
     assert isinstance(connection, redis.Redis)
     pool = connection.connection_pool
-    kwargs = dict(pool.connection_kwargs)
+    kwargs = _fill_in(pool.connection_kwargs, detection, forced)
     if isinstance(pool, redis.sentinel.SentinelConnectionPool):
         hosts = [
             (
@@ -174,9 +295,21 @@ def async_client(connection: Connection, **extra: Any) -> AsyncClient:
         return _async_sentinel(hosts, pool.service_name, kwargs, sentinel_kwargs, extra)
     if "SSL" in pool.connection_class.__name__:
         kwargs["ssl"] = True
-    kwargs["decode_responses"] = True
     kwargs.update(extra)
     return redis.asyncio.Redis(**_only_accepted(kwargs, redis.asyncio.Redis.__init__))
+
+
+def _fill_in(
+    given: dict[str, Any], detection: dict[str, Any], forced: dict[str, Any]
+) -> dict[str, Any]:
+    """A given client's connection settings, with `detection` filling in what it leaves
+    open (no socket timeout, no keepalive: redis-py 6's defaults) and `forced` on top."""
+    kwargs = dict(given)
+    for name, value in detection.items():
+        if kwargs.get(name) is None:
+            kwargs[name] = value
+    kwargs.update(forced)
+    return kwargs
 
 
 class _SentinelConnection(redis.asyncio.sentinel.SentinelManagedConnection):

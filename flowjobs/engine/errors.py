@@ -26,6 +26,25 @@ class InvalidQueueName(FlowJobsError, ValueError):
     """A queue name or prefix that would break the key layout."""
 
 
+class InvalidConnection(FlowJobsError, ValueError):
+    """`connection=` is neither a Redis URL, a redis-py client nor None."""
+
+
+class InvalidWorkerOptions(FlowJobsError, ValueError):
+    """A Worker (or Queue) setting is out of range; nothing was started or written."""
+
+
+class InvalidArgument(FlowJobsError, ValueError):
+    """An argument of a public call is out of range or of the wrong type; nothing was
+    written."""
+
+
+class RedisOutOfMemory(FlowJobsError, redis.exceptions.OutOfMemoryError):
+    """Redis refused a write: it reached maxmemory (under the noeviction policy).
+    Nothing was written; free memory or raise maxmemory and try again. It subclasses
+    redis-py's error, so `except redis.ResponseError` still catches it."""
+
+
 class JobNotFound(FlowJobsError, LookupError):
     """The job does not exist (any more) in Redis."""
 

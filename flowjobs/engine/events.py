@@ -10,9 +10,10 @@ from typing import Any
 
 import redis
 
-from .connection import Connection, check_cluster_prefix, sync_client
-from .errors import InvalidEvent
+from .connection import Connection, OutageLog, check_cluster_prefix, describe, sync_client
+from .errors import InvalidArgument, InvalidEvent
 from .keys import QueueKeys
+from .options import whole_argument
 
 logger = logging.getLogger("flowjobs.events")
 
@@ -38,6 +39,11 @@ class QueueEvents:
         autorun: bool = True,
     ) -> None:
         self.keys = QueueKeys(prefix, queue_name)
+        blocking_timeout_ms = whole_argument("blocking_timeout_ms", blocking_timeout_ms, 1)
+        if not isinstance(last_event_id, str) or not last_event_id:
+            raise InvalidArgument(
+                f'last_event_id must be a stream id or "$", got {last_event_id!r}'
+            )
         self.client = sync_client(connection)
         check_cluster_prefix(self.client, prefix)
         self.last_event_id = last_event_id
@@ -46,6 +52,7 @@ class QueueEvents:
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
+        self._outage = OutageLog(logger, describe(connection))
         if autorun:
             self.start()
 
@@ -68,24 +75,28 @@ class QueueEvents:
         return self._ready.wait(timeout)
 
     def run(self) -> None:
-        if self.last_event_id == "$":
-            # pin "$" to a real id so nothing between start and the first read is missed
-            info = (
-                self.client.xinfo_stream(self.keys.events)
-                if self.client.exists(self.keys.events)
-                else None
-            )
-            self.last_event_id = info["last-generated-id"] if info else "0-0"
-        self._ready.set()
         while not self._closing.is_set():
             try:
+                if self.last_event_id == "$":
+                    # pin "$" to a real id so nothing between start and the first read
+                    # is missed
+                    info = (
+                        self.client.xinfo_stream(self.keys.events)
+                        if self.client.exists(self.keys.events)
+                        else None
+                    )
+                    self.last_event_id = info["last-generated-id"] if info else "0-0"
+                self._ready.set()
+                # the block stays well under the socket timeout: a silent connection
+                # (a half-open cut) times out and is replaced
                 answer = self.client.xread(
                     {self.keys.events: self.last_event_id},
                     block=min(self.blocking_timeout_ms, 1000),
                     count=1000,
                 )
-            except (redis.ConnectionError, redis.TimeoutError) as error:
-                logger.warning("events of %s: %s; retrying", self.keys.qualified, error)
+                self._outage.back()
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+                self._outage.lost(error)
                 self._closing.wait(1)
                 continue
             for _, entries in answer or []:

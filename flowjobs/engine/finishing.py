@@ -4,6 +4,7 @@ retry now, or retry later. Shared by the Worker (batched) and manual processing.
 from __future__ import annotations
 
 import json
+import math
 import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -36,22 +37,33 @@ class FetchSettings:
 
 
 def keep_jobs(option: Any, default: Any = None) -> tuple[int, Any, Any]:
-    """BullMQ's removeOnComplete/removeOnFail -> (keep count, age s, limit)."""
+    """BullMQ's removeOnComplete/removeOnFail -> (keep count, age s, limit). A value no
+    producer of ours writes (a foreign `{"count": [1]}`) reads as "keep the job"."""
     value = option if option is not None else default
     if value is None or value is False:
         return -1, "", ""
     if value is True:
         return 0, "", ""
     if isinstance(value, int | float):
-        return int(value), "", ""
+        count = _whole(value)
+        return (-1 if count is None else count), "", ""
     if isinstance(value, dict):
-        count = value.get("count")
+        count, age, limit = (_whole(value.get(name)) for name in ("count", "age", "limit"))
         return (
-            -1 if count is None else int(count),
-            "" if value.get("age") is None else int(value["age"]),
-            "" if value.get("limit") is None else int(value["limit"]),
+            -1 if count is None else count,
+            "" if age is None else age,
+            "" if limit is None else limit,
         )
     return -1, "", ""
+
+
+def _whole(value: Any) -> int | None:
+    """A finite number as an int; None for anything else."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return int(value)
 
 
 def error_message(error: BaseException | str) -> str:

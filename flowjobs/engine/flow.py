@@ -69,6 +69,9 @@ class EncodedFlows:
 
 
 _NODE_KEYS = {"name", "queue_name", "data", "children", "opts", "prefix"}
+# A flow may nest this many levels (far past any real one); deeper trees, and cyclic
+# ones, are refused before Python's recursion limit is near.
+MAX_FLOW_DEPTH = 200
 
 
 def _as_flow(node: Flow | dict[str, Any], path: str) -> Flow:
@@ -140,8 +143,12 @@ class FlowProducer:
     ) -> EncodedFlows:
         """Validates every node of the trees without writing anything."""
         encoded: list[EncodedJob] = []
+        above: tuple[str, ...] = ()
+        if parent is not None and parent.get("id") and parent.get("queue"):
+            queue = str(parent["queue"])
+            above = (f"{queue if ':' in queue else f'{self.prefix}:{queue}'}:{parent['id']}",)
         shapes = [
-            self._encode(_as_flow(f, f"[{i}]"), parent, encoded, f"[{i}]")
+            self._encode(_as_flow(f, f"[{i}]"), parent, encoded, f"[{i}]", above)
             for i, f in enumerate(flows)
         ]
         return EncodedFlows(encoded, shapes)
@@ -172,7 +179,15 @@ class FlowProducer:
         parent: dict[str, Any] | None,
         out: list[EncodedJob],
         path: str,
+        ancestors: tuple[str, ...] = (),
     ) -> tuple:
+        """`ancestors`: the job keys above this node (an existing parent the tree is
+        attached under counts as a level)."""
+        if len(ancestors) >= MAX_FLOW_DEPTH:
+            raise InvalidJobOptions(
+                f"flow node {path[:60]}...: the flow nests deeper than {MAX_FLOW_DEPTH} "
+                "levels (MAX_FLOW_DEPTH), or one of its nodes contains itself"
+            )
         queue = self.queue(flow.queue_name, flow.prefix)
         options = dict(flow.opts)
         if parent is not None:
@@ -192,6 +207,12 @@ class FlowProducer:
         except InvalidJobOptions as error:
             raise InvalidJobOptions(f"flow node {path}: {error}") from None
         job.wait_children = bool(flow.children)
+        key = queue.keys.job(job.job_id)
+        if key in ancestors:
+            raise InvalidJobOptions(
+                f'flow node {path}: job "{job.job_id}" has the same queue and id as its '
+                f'ancestor "{key}": a job cannot be its own parent'
+            )
         out.append(job)
         me = {"id": job.job_id, "queue": queue.keys.qualified}
         children = [
@@ -200,6 +221,7 @@ class FlowProducer:
                 me,
                 out,
                 f"{path}.children[{i}]",
+                (*ancestors, key),
             )
             for i, child in enumerate(flow.children)
         ]

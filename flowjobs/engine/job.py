@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import scripts
+from .connection import printable, unreadable
 from .errors import (
     DelayedError,
     FlowJobsError,
@@ -21,7 +22,7 @@ from .errors import (
     WaitingChildrenError,
     error_for_code,
 )
-from .options import dumps, now_ms
+from .options import dumps, loads, now_ms
 
 _cancellation_lock = threading.Lock()
 
@@ -53,13 +54,28 @@ def _int(value: Any) -> int:
 
 
 def _json_or_raw(text: str | None, default: Any) -> tuple[Any, str | None]:
-    """Parses JSON text; on failure returns the raw text and the parse error."""
+    """Parses JSON text (within MAX_JSON_DEPTH); on failure returns the raw text and
+    why it is not JSON."""
     if text is None:
         return default, None
     try:
-        return json.loads(text), None
+        return loads(text), None
     except ValueError as error:
-        return text, str(error)
+        return text, f"is not valid JSON ({error})"
+
+
+def _unreadable_fields(fields: dict[str, str]) -> str | None:
+    """Which field (name or value) of a job hash is not UTF-8, as a sentence part."""
+    for name, value in fields.items():
+        if name.isascii() and value.isascii():
+            continue  # the common case, without a call
+        problem = unreadable(name)
+        if problem:
+            return f'field name "{printable(name)}" {problem}'
+        problem = unreadable(value)
+        if problem:
+            return f'field "{name}" {problem}'
+    return None
 
 
 class Job:
@@ -73,11 +89,18 @@ class Job:
         self._apply(fields)
 
     def _apply(self, fields: dict[str, str]) -> None:
+        # bytes that are not UTF-8 (foreign producers) arrive surrogate-escaped: such a
+        # job is readable enough to be failed, with its unreadable fields left unparsed
+        problem = unreadable(self.id)
+        self.unreadable = f"id {problem}" if problem else _unreadable_fields(fields)
+        raw = fields
+        if self.unreadable:
+            fields = {k: v for k, v in fields.items() if not (unreadable(k) or unreadable(v))}
         self.name: str = fields.get("name", "")
         self.data, self.data_error = _json_or_raw(fields.get("data"), {})
         opts, self.opts_error = _json_or_raw(fields.get("opts"), {})
         if not isinstance(opts, dict) and self.opts_error is None:
-            self.opts_error = f"a JSON {type(opts).__name__}, not an object"
+            self.opts_error = f"is a JSON {type(opts).__name__}, not an object"
         self.opts: dict[str, Any] = opts if isinstance(opts, dict) else {}
         self.timestamp = _int(fields.get("timestamp"))
         self.delay = _int(fields.get("delay"))
@@ -99,12 +122,23 @@ class Job:
         self.repeat_job_key: str | None = fields.get("rjk")
         self.processed_by: str | None = fields.get("pb")
         self.dedup_id: str | None = fields.get("deid")
-        self.raw = fields
+        self.raw = raw
 
     @classmethod
     def from_flat(cls, queue: Queue, job_id: str, flat: Sequence[str]) -> Job:
         it = iter(flat)
         return cls(queue, job_id, dict(zip(it, it, strict=True)))
+
+    def decode_problem(self) -> str | None:
+        """Why a worker cannot run this job as stored (None when it can)."""
+        problem = self.unreadable
+        if not problem and self.data_error:
+            problem = f'field "data" {self.data_error}'
+        if not problem and self.opts_error:
+            problem = f'field "opts" {self.opts_error}'
+        if not problem:
+            return None
+        return f'job "{printable(self.id)}" of queue "{self.queue.name}": {problem}'
 
     # --- identity ---------------------------------------------------------------------------
     @property

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .errors import InvalidQueueName
+
+# What flowjobs accepts from its callers (the SQL mirror's columns hold these lengths;
+# jobs that Node.js BullMQ wrote are processed whatever their ids look like).
+MAX_QUEUE_NAME_LENGTH = 255
+MAX_JOB_ID_LENGTH = 255
+MAX_PREFIX_LENGTH = 100
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 
 # `<prefix>:<queue>:<suffix>` keys of a queue; a job id equal to one would share its key
 QUEUE_KEY_SUFFIXES = frozenset(
@@ -37,9 +45,23 @@ QUEUE_KEY_SUFFIXES = frozenset(
 )
 
 
-def check_name(what: str, value: str) -> None:
+def text_problem(value: str, max_length: int) -> str | None:
+    """Why a name or id is refused: too long, or holding a control character (NUL,
+    newline, ...) that breaks logs, SQL text columns and admin URLs."""
+    if len(value) > max_length:
+        return f"is {len(value):_} characters long, over the limit of {max_length}"
+    found = _CONTROL_CHARACTER.search(value)
+    if found:
+        return f"contains the control character {found.group()!r} at position {found.start()}"
+    return None
+
+
+def check_name(what: str, value: str, max_length: int = MAX_QUEUE_NAME_LENGTH) -> None:
     if not isinstance(value, str) or not value or not _is_unicode(value):
         raise InvalidQueueName(f"{what} must be a non-empty string, got {value!r}")
+    problem = text_problem(value, max_length)
+    if problem:
+        raise InvalidQueueName(f"{what} {value[:80]!r} {problem}")
     if ":" in value:
         raise InvalidQueueName(
             f'{what} "{value}" contains ":", which breaks the BullMQ key layout '
@@ -61,8 +83,8 @@ class QueueKeys:
     name: str
 
     def __post_init__(self) -> None:
-        check_name("prefix", self.prefix)
-        check_name("queue name", self.name)
+        check_name("prefix", self.prefix, MAX_PREFIX_LENGTH)
+        check_name("queue name", self.name, MAX_QUEUE_NAME_LENGTH)
 
     @property
     def qualified(self) -> str:

@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import InvalidJobData, InvalidJobOptions
-from .keys import QUEUE_KEY_SUFFIXES
+from .errors import InvalidArgument, InvalidJobData, InvalidJobOptions
+from .keys import MAX_JOB_ID_LENGTH, QUEUE_KEY_SUFFIXES, text_problem
 
 MAX_PRIORITY = 2_097_151
+# JSON (data, options, return values) may nest this deep, both ways: deeper text is
+# refused when written and fails its job when read (Python's own recursion limit sits
+# not far above, and past it the decoder raises RecursionError).
+MAX_JSON_DEPTH = 500
+_JSON_STRING_OR_BRACKET = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
 
 # snake_case option -> stored BullMQ key
 STORED_NAMES: dict[str, str] = {
@@ -51,13 +57,47 @@ STORED_NAMES: dict[str, str] = {
 PARENT_POLICIES = ("fpof", "cpof", "idof", "rdof")
 
 
+def json_too_deep(text: str) -> bool:
+    """True when JSON text nests arrays and objects deeper than MAX_JSON_DEPTH."""
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return False  # the common case, at the cost of two C-speed counts
+    depth = 0
+    for match in _JSON_STRING_OR_BRACKET.finditer(text):
+        token = match.group()
+        if token in "[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return True
+        elif token in "]}":
+            depth -= 1
+    return False
+
+
+def loads(text: str) -> Any:
+    """json.loads within MAX_JSON_DEPTH; raises ValueError (the reason) otherwise."""
+    if len(text) > MAX_JSON_DEPTH and json_too_deep(text):  # shorter text cannot be
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels (MAX_JSON_DEPTH)")
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels (MAX_JSON_DEPTH)") from None
+
+
 def dumps(value: Any, what: str = "data") -> str:
     """Compact JSON like JSON.stringify; NaN/Infinity and non-JSON types are refused, and
-    so are non-string object keys (JSON would turn 1 into "1", or merge 1 and "1")."""
+    so are non-string object keys (JSON would turn 1 into "1", or merge 1 and "1"), and
+    nesting deeper than MAX_JSON_DEPTH."""
     try:
         text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as error:
         raise InvalidJobData(f"{what} must be JSON-serialisable: {error}") from None
+    except RecursionError:
+        text = None
+    if text is None or json_too_deep(text):
+        raise InvalidJobData(
+            f"{what} nests deeper than {MAX_JSON_DEPTH} levels (MAX_JSON_DEPTH), "
+            "more than a JSON reader is sure to decode"
+        )
     if isinstance(value, dict | list | tuple):
         _check_keys(value, what)
     if not text.isascii() and not is_unicode(text):
@@ -116,7 +156,22 @@ def _int(
     return value
 
 
-def _keep_jobs(job_name: str, option: str, value: Any) -> Any:
+def whole_argument(what: str, value: Any, minimum: int, maximum: int | None = None) -> int:
+    """A whole-number argument of a public call (a whole float is fine), or
+    InvalidArgument naming it."""
+    whole = (
+        not isinstance(value, bool)
+        and isinstance(value, int | float)
+        and math.isfinite(value)
+        and value == int(value)
+    )
+    if not whole or value < minimum or (maximum is not None and value > maximum):
+        upper = f"..{maximum:_}" if maximum is not None else " or more"
+        raise InvalidArgument(f"{what} must be a whole number {minimum}{upper}, got {value!r}")
+    return int(value)
+
+
+def check_keep_jobs(job_name: str, option: str, value: Any) -> Any:
     if isinstance(value, bool):
         return value
     if isinstance(value, int | float):
@@ -165,6 +220,9 @@ def check_job_id(job_name: str, job_id: Any) -> str:
         job_id = str(job_id)
     if not isinstance(job_id, str) or not job_id or not is_unicode(job_id):
         raise _fail(job_name, f"job_id must be a non-empty string, got {job_id!r}")
+    problem = text_problem(job_id, MAX_JOB_ID_LENGTH)
+    if problem:
+        raise _fail(job_name, f"job_id {job_id[:80]!r} {problem}")
     if job_id == "0" or job_id.startswith("0:"):
         raise _fail(
             job_name,
@@ -267,7 +325,7 @@ def encode_job(
             case "backoff":
                 value = _backoff(name, value)
             case "remove_on_complete" | "remove_on_fail":
-                value = _keep_jobs(name, option, value)
+                value = check_keep_jobs(name, option, value)
             case "keep_logs" | "stacktrace_limit" | "size_limit":
                 value = _int(name, option, value)
             case "timeout":

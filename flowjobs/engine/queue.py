@@ -15,6 +15,7 @@ from .connection import Connection, async_client, check_cluster_prefix, describe
 from .errors import (
     ConnectionFailed,
     FlowJobsError,
+    InvalidArgument,
     InvalidJobOptions,
     QueueHasActiveJobs,
     QueueNotPaused,
@@ -31,7 +32,7 @@ from .finishing import (
 )
 from .job import Job
 from .keys import QueueKeys
-from .options import MAX_PRIORITY, EncodedJob, encode_job, now_ms
+from .options import MAX_PRIORITY, EncodedJob, encode_job, now_ms, whole_argument
 
 # Job states as BullMQ names them, and the Redis structure holding each.
 STATES: dict[str, tuple[str, str]] = {
@@ -49,11 +50,24 @@ PRIORITY_BAND = 2**32
 GET_JOBS_MAX_BACKFILL_ROUNDS = 5  # Node 6's GET_JOBS_MAX_BACKFILL_ITERATIONS
 
 
-def _as_list(states: Iterable[str] | str) -> list[str]:
-    return [states] if isinstance(states, str) else list(states)
+def _states(states: Any) -> list[str]:
+    """One state name or an iterable of them, as a list (InvalidArgument otherwise)."""
+    if isinstance(states, str):
+        return [states]
+    try:
+        listed = list(states)
+    except TypeError:
+        listed = None
+    if listed is None or not all(isinstance(state, str) for state in listed):
+        raise InvalidArgument(
+            f"states must be a state name or a list of them ({', '.join(STATES)}), got {states!r}"
+        )
+    return listed
 
 
 def _state_name(state: str) -> str:
+    if not isinstance(state, str):
+        raise InvalidArgument(f"a job state must be a name ({', '.join(STATES)}), got {state!r}")
     name = STATE_ALIASES.get(state, state)
     if name not in STATES:
         raise FlowJobsError(f'unknown job state "{state}"; known: {", ".join(STATES)}')
@@ -77,6 +91,16 @@ class Queue:
         self.client: redis.Redis = sync_client(connection)
         check_cluster_prefix(self.client, prefix)
         self.default_job_options = dict(default_job_options or {})
+        if self.default_job_options:
+            # checked now, not at the first add
+            encode_job(
+                self.keys.qualified,
+                prefix,
+                "default_job_options",
+                None,
+                {},
+                self.default_job_options,
+            )
         self._aclient: redis.asyncio.Redis | None = None
 
     def aclient(self) -> redis.asyncio.Redis:
@@ -197,7 +221,9 @@ class Queue:
         end: int = -1,
         asc: bool = False,
     ) -> list[str]:
-        pages = (self._state_range(state, start, end, asc) for state in _as_list(states))
+        start = whole_argument("start", start, -(2**63))
+        end = whole_argument("end", end, -(2**63))
+        pages = (self._state_range(state, start, end, asc) for state in _states(states))
         return list(dict.fromkeys(job_id for page in pages for job_id in page))
 
     def _state_range(self, state: str, start: int, end: int, asc: bool) -> list[str]:
@@ -228,7 +254,9 @@ class Queue:
     ) -> list[Job]:
         """Jobs in `states`, a page of each. As in Node 6, ids whose hash is gone are
         skipped and a bounded page is filled from further along the state's range."""
-        pages = (self._state_jobs(state, start, end, asc) for state in _as_list(states))
+        start = whole_argument("start", start, -(2**63))
+        end = whole_argument("end", end, -(2**63))
+        pages = (self._state_jobs(state, start, end, asc) for state in _states(states))
         unique: dict[str, Job] = {}
         for page in pages:
             for job in page:
@@ -351,6 +379,8 @@ class Queue:
 
     def clean(self, grace_ms: int, limit: int = 0, state: str = "completed") -> list[str]:
         """Removes jobs of `state` finished (or created) more than grace_ms ago."""
+        grace_ms = whole_argument("clean: grace_ms", grace_ms, 0)
+        limit = whole_argument("clean: limit", limit, 0)
         name = _state_name(state)
         suffix = STATES[name][0]
         removed: list[str] = []
@@ -374,6 +404,7 @@ class Queue:
 
     def obliterate(self, force: bool = False, count: int = 1000) -> None:
         """Deletes the queue and all its jobs (pauses it first)."""
+        count = whole_argument("obliterate: count", count, 1)
         self.pause()
         while True:
             result = scripts.run(
@@ -401,10 +432,13 @@ class Queue:
         name = _state_name(state)
         if name not in ("failed", "completed"):
             raise FlowJobsError(f'retry_jobs: state must be "failed" or "completed", got {state!r}')
-        self._move_jobs_to_wait(name, count, timestamp or now_ms())
+        count = whole_argument("retry_jobs: count", count, 1)
+        before = now_ms() if timestamp is None else whole_argument("timestamp", timestamp, 0)
+        self._move_jobs_to_wait(name, count, before)
 
     def promote_jobs(self, count: int = 1000) -> None:
         """Moves every delayed job to wait now."""
+        count = whole_argument("promote_jobs: count", count, 1)
         self._move_jobs_to_wait("delayed", count, "+inf")
 
     def _move_jobs_to_wait(self, state: str, count: int, max_score: Any) -> None:
@@ -421,7 +455,8 @@ class Queue:
 
     def rate_limit(self, ms: int) -> None:
         """Stops every worker of this queue from taking jobs for `ms` (needs a limiter)."""
-        self.client.set(self.keys.key("limiter"), MAX_MANUAL_RATE_LIMIT, px=int(ms))
+        ms = whole_argument("rate_limit: ms", ms, 1)
+        self.client.set(self.keys.key("limiter"), MAX_MANUAL_RATE_LIMIT, px=ms)
 
     def get_rate_limit_ttl(self, max_jobs: int | None = None) -> int:
         """As Node: with a maximum (`max_jobs`, else the global rate limit's) the ms left
@@ -459,9 +494,9 @@ class Queue:
         return self.client.hdel(self.keys.meta, "concurrency")
 
     def set_global_rate_limit(self, max_jobs: int, duration_ms: int) -> None:
-        self.client.hset(
-            self.keys.meta, mapping={"max": int(max_jobs), "duration": int(duration_ms)}
-        )
+        max_jobs = whole_argument("global rate limit: max_jobs", max_jobs, 1)
+        duration_ms = whole_argument("global rate limit: duration_ms", duration_ms, 1)
+        self.client.hset(self.keys.meta, mapping={"max": max_jobs, "duration": duration_ms})
 
     def get_global_rate_limit(self) -> dict[str, int] | None:
         """`{"max", "duration"}` set by `set_global_rate_limit`, or None."""
@@ -475,6 +510,7 @@ class Queue:
         return self.client.hdel(self.keys.meta, "max", "duration")
 
     def trim_events(self, max_length: int) -> int:
+        max_length = whole_argument("trim_events: max_length", max_length, 0)
         return self.client.xtrim(self.keys.events, maxlen=max_length, approximate=True)
 
     def check_stalled(
@@ -482,6 +518,8 @@ class Queue:
     ) -> list[str]:
         """One run of the stalled-job check (skipped, returning [], if another process ran
         it less than `stalled_interval_ms` ago). Returns the ids moved back to wait."""
+        max_stalled_count = whole_argument("max_stalled_count", max_stalled_count, 0)
+        stalled_interval_ms = whole_argument("stalled_interval_ms", stalled_interval_ms, 1)
         return scripts.run(
             self.client,
             "move_stalled_jobs_to_wait",
@@ -551,6 +589,8 @@ class Queue:
         [newest minute first, ...], "count": number of data points}`."""
         if kind not in ("completed", "failed"):
             raise FlowJobsError(f'get_metrics: kind must be "completed" or "failed", got {kind!r}')
+        start = whole_argument("start", start, -(2**63))
+        end = whole_argument("end", end, -(2**63))
         key = self.keys.key(f"metrics:{kind}")
         pipe = self.client.pipeline(transaction=False)
         pipe.hmget(key, "count", "prevTS", "prevCount")

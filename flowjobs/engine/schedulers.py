@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import CroniterBadCronError, croniter
+from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 
 from . import scripts
 from .errors import FlowJobsError, InvalidJobOptions
@@ -119,7 +119,12 @@ def next_cron_millis(
     zone = _zone(tz)
     start = max(after_ms, start_date or 0)
     moment = datetime.fromtimestamp(start / 1000, zone)
-    return int(round(_cron(pattern, moment).get_next(float) * 1000))
+    try:
+        return int(round(_cron(pattern, moment).get_next(float) * 1000))
+    except CroniterBadDateError:
+        raise SchedulerError(
+            f"pattern {pattern!r} never matches a date (e.g. the 30th of February)"
+        ) from None
 
 
 # --- validation ---------------------------------------------------------------------------------
@@ -210,6 +215,8 @@ def _define(queue: Queue, scheduler_id: Any, **spec: Any) -> _Definition:
             _zone(tz)
         if pattern is not None and not _valid_cron(pattern):
             raise SchedulerError(f"pattern {pattern!r} is not a valid cron expression")
+        if pattern is not None:
+            next_cron_millis(pattern, now_ms(), tz)  # raises if it never fires
     except SchedulerError as error:
         raise SchedulerError(f"{where}: {error}") from None
     immediately = bool(spec.get("immediately"))

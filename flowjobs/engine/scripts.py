@@ -19,8 +19,10 @@ from typing import Any
 
 import redis
 import redis.asyncio
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, OutOfMemoryError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .errors import RedisOutOfMemory
 
 LUA_DIR = Path(__file__).parent / "lua"
 _INCLUDE = re.compile(r'^--- @include "([^"]+)"\s*$', re.MULTILINE)
@@ -57,14 +59,25 @@ def _is_noscript(error: BaseException) -> bool:
 
 
 def run(client: redis.Redis, name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-    if type(client) is redis.Redis and client.connection is None:
-        return _run_packed(client, name, keys, args)
-    text, sha = source(name)
     try:
-        return client.evalsha(sha, len(keys), *keys, *args)
-    except NoScriptError:
-        client.script_load(text)
-        return client.evalsha(sha, len(keys), *keys, *args)
+        if type(client) is redis.Redis and client.connection is None:
+            return _run_packed(client, name, keys, args)
+        text, sha = source(name)
+        try:
+            return client.evalsha(sha, len(keys), *keys, *args)
+        except NoScriptError:
+            client.script_load(text)
+            return client.evalsha(sha, len(keys), *keys, *args)
+    except OutOfMemoryError as error:
+        raise out_of_memory(name, error) from error
+
+
+def out_of_memory(name: str, error: OutOfMemoryError) -> RedisOutOfMemory:
+    """Redis's refusal of a write at maxmemory, as the named flowjobs error."""
+    return RedisOutOfMemory(
+        f"{name}: Redis is out of memory and refused the write ({error}); nothing was "
+        "written: free memory or raise maxmemory"
+    )
 
 
 def _run_packed(client: redis.Redis, name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
@@ -94,10 +107,13 @@ async def arun(
 ) -> Any:
     text, sha = source(name)
     try:
-        return await client.evalsha(sha, len(keys), *keys, *args)
-    except NoScriptError:
-        await client.script_load(text)
-        return await client.evalsha(sha, len(keys), *keys, *args)
+        try:
+            return await client.evalsha(sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await client.script_load(text)
+            return await client.evalsha(sha, len(keys), *keys, *args)
+    except OutOfMemoryError as error:
+        raise out_of_memory(name, error) from error
 
 
 def queue_in_pipeline(pipe: Any, name: str, keys: Sequence[str], args: Sequence[Arg]) -> None:
@@ -158,7 +174,8 @@ def pack_call(name: str, keys: Sequence[str], args: Sequence[Arg]) -> bytes:
     parts = [_packed_head(name, 3 + len(keys) + len(args), len(keys))]
     for value in (*keys, *args):
         if isinstance(value, str):
-            data = value.encode()
+            # an id read from Redis that is not UTF-8 goes back as the same bytes
+            data = value.encode("utf-8", "surrogateescape")
         elif isinstance(value, bytes):
             data = value
         else:

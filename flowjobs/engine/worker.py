@@ -32,11 +32,21 @@ import redis.asyncio
 
 from . import cancellation, groups, schedulers, scripts, telemetry
 from .backoff import BackoffStrategy
-from .connection import Connection, async_client, describe, eviction_warning, is_cluster
+from .connection import (
+    SOCKET_TIMEOUT_S,
+    Connection,
+    OutageLog,
+    async_client,
+    describe,
+    eviction_warning,
+    is_cluster,
+    printable,
+)
 from .errors import (
     DelayedError,
     FlowJobsError,
     InvalidJobData,
+    InvalidWorkerOptions,
     JobCancelled,
     RateLimitError,
     UnrecoverableError,
@@ -45,8 +55,10 @@ from .errors import (
     error_for_code,
 )
 from .finishing import (
+    FailurePlan,
     FetchSettings,
     completed_value,
+    error_message,
     failure_call,
     finish_call,
     keep_jobs,
@@ -58,13 +70,17 @@ from .job import Job
 from .options import now_ms
 from .queue import Queue
 from .threadpool import ThreadPool
+from .worker_settings import check_worker_settings
 
 logger = logging.getLogger("flowjobs.worker")
 
 Processor = Callable[..., Any]
 MOVED_BY_PROCESSOR = (DelayedError, WaitingChildrenError, WaitingError)
 MAXIMUM_RATE_LIMIT_DELAY_MS = 30_000
-CONNECTION_RETRY_MAX_S = 10.0
+# the longest pause between two reconnection attempts (ioredis, under BullMQ, waits 2 s)
+CONNECTION_RETRY_MAX_S = 2.0
+# how often a worker checks that its cancel-request subscription still delivers
+PUBSUB_PROBE_INTERVAL_S = 5.0
 
 
 class Worker:
@@ -98,37 +114,48 @@ class Worker:
         process_initializer: str | None = None,
     ) -> None:
         if isolation not in ("thread", "process"):
-            raise FlowJobsError(f'isolation must be "thread" or "process", got {isolation!r}')
+            raise InvalidWorkerOptions(
+                f'isolation must be "thread" or "process", got {isolation!r}'
+            )
         processor, self.processor_path = resolve_processor(processor)
         if isolation == "process" and processor is not None and self.processor_path is None:
             processor_path(processor)  # raises: explains what a child process can import
-        if not isinstance(concurrency, int) or concurrency < 1:
-            raise FlowJobsError(f"concurrency must be a positive integer, got {concurrency!r}")
-        if limiter is not None and (
-            not isinstance(limiter, dict)
-            or not isinstance(limiter.get("max"), int)
-            or not isinstance(limiter.get("duration"), int)
-        ):
-            raise FlowJobsError(f'limiter must be {{"max": int, "duration": ms}}, got {limiter!r}')
+        settings = check_worker_settings(
+            concurrency=concurrency,
+            lock_duration=lock_duration,
+            lock_renew_time=lock_renew_time,
+            stalled_interval=stalled_interval,
+            max_stalled_count=max_stalled_count,
+            drain_delay=drain_delay,
+            limiter=limiter,
+            group_concurrency=group_concurrency,
+            group_limiter=group_limiter,
+            job_timeout_ms=job_timeout_ms,
+            metrics_max_data_points=metrics_max_data_points,
+            remove_on_complete=remove_on_complete,
+            remove_on_fail=remove_on_fail,
+            name=name,
+        )
+        limiter, group_limiter = settings["limiter"], settings["group_limiter"]
         self.queue = Queue(queue_name, connection, prefix)
         self.name = name
         self.processor = processor
-        self.concurrency = concurrency
-        self.lock_duration = int(lock_duration)
-        self.lock_renew_time = int(lock_renew_time or lock_duration / 2)
-        self.stalled_interval = int(stalled_interval)
-        self.max_stalled_count = int(max_stalled_count)
-        self.drain_delay = float(drain_delay)
+        self.concurrency = concurrency = settings["concurrency"]
+        self.lock_duration = settings["lock_duration"]
+        self.lock_renew_time = settings["lock_renew_time"]
+        self.stalled_interval = settings["stalled_interval"]
+        self.max_stalled_count = settings["max_stalled_count"]
+        self.drain_delay = settings["drain_delay"]
         self.backoff_strategies = dict(backoff_strategies or {})
         self.remove_on_complete = remove_on_complete
         self.remove_on_fail = remove_on_fail
-        self.metrics_max_data_points = metrics_max_data_points
+        self.metrics_max_data_points = settings["metrics_max_data_points"]
         self.skip_stalled_check = skip_stalled_check
         self.skip_lock_renewal = skip_lock_renewal
         self.isolation = isolation
-        self.job_timeout_ms = job_timeout_ms
+        self.job_timeout_ms = settings["job_timeout_ms"]
         self.group_limits = {
-            "concurrency": group_concurrency,
+            "concurrency": settings["group_concurrency"],
             "max_jobs": (group_limiter or {}).get("max"),
             "duration_ms": (group_limiter or {}).get("duration"),
         }
@@ -176,7 +203,7 @@ class Worker:
         self._limit_until = 0.0
         self._processed_since_drained = False
         self._fatal: BaseException | None = None
-        self._outage_since: float | None = None
+        self._outage = OutageLog(logger, describe(connection))
         self.jobs_processed = 0
         if autorun and processor is not None:
             self.start()
@@ -360,9 +387,10 @@ class Worker:
         self._wake = asyncio.Event()
         self._blocking_task: asyncio.Task | None = None
         self._aclient = async_client(self._connection)
-        # redis-py's default socket timeout (5 s) would cut the blocking wait on the marker
+        # its socket timeout outlasts the longest wait on the marker (drain_delay), so a
+        # silent connection (a half-open cut) is noticed soon after the wait should end
         self._blocking_client = async_client(
-            self._connection, single_connection_client=True, socket_timeout=None
+            self._connection, blocking_wait_s=self.drain_delay, single_connection_client=True
         )
         self.queue._aclient = self._aclient
         if self._pool is not None:
@@ -441,13 +469,7 @@ class Worker:
             except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
                 if self._closing:
                     raise
-                logger.warning(
-                    "cannot reach Redis at %s (%s); retrying in %.1fs",
-                    describe(self._connection),
-                    error,
-                    delay,
-                )
-                await asyncio.sleep(delay)
+                await self._connection_lost(error, delay)
                 delay = min(delay * 2, CONNECTION_RETRY_MAX_S)
 
     async def _check_eviction_policy(self) -> None:
@@ -498,13 +520,7 @@ class Worker:
                     self._fetch_args(tokens),
                 )
                 retry_delay = 0.1
-                if self._outage_since is not None:
-                    logger.warning(
-                        "Redis at %s is back after %.1fs",
-                        describe(self._connection),
-                        time.monotonic() - self._outage_since,
-                    )
-                    self._outage_since = None
+                self._outage.back()
             except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
                 self._reserved -= count
                 await self._connection_lost(error, retry_delay)
@@ -536,15 +552,14 @@ class Worker:
             await self._wait_for_marker(delay_until)
 
     async def _connection_lost(self, error: BaseException, delay: float) -> None:
-        if self._outage_since is None:
-            self._outage_since = time.monotonic()
-        logger.warning(
-            "lost Redis at %s (%s); reconnecting in %.1fs",
-            describe(self._connection),
-            error,
-            delay,
-        )
+        """Logged once per outage. The pool's other connections went the same way as
+        this one (a dead server, a half-open cut): drop them all, so that no call waits
+        out its socket timeout on one of them; then wait `delay` before trying again."""
+        self._outage.lost(error)
         self._emit("error", error)
+        if not is_cluster(self._aclient):
+            with contextlib.suppress(Exception):
+                await self._aclient.connection_pool.disconnect()
         await self._wait_wake(delay)
 
     def _rate_limited(self, delay_ms: int) -> None:
@@ -561,12 +576,15 @@ class Worker:
     async def _wait_for_marker(self, delay_until: int) -> None:
         timeout = self.drain_delay
         if delay_until:
-            timeout = min(max((delay_until - now_ms()) / 1000, 0.001), 10.0)
+            # never longer than drain_delay: the blocking client's socket timeout is set
+            # just above it
+            timeout = min(max((delay_until - now_ms()) / 1000, 0.001), self.drain_delay)
         self._blocking_task = asyncio.ensure_future(
             self._blocking_client.bzpopmin(self.queue.keys.marker, timeout)
         )
         try:
             await self._blocking_task
+            self._outage.back()
         except asyncio.CancelledError:
             if self._closing:
                 return
@@ -588,16 +606,9 @@ class Worker:
                 await self._advance_scheduler(job)
             if job.deferred_failure:
                 raise UnrecoverableError(job.deferred_failure)
-            if job.data_error:
-                raise UnrecoverableError(
-                    f'job "{job.id}" of queue "{self.queue.name}" has data that is not valid '
-                    f"JSON ({job.data_error})"
-                )
-            if job.opts_error:
-                raise UnrecoverableError(
-                    f'job "{job.id}" of queue "{self.queue.name}" has options that are not a '
-                    f"valid JSON object ({job.opts_error})"
-                )
+            problem = job.decode_problem()
+            if problem:
+                raise UnrecoverableError(problem)
             if not {"name", "data", "timestamp"} & job.raw.keys():
                 raise UnrecoverableError(
                     f'job "{job.id}" of queue "{self.queue.name}" has no job hash: its id was '
@@ -686,8 +697,34 @@ class Worker:
 
     async def _subscribe_cancels(self) -> Any:
         pubsub = self._aclient.pubsub(ignore_subscribe_messages=True)
-        await pubsub.subscribe(cancellation.channel(self.queue.keys))
+        await pubsub.subscribe(cancellation.channel(self.queue.keys), self._probe_channel)
         return pubsub
+
+    @property
+    def _probe_channel(self) -> str:
+        return f"{cancellation.channel(self.queue.keys)}:probe:{self._token_base}"
+
+    async def _read_cancels(self, pubsub: Any) -> None:
+        """Hands published cancel requests on. Every PUBSUB_PROBE_INTERVAL_S this worker
+        publishes a probe to itself: a subscription that does not deliver it within the
+        socket timeout sits on a silent connection (a half-open cut) and is replaced."""
+        last_heard = time.monotonic()
+        probed_at: float | None = None
+        while True:
+            message = await pubsub.get_message(timeout=1.0)
+            now = time.monotonic()
+            if message is not None and message.get("type") == "message":
+                if message.get("channel") == self._probe_channel:
+                    last_heard, probed_at = now, None
+                    continue
+                request = cancellation.parse(message.get("data"))
+                if request is not None:
+                    self._cancel_request(*request)
+            if probed_at is None and now - last_heard >= PUBSUB_PROBE_INTERVAL_S:
+                probed_at = now
+                await self._aclient.publish(self._probe_channel, "probe")
+            elif probed_at is not None and now - probed_at > SOCKET_TIMEOUT_S:
+                raise redis.TimeoutError("the cancel channel did not deliver this worker's probe")
 
     async def _cancel_listener(self, pubsub: Any) -> None:
         """Receives cancel requests (queue.cancel_job) as they are published; lock renewal
@@ -698,10 +735,7 @@ class Worker:
                 if pubsub is None:
                     pubsub = await self._subscribe_cancels()
                     delay = 0.1
-                async for message in pubsub.listen():
-                    request = cancellation.parse(message.get("data"))
-                    if request is not None:
-                        self._cancel_request(*request)
+                await self._read_cancels(pubsub)
             except (redis.ConnectionError, redis.TimeoutError, OSError):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, CONNECTION_RETRY_MAX_S)
@@ -774,7 +808,10 @@ class Worker:
         plans: list[tuple[Job, str, Any, scripts.Call]] = []
         for job, outcome, value in batch:
             self._active.pop(job.id, None)
-            call = self._outcome_call(job, outcome, value)
+            try:
+                call = self._outcome_call(job, outcome, value)
+            except Exception as error:  # noqa: BLE001 - one job must not stop the batch
+                call = self._unrecordable_call(job, outcome, value, error)
             if call is not None:
                 calls.append(call[0])
                 plans.append((job, call[1], call[2], call[0]))
@@ -800,6 +837,7 @@ class Worker:
         while True:
             try:
                 results = await scripts.run_on_lane(lane, calls) if calls else []
+                self._outage.back()
                 break
             except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
                 # a finish not recorded is retried: worst case Redis already has it and
@@ -872,6 +910,37 @@ class Worker:
             job, value, token, plan, keep, None, self.fetch, self.metrics_max_data_points
         )
         return call, ("failed" if plan.kind == "fail" else "retried"), value
+
+    def _unrecordable_call(
+        self, job: Job, outcome: str, value: Any, error: Exception
+    ) -> tuple[scripts.Call, str, Any] | None:
+        """The job's outcome cannot be written as asked (foreign options no rule of ours
+        reads, a backoff strategy that raises): it fails for good, the reason naming
+        what broke. If even that cannot be written it is left to the stalled check,
+        which moves it out of active."""
+        reason = f'cannot record {outcome} of job "{printable(job.id)}": '
+        reason += f"{type(error).__name__}: {error}"
+        if outcome != "completed" and isinstance(value, BaseException):
+            reason += f" (the job failed with: {error_message(value)})"
+        failure = UnrecoverableError(reason)
+        try:
+            # fetch-next tokens may be appended to this call: it carries this worker's
+            # fetch settings, as every finish does
+            call = failure_call(
+                job,
+                failure,
+                job.token or "0",
+                FailurePlan("fail"),
+                (-1, "", ""),
+                None,
+                self.fetch,
+                self.metrics_max_data_points,
+            )
+        except Exception:  # noqa: BLE001
+            logger.exception("job %s of queue %s: %s", printable(job.id), self.queue.name, reason)
+            return None
+        logger.warning("job %s of queue %s: %s", printable(job.id), self.queue.name, reason)
+        return call, "failed", failure
 
     def _after_record(
         self, job: Job, outcome: str, value: Any, call: scripts.Call, result: Any

@@ -483,3 +483,55 @@ def test_deep_and_wide_flows(flow_producer, make_queue, make_worker):
     wait_state(wide_queue, wide.job.id, "completed", timeout=60)
     assert wide_queue.get_job(wide.job.id).returnvalue == 10_000
     wait_state(make_queue("deep"), deep.job.id, "completed", timeout=30)
+
+
+def _deep_flow(levels: int, queue_name: str = "deep") -> Flow:
+    node = Flow("leaf", queue_name)
+    for level in range(levels - 1):
+        node = Flow(f"level-{level}", queue_name, children=[node])
+    return node
+
+
+@pytest.mark.parametrize(
+    "tree",
+    [
+        Flow("root", "a", job_id="same", children=[Flow("child", "a", job_id="same")]),
+        Flow(
+            "root",
+            "a",
+            job_id="top",
+            children=[Flow("mid", "b", job_id="mid", children=[Flow("leaf", "a", job_id="top")])],
+        ),
+    ],
+    ids=["child-is-parent", "grandchild-is-root"],
+)
+def test_a_node_that_repeats_an_ancestor_is_refused_before_any_write(
+    flow_producer, redis_client, prefix, tree
+):
+    with pytest.raises(InvalidJobOptions, match="same queue and id as its ancestor"):
+        flow_producer.add(tree)
+    assert redis_client.keys(f"{prefix}:*") == []
+
+
+def test_a_root_attached_under_itself_is_refused(flow_producer, make_queue, redis_client, prefix):
+    make_queue("a").add("existing", job_id="holder")
+    before = sorted(redis_client.keys(f"{prefix}:*"))
+    with pytest.raises(InvalidJobOptions, match="same queue and id as its ancestor"):
+        flow_producer.add(
+            Flow("again", "a", job_id="holder"), parent={"id": "holder", "queue": f"{prefix}:a"}
+        )
+    assert sorted(redis_client.keys(f"{prefix}:*")) == before
+
+
+def test_flows_deeper_than_the_limit_or_cyclic_are_refused(flow_producer, redis_client, prefix):
+    from flowjobs.engine.flow import MAX_FLOW_DEPTH
+
+    flow_producer.add(_deep_flow(MAX_FLOW_DEPTH))
+    written = sorted(redis_client.keys(f"{prefix}:*"))
+    with pytest.raises(InvalidJobOptions, match="MAX_FLOW_DEPTH"):
+        flow_producer.add(_deep_flow(2_500))
+    cyclic = Flow("loop", "deep")
+    cyclic.children.append(cyclic)
+    with pytest.raises(InvalidJobOptions, match="MAX_FLOW_DEPTH"):
+        flow_producer.add(cyclic)
+    assert sorted(redis_client.keys(f"{prefix}:*")) == written

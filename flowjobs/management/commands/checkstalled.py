@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 from typing import Any
@@ -10,7 +11,9 @@ import redis
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from flowjobs import conf
+from flowjobs.engine.connection import OutageLog
 from flowjobs.management.commands.flowjobs import known_queues
+from flowjobs.management.commands.runworker import ensure_logging
 
 
 class Command(BaseCommand):
@@ -38,16 +41,20 @@ class Command(BaseCommand):
             for number in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(number, lambda *_: stop.set())
         fixed = list(options["queues"])
+        ensure_logging(options["verbosity"])
+        # an outage is one warning and its end one info line, not a line per check
+        outage = OutageLog(logging.getLogger("flowjobs.checkstalled"), current.redis_url_masked)
         while True:
             names = fixed or known_queues()
             try:
                 moved_any = self._check(names, current, interval)
+                outage.back()
             except (redis.RedisError, OSError) as error:
                 if options["once"]:
                     raise CommandError(
                         f"cannot reach Redis at {current.redis_url_masked}: {error}"
                     ) from None
-                self.stderr.write(f"checkstalled: Redis error: {error}")
+                outage.lost(error)
                 moved_any = False
             if options["once"]:
                 if not moved_any and options["verbosity"] >= 1:

@@ -1,0 +1,209 @@
+"""Network faults between a worker and Redis, injected by a real TCP proxy: a half-open
+cut (Redis silent, no FIN or RST), resets, refused connections. With default settings
+the worker consumes again soon after the network is back, loses and repeats nothing
+it should not, and logs the outage once and its end once."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+
+from flowjobs.engine import Queue, Worker
+from tests.faultproxy import FaultProxy
+from tests.helpers import wait_for
+from tests.redis_server import RedisServer
+
+pytestmark = pytest.mark.chaos
+
+# the aim of issue 14: an idle worker consumes again within 15 s with default settings
+RECOVERY_BOUND_S = 15.0
+OUTAGE_S = 3.0
+
+
+@pytest.fixture
+def proxy(redis_server: RedisServer) -> Iterator[FaultProxy]:
+    redis_server.ensure_running()
+    proxy = FaultProxy("127.0.0.1", redis_server.port)
+    yield proxy
+    proxy.close()
+
+
+def _outage_lines(caplog: pytest.LogCaptureFixture) -> tuple[list[str], list[str]]:
+    records = [r for r in caplog.records if r.name.startswith("flowjobs")]
+    lost = [r.getMessage() for r in records if r.levelno >= logging.WARNING]
+    back = [r.getMessage() for r in records if "is back after" in r.getMessage()]
+    return lost, back
+
+
+def _run(
+    proxy: FaultProxy,
+    queue: Queue,
+    fault: str,
+    jobs: int,
+    busy: bool,
+    prefix: str,
+    outage_s: float = OUTAGE_S,
+):
+    """Runs a default-settings worker through the proxy, injects `fault` while it is idle
+    (or busy), restores the network and returns (executions, seconds to recover)."""
+    executions: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def process(job):
+        with lock:
+            executions[job.id] += 1
+        if busy:
+            time.sleep(0.05)
+        return job.data["n"]
+
+    worker = Worker("q", process, connection=proxy.url, prefix=prefix, concurrency=4)
+    try:
+        first = queue.add("warm-up", {"n": -1})
+        wait_for(lambda: queue.get_job_state(first.id) == "completed", timeout=10)
+        batch = []
+        if busy:
+            batch = queue.add_bulk([("job", {"n": n}) for n in range(jobs)])
+            wait_for(lambda: sum(executions.values()) >= 5, timeout=10)
+        if fault == "half-open":
+            proxy.hold()
+        else:  # every connection reset, new ones refused
+            proxy.refuse()
+            proxy.reset()
+        # the outage: Redis stays unreachable this long (what is measured is afterwards)
+        threading.Event().wait(outage_s)
+        if not busy:
+            batch = queue.add_bulk([("job", {"n": n}) for n in range(jobs)])
+        proxy.restore()
+        restored = time.monotonic()
+        wait_for(
+            lambda: all(queue.get_job_state(job.id) == "completed" for job in batch),
+            timeout=RECOVERY_BOUND_S + 10,
+            message=f"jobs not done after the {fault}: {queue.get_job_counts()}",
+        )
+        recovered = time.monotonic() - restored
+        assert worker.is_running()
+    finally:
+        worker.close(timeout=10)
+    assert [queue.get_job(job.id).returnvalue for job in batch] == list(range(jobs))
+    return executions, recovered, batch
+
+
+@pytest.mark.parametrize(
+    ("fault", "outage_s"),
+    [
+        ("half-open", OUTAGE_S),
+        # longer than every timeout: reconnection attempts meet held connections too
+        ("half-open", 12.0),
+        ("reset", OUTAGE_S),
+    ],
+)
+def test_an_idle_worker_consumes_again_after_a_network_fault(
+    proxy, make_queue, prefix, caplog, report, fault, outage_s
+):
+    caplog.set_level(logging.INFO, logger="flowjobs")
+    queue = make_queue("q")
+    executions, recovered, batch = _run(proxy, queue, fault, 20, False, prefix, outage_s)
+    report("faults", 1)
+    report("jobs", len(batch))
+    report("duplicated", sum(executions[job.id] - 1 for job in batch))
+    report("recovered_s", round(recovered, 1))
+    assert recovered < RECOVERY_BOUND_S
+    assert all(executions[job.id] == 1 for job in batch)
+    lost, back = _outage_lines(caplog)
+    assert len(lost) == 1, lost
+    assert len(back) == 1, back
+
+
+def test_a_busy_worker_finishes_its_jobs_after_a_half_open_cut(
+    proxy, make_queue, prefix, caplog, report
+):
+    caplog.set_level(logging.INFO, logger="flowjobs")
+    queue = make_queue("q")
+    executions, recovered, batch = _run(proxy, queue, "half-open", 40, True, prefix)
+    duplicated = sum(executions[job.id] - 1 for job in batch)
+    report("faults", 1)
+    report("jobs", len(batch))
+    report("duplicated", duplicated)
+    report("recovered_s", round(recovered, 1))
+    assert recovered < RECOVERY_BOUND_S
+    # a job finished during the cut is recorded after it, not run again (its lock, 30 s
+    # by default, outlives the outage)
+    assert duplicated == 0
+    lost, back = _outage_lines(caplog)
+    assert len(lost) == 1, lost
+    assert len(back) == 1, back
+
+
+def test_queue_events_resume_after_a_half_open_cut(proxy, make_queue, prefix, caplog, report):
+    from flowjobs.engine import QueueEvents
+
+    caplog.set_level(logging.INFO, logger="flowjobs")
+    queue = make_queue("q")
+    added: list[str] = []
+    events = QueueEvents("q", connection=proxy.url, prefix=prefix)
+    events.on("added", lambda event: added.append(event["jobId"]))
+    try:
+        assert events.wait_until_ready()
+        first = queue.add("before", {})
+        wait_for(lambda: first.id in added, timeout=5)
+        proxy.hold()
+        threading.Event().wait(OUTAGE_S)  # the outage
+        during = queue.add("during", {})
+        proxy.restore()
+        restored = time.monotonic()
+        after = queue.add("after", {})
+        wait_for(lambda: {during.id, after.id} <= set(added), timeout=RECOVERY_BOUND_S + 5)
+        recovered = time.monotonic() - restored
+    finally:
+        events.close()
+    report("recovered_s", round(recovered, 1))
+    assert recovered < RECOVERY_BOUND_S
+    assert added == [first.id, during.id, after.id]  # none missed, none twice
+    lost, back = _outage_lines(caplog)
+    assert len(lost) == 1, lost
+    assert len(back) == 1, back
+
+
+@pytest.mark.parametrize("cut", ["every connection", "the subscription only"])
+def test_cancel_requests_arrive_again_after_a_half_open_cut(proxy, make_queue, prefix, report, cut):
+    """The cancel-request subscription is a connection too: after a cut a cancel
+    reaches the running job by the channel again, long before the next lock renewal
+    (a 2-minute lock renews every minute) would find it in the job hash. When only the
+    subscription's connection goes silent, the worker's probe finds out."""
+    import asyncio
+
+    queue = make_queue("q")
+
+    async def process(job):
+        if job.name == "long":
+            await asyncio.sleep(120)
+        return "done"
+
+    worker = Worker(
+        "q", process, connection=proxy.url, prefix=prefix, concurrency=2, lock_duration=120_000
+    )
+    try:
+        long = queue.add("long", {})
+        wait_for(lambda: queue.get_job_state(long.id) == "active", timeout=10)
+        proxy.hold(None if cut == "every connection" else b"SUBSCRIBE")
+        threading.Event().wait(OUTAGE_S)  # the outage
+        proxy.restore()
+        restored = time.monotonic()
+        quick = queue.add("quick", {})
+        wait_for(lambda: queue.get_job_state(quick.id) == "completed", timeout=RECOVERY_BOUND_S)
+
+        def cancelled() -> bool:
+            queue.cancel_job(long.id, "enough")  # repeated: one sent before resubscribing is lost
+            return queue.get_job_state(long.id) == "failed"
+
+        wait_for(cancelled, timeout=RECOVERY_BOUND_S + 5, interval=0.5)
+        recovered = time.monotonic() - restored
+    finally:
+        worker.close(force=True, timeout=10)
+    report("recovered_s", round(recovered, 1))
+    assert queue.get_job(long.id).failed_reason == "cancelled: enough"

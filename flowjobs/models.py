@@ -130,3 +130,8 @@ class StreamPosition(models.Model):
 
     def __str__(self) -> str:
         return f"{self.prefix}:{self.queue}:events @ {self.last_id}"
+
+
+from .outbox_entry import OutboxEntry, OutboxKind  # noqa: E402 - the outbox table (issue 15)
+
+__all__ = ["JobRecord", "JobState", "OutboxEntry", "OutboxKind", "StreamPosition"]

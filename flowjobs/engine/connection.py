@@ -131,13 +131,14 @@ def _sync_from_url(url: str, **options: Any) -> SyncClient:
     return redis.Redis.from_url(url, **options)
 
 
-def sync_client(connection: Connection) -> SyncClient:
-    """A decoding redis-py client for a URL, or the given client as it is."""
+def sync_client(connection: Connection, **options: Any) -> SyncClient:
+    """A decoding redis-py client for a URL (``options`` override redis-py's, e.g.
+    ``socket_timeout``), or the given client as it is."""
     url = _url_of(connection)
     if url is None:
         assert isinstance(connection, redis.Redis | redis.cluster.RedisCluster)
         return connection
-    return _sync_from_url(url, decode_responses=True, health_check_interval=30)
+    return _sync_from_url(url, **{"decode_responses": True, "health_check_interval": 30, **options})
 
 
 def async_client(connection: Connection, **extra: Any) -> AsyncClient:

@@ -422,6 +422,9 @@ class Relay:
         from .mirror import MirrorLock
 
         self.databases = tuple(databases or outbox_settings().databases)
+        unknown = [alias for alias in self.databases if alias not in django_settings.DATABASES]
+        if unknown:
+            raise ValueError(f"unknown database alias(es): {', '.join(unknown)}")
         self.batch_size = batch_size
         self.poll_interval = poll_interval
         self.prefix = conf.settings().PREFIX

@@ -32,7 +32,7 @@ from typing import Any
 
 import redis
 from django.conf import settings as django_settings
-from django.db import connections, transaction
+from django.db import DatabaseError, connections, transaction
 from django.db.models import Min, QuerySet
 from django.utils import timezone
 
@@ -59,6 +59,7 @@ __all__ = [
     "backlog",
     "check_settings",
     "outbox_settings",
+    "push_after_commit",
     "push_entries",
     "relay_heartbeat_ms",
     "stage",
@@ -243,60 +244,117 @@ def _is_unavailable(error: BaseException) -> bool:
     return isinstance(error, ConnectionFailed | redis.RedisError)
 
 
-def push_entries(
-    using: str,
-    select: Callable[[QuerySet], QuerySet],
-    *,
-    limit: int | None = None,
-    staged: dict[int, Any] | None = None,
-) -> PushOutcome:
-    """Pushes the outbox rows ``select`` picks (in id order, at most ``limit``) and
-    deletes the pushed ones, in one database transaction. Never raises for Redis being
-    unavailable: the outcome says why it stopped, the rows stay for the relay."""
-    outcome = PushOutcome()
-    producer = _pusher()
+def _redis_now(producer: FlowProducer, outcome: PushOutcome) -> int | None:
+    """Redis's clock, taken before the rows are read: a push of a copy read after it is
+    only valid until then + LEASE_MS, and a receipt outlives its row by LEASE_MS. None
+    (and the reason in ``outcome``) when Redis does not answer."""
     try:
-        # Taken before the rows are read: a push of a copy read now is only valid until
-        # started + LEASE_MS, and the receipt outlives the row by LEASE_MS.
-        started_ms = redis_time_ms(producer.client)
+        return redis_time_ms(producer.client)
     except redis.RedisError as error:
         outcome.unavailable = f"Redis unavailable: {error}"
+        return None
+
+
+def _receipt(entry: OutboxEntry, started_ms: int) -> PushReceipt:
+    key = receipt_key(entry.prefix, entry.key.hex)
+    return PushReceipt(key, started_ms + LEASE_MS, RECEIPT_TTL_MS)
+
+
+def _shorten(producer: FlowProducer, receipts: list[str]) -> None:
+    """Once the rows' deletion is committed: no push can need these receipts after one
+    more lease."""
+    try:
+        shorten_receipts(producer.client, receipts, LEASE_MS)
+    except redis.RedisError:
+        pass  # they keep RECEIPT_TTL_MS: memory only, never a second job
+
+
+def _bound_lock_wait(using: str, seconds: float) -> None:
+    """On PostgreSQL, wait at most ``seconds`` for rows a relay holds (a commit must not
+    hang behind a stalled relay); the relay then pushes them."""
+    connection = transaction.get_connection(using)
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT set_config('lock_timeout', %s, true)", [f"{int(seconds * 1000)}ms"]
+            )
+
+
+def push_after_commit(
+    using: str, entry_ids: Sequence[int], staged: dict[int, Any] | None = None
+) -> PushOutcome:
+    """The push right after the commit that wrote ``entry_ids``: one transaction locks
+    and deletes the rows still there (a rolled-back savepoint's are not), pushes them in
+    order and commits. If Redis fails on any of them the deletion rolls back and the
+    relay pushes them all again: those pushed before the failure find their receipts.
+    Never raises for Redis or the database being unavailable: the outcome says why."""
+    outcome = PushOutcome()
+    producer = _pusher()
+    started_ms = _redis_now(producer, outcome)
+    if started_ms is None:
+        return outcome
+    receipts: list[str] = []
+    try:
+        with transaction.atomic(using=using):
+            _bound_lock_wait(using, outbox_settings().push_timeout)
+            entries = OutboxEntry.objects.using(using)
+            rows = list(entries.filter(pk__in=entry_ids).select_for_update().order_by("id"))
+            entries.filter(pk__in=[row.pk for row in rows]).delete()
+            for row in rows:
+                receipt = _receipt(row, started_ms)
+                try:
+                    result = _add(producer, row, receipt, (staged or {}).get(row.pk))
+                except AlreadyPushed:
+                    result = None
+                receipts.append(receipt.key)
+                outcome.pushed.append(row.pk)
+                outcome.results[row.pk] = result
+    except (FlowJobsError, redis.RedisError, DatabaseError) as error:
+        outcome.unavailable = f"{type(error).__name__}: {error}"
+        outcome.pushed, outcome.results = [], {}
+        return outcome
+    _shorten(producer, receipts)
+    return outcome
+
+
+def push_entries(
+    using: str, select: Callable[[QuerySet], QuerySet], *, limit: int | None = None
+) -> PushOutcome:
+    """The relay's push: the outbox rows ``select`` picks that no one else holds (in id
+    order, at most ``limit``), pushed one by one and the pushed ones deleted, in one
+    transaction. Stops at the first row Redis cannot take now; a row Redis refuses for
+    good (e.g. its parent job is gone) keeps the reason in ``last_error`` and the others
+    go on. Never raises for Redis being unavailable."""
+    outcome = PushOutcome()
+    producer = _pusher()
+    started_ms = _redis_now(producer, outcome)
+    if started_ms is None:
         return outcome
     receipts: list[str] = []
     with transaction.atomic(using=using):
         entries = OutboxEntry.objects.using(using)
         for entry in _claim(using, select(entries), limit):
-            receipt = PushReceipt(
-                receipt_key(entry.prefix, entry.key.hex), started_ms + LEASE_MS, RECEIPT_TTL_MS
-            )
+            receipt = _receipt(entry, started_ms)
             try:
-                result = _add(producer, entry, receipt, (staged or {}).get(entry.pk))
+                _add(producer, entry, receipt, None)
             except AlreadyPushed:
-                result = None
+                pass
             except PushTooLate:
                 outcome.unavailable = "lease over: pushed too late, nothing written"
                 break
-            except Exception as error:
-                if not _is_unavailable(error) and not isinstance(error, FlowJobsError):
-                    raise
+            except (FlowJobsError, redis.RedisError) as error:
                 entry.attempts += 1
                 entry.last_error = f"{type(error).__name__}: {error}"[:2000]
                 entry.save(update_fields=["attempts", "last_error"])
                 if _is_unavailable(error):
                     outcome.unavailable = entry.last_error
                     break
-                # The add script refused this entry (e.g. its parent job is gone): it
-                # stays, with the reason, for an operator; the others go on.
                 outcome.refused[entry.pk] = entry.last_error
                 continue
             outcome.pushed.append(entry.pk)
-            outcome.results[entry.pk] = result
             receipts.append(receipt.key)
         entries.filter(pk__in=outcome.pushed).delete()
-    try:
-        shorten_receipts(producer.client, receipts, LEASE_MS)
-    except redis.RedisError:
-        pass  # they keep RECEIPT_TTL_MS: memory only, never a second job
+    _shorten(producer, receipts)
     return outcome
 
 
@@ -321,7 +379,7 @@ class _Batch:
         # Runs after COMMIT: it must never raise (the caller's transaction is done, and
         # Django would skip the other on-commit hooks).
         try:
-            outcome = push_entries(self.using, lambda rows: rows.filter(pk__in=self.entry_ids))
+            outcome = push_after_commit(self.using, self.entry_ids)
             if outcome.unavailable:
                 logger.warning(
                     "outbox: %d of %d entries pushed after commit; the relay pushes the rest (%s)",
@@ -374,9 +432,7 @@ def stage(kind: OutboxKind, encoded: list[EncodedJob] | EncodedFlows, using: str
     if in_transaction:
         return None
     try:
-        outcome = push_entries(
-            alias, lambda rows: rows.filter(pk=entry.pk), staged={entry.pk: encoded}
-        )
+        outcome = push_after_commit(alias, [entry.pk], staged={entry.pk: encoded})
     except Exception:
         logger.exception("outbox: push of entry %s failed; the relay will push", entry.pk)
         return None

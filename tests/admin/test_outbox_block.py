@@ -35,6 +35,6 @@ def test_dashboard_shows_the_outbox_backlog(flowjobs_settings, login, prefix):  
     )
     page = client.get(reverse("admin:flowjobs_jobrecord_dashboard"))
     (row,) = page.context["outbox"]
-    assert row["entries"] == 2 and row["oldest"] == "1 min 30 s"
+    assert row["entries"] == 2 and row["oldest"].startswith("1 min 3")
     text = page.content.decode()
     assert "Outbox" in text and "OutOfMemoryError: OOM command not allowed" in text

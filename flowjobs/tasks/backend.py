@@ -77,8 +77,11 @@ class FlowJobsTask(Task):
       exists returns it instead of adding another;
     - ``deduplication``: ``{"id": ..., "ttl": ms, "extend": bool, "replace": bool}``:
       one job per id (the result of a duplicate is the existing job's);
-    - ``enqueue_on_commit``: write the job when the current database transaction
-      commits (nothing at all on rollback); None: the backend's OPTIONS, then FLOWJOBS;
+    - ``enqueue_on_commit``: write the job through the transactional outbox: a row of
+      the current database transaction, pushed to Redis after the commit (by the relay
+      if Redis cannot take it then; nothing at all on rollback; the result's id is the
+      requested id even when deduplication later keeps another job); None: the
+      backend's OPTIONS, then FLOWJOBS;
     - ``job_options``: any other engine option (``remove_on_complete``,
       ``remove_on_fail``, ``keep_logs``, ``stacktrace_limit``, ``timeout``, ``group``).
     """

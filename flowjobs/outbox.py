@@ -249,7 +249,7 @@ def _redis_now(producer: FlowProducer, outcome: PushOutcome) -> int | None:
     only valid until then + LEASE_MS, and a receipt outlives its row by LEASE_MS. None
     (and the reason in ``outcome``) when Redis does not answer."""
     try:
-        return redis_time_ms(producer.client)
+        return redis_time_ms(producer.client, producer.prefix)
     except redis.RedisError as error:
         outcome.unavailable = f"Redis unavailable: {error}"
         return None

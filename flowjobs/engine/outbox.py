@@ -61,9 +61,13 @@ def receipt_key(prefix: str, entry_key: str) -> str:
     return f"{prefix}:flowjobs:outbox:{entry_key}"
 
 
-def redis_time_ms(client: redis.Redis) -> int:
-    """Redis's clock in ms: the one clock every pusher and the add script agree on."""
-    seconds, micros = client.time()
+_TIME_SCRIPT = "return redis.call('TIME')"
+
+
+def redis_time_ms(client: redis.Redis, prefix: str) -> int:
+    """Redis's clock in ms, read on the server that holds ``prefix``'s receipts (on a
+    Cluster, the node of its hash slot): the clock the add script checks deadlines on."""
+    seconds, micros = client.eval(_TIME_SCRIPT, 1, receipt_key(prefix, "clock"))
     return int(seconds) * 1000 + int(micros) // 1000
 
 

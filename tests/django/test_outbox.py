@@ -202,7 +202,7 @@ def test_ids_are_fixed_at_enqueue_and_a_second_push_adds_nothing(
     assert job_id  # given at enqueue time
     own_redis.start()
     client = own_redis.client(decode_responses=True)
-    started = redis_time_ms(client)
+    started = redis_time_ms(client, prefix)
     assert outbox.Relay().drain() == 1
     client.delete(f"{prefix}:orders:{job_id}")  # ran and removed (removeOnComplete)
 
@@ -215,7 +215,7 @@ def test_ids_are_fixed_at_enqueue_and_a_second_push_adds_nothing(
     assert 0 < client.pttl(key) <= outbox.LEASE_MS  # shortened once the row was deleted
     # after the receipt is gone, a copy read before the deletion is past its deadline
     client.delete(key)
-    late = PushReceipt(key, redis_time_ms(client) - 1, outbox.RECEIPT_TTL_MS)
+    late = PushReceipt(key, redis_time_ms(client, prefix) - 1, outbox.RECEIPT_TTL_MS)
     with pytest.raises(PushTooLate):
         outbox._add(producer, stale, late, None)
     assert client.exists(f"{prefix}:orders:{job_id}") == 0

@@ -26,7 +26,14 @@ from flowjobs.engine.outbox import (
     receipt_key,
     redis_time_ms,
 )
-from flowjobs.enqueue import aenqueue, aenqueue_flow, enqueue, enqueue_bulk, enqueue_flow
+from flowjobs.enqueue import (
+    aenqueue,
+    aenqueue_bulk,
+    aenqueue_flow,
+    enqueue,
+    enqueue_bulk,
+    enqueue_flow,
+)
 from flowjobs.models import OutboxEntry
 from tests.helpers import wait_for
 from tests.redis_server import RedisServer
@@ -241,11 +248,13 @@ def test_async_twins(own_redis: RedisServer, prefix: str):
         assert job is not None and job.name == "async"
         node = await aenqueue_flow(Flow("p", "orders", children=[Flow("c", "kids")]))
         assert node is not None and len(node.children) == 1
+        jobs = await aenqueue_bulk("orders", [{"name": "a"}, {"name": "b"}], on_commit=True)
+        assert jobs is not None and [job.name for job in jobs] == ["a", "b"]
         await sync_to_async(db.connections.close_all)()  # the sync thread's connection
 
     asyncio.run(produce())
     client = own_redis.client(decode_responses=True)
-    assert len(added_ids(client, prefix, "orders")) == 2
+    assert len(added_ids(client, prefix, "orders")) == 4
     assert OutboxEntry.objects.count() == 0
 
 

@@ -309,3 +309,17 @@ def test_runworker_runs_the_relay(start_worker, prefix: str, redis_url: str):  #
     assert job.returnvalue == {"echo": {"left": 1}}
     assert OutboxEntry.objects.count() == 0
     assert "Traceback" not in worker.output()
+
+
+def test_django_tasks_backend_goes_through_the_outbox(own_redis: RedisServer, prefix: str):
+    from tests.taskapp import tasks
+
+    own_redis.stop()
+    with transaction.atomic():
+        result = tasks.add_on_commit.enqueue(2, 3)  # @task(..., enqueue_on_commit=True)
+    assert result.enqueued_at is not None  # committed: the job will exist
+    (entry,) = OutboxEntry.objects.all()
+    assert entry.jobs[0]["job_id"] == result.id
+    own_redis.start()
+    assert outbox.Relay().drain() == 1
+    assert tasks.add_on_commit.get_result(result.id).args == [2, 3]

@@ -24,10 +24,13 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import queue
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import redis
@@ -59,7 +62,6 @@ __all__ = [
     "backlog",
     "check_settings",
     "outbox_settings",
-    "push_after_commit",
     "push_entries",
     "relay_heartbeat_ms",
     "stage",
@@ -71,10 +73,21 @@ logger = logging.getLogger("flowjobs.outbox")
 # How long a pusher may take from reading entries (its Redis time) to pushing them; a
 # push later than that writes nothing. Far above any bounded Redis wait.
 LEASE_MS = 60_000
+# The push after commit reads Redis's clock at most this long after writing the entry
+# (else the entry is the relay's): the relay cannot delete a row before it is written,
+# so that push's deadline is at most this much past any deletion of the row.
+PUSH_WINDOW_S = 10.0
+# How long a receipt stays once its row is deleted: past any deadline a copy of the row
+# can still carry.
+RECEIPT_KEEP_MS = LEASE_MS + int(PUSH_WINDOW_S * 1000) + 10_000
 # A receipt whose row could not be deleted (database down after the push) is kept this
 # long; the relay deletes the row (finding the receipt) as soon as the database is back.
 RECEIPT_TTL_MS = 7 * 24 * 3600 * 1000
 RELAY_BATCH_SIZE = 100
+REAPER_BATCH_SIZE = 500
+# The relay leaves younger rows to the push after commit (which deletes them within
+# moments); only efficiency depends on it, so host clocks may disagree.
+RELAY_MIN_AGE_S = 2.0
 RELAY_LOCK_TTL_MS = 10_000
 RELAY_POLL_INTERVAL_S = 0.5
 RELAY_STOP_TIMEOUT_S = 10.0
@@ -196,7 +209,6 @@ class PushOutcome:
     """What one ``push_entries`` call did."""
 
     pushed: list[int] = field(default_factory=list)  # entry ids now in Redis (and deleted)
-    results: dict[int, Any] = field(default_factory=dict)  # id -> Jobs / JobNodes added now
     refused: dict[int, str] = field(default_factory=dict)  # id -> why Redis refused it
     unavailable: str = ""  # why pushing stopped early (Redis down, hung, full)
 
@@ -261,60 +273,12 @@ def _receipt(entry: OutboxEntry, started_ms: int) -> PushReceipt:
 
 
 def _shorten(producer: FlowProducer, receipts: list[str]) -> None:
-    """Once the rows' deletion is committed: no push can need these receipts after one
-    more lease."""
+    """Once the rows' deletion is committed: no push can need these receipts after
+    RECEIPT_KEEP_MS."""
     try:
-        shorten_receipts(producer.client, receipts, LEASE_MS)
+        shorten_receipts(producer.client, receipts, RECEIPT_KEEP_MS)
     except redis.RedisError:
         pass  # they keep RECEIPT_TTL_MS: memory only, never a second job
-
-
-def _bound_lock_wait(using: str, seconds: float) -> None:
-    """On PostgreSQL, wait at most ``seconds`` for rows a relay holds (a commit must not
-    hang behind a stalled relay); the relay then pushes them."""
-    connection = transaction.get_connection(using)
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT set_config('lock_timeout', %s, true)", [f"{int(seconds * 1000)}ms"]
-            )
-
-
-def push_after_commit(
-    using: str, entry_ids: Sequence[int], staged: dict[int, Any] | None = None
-) -> PushOutcome:
-    """The push right after the commit that wrote ``entry_ids``: one transaction locks
-    and deletes the rows still there (a rolled-back savepoint's are not), pushes them in
-    order and commits. If Redis fails on any of them the deletion rolls back and the
-    relay pushes them all again: those pushed before the failure find their receipts.
-    Never raises for Redis or the database being unavailable: the outcome says why."""
-    outcome = PushOutcome()
-    producer = _pusher()
-    started_ms = _redis_now(producer, outcome)
-    if started_ms is None:
-        return outcome
-    receipts: list[str] = []
-    try:
-        with transaction.atomic(using=using):
-            _bound_lock_wait(using, outbox_settings().push_timeout)
-            entries = OutboxEntry.objects.using(using)
-            rows = list(entries.filter(pk__in=entry_ids).select_for_update().order_by("id"))
-            entries.filter(pk__in=[row.pk for row in rows]).delete()
-            for row in rows:
-                receipt = _receipt(row, started_ms)
-                try:
-                    result = _add(producer, row, receipt, (staged or {}).get(row.pk))
-                except AlreadyPushed:
-                    result = None
-                receipts.append(receipt.key)
-                outcome.pushed.append(row.pk)
-                outcome.results[row.pk] = result
-    except (FlowJobsError, redis.RedisError, DatabaseError) as error:
-        outcome.unavailable = f"{type(error).__name__}: {error}"
-        outcome.pushed, outcome.results = [], {}
-        return outcome
-    _shorten(producer, receipts)
-    return outcome
 
 
 def push_entries(
@@ -367,43 +331,139 @@ def new_job_id() -> str:
 
 
 class _Batch:
-    """The entries one transaction wrote through one database connection, pushed by
-    one on-commit hook in the order they were written."""
+    """The entries one transaction wrote through one database connection. After its
+    commit each entry's hook pushes that entry, in the order they were written; the
+    first failure stops the rest, which the relay then pushes in order."""
 
     def __init__(self, using: str) -> None:
         self.using = using
         self.key = uuid.uuid4()
-        self.entry_ids: list[int] = []
+        self.stopped = False
+        self.started_ms: int | None = None  # Redis's clock when the pushes began
+        self.started_at = 0.0  # time.monotonic() then
 
-    def push(self) -> None:
-        # Runs after COMMIT: it must never raise (the caller's transaction is done, and
-        # Django would skip the other on-commit hooks).
+    def push(self, entry: OutboxEntry, staged_at: float, staged: Any = None) -> Any:
+        """Pushes one committed entry; returns what it added (None if it was already in
+        Redis or is left to the relay). Never raises: it runs after COMMIT."""
+        if self.stopped:
+            return None
         try:
-            outcome = push_after_commit(self.using, self.entry_ids)
-            if outcome.unavailable:
-                logger.warning(
-                    "outbox: %d of %d entries pushed after commit; the relay pushes the rest (%s)",
-                    len(outcome.pushed),
-                    len(self.entry_ids),
-                    outcome.unavailable,
-                )
-        except Exception:
-            logger.exception("outbox: push after commit failed; the relay will push")
+            producer = _pusher()
+            if self.started_ms is None:
+                self.started_ms = redis_time_ms(producer.client, producer.prefix)
+                self.started_at = time.monotonic()
+            # The relay cannot have deleted this row before it was written: a clock read
+            # soon enough after the write keeps this push within the receipt's life.
+            if self.started_at - staged_at > PUSH_WINDOW_S:
+                raise PushTooLate(f"entry {entry.pk} written {PUSH_WINDOW_S:g}s before the push")
+            receipt = _receipt(entry, self.started_ms)
+            try:
+                result = _add(producer, entry, receipt, staged)
+            except AlreadyPushed:
+                result = None
+        except Exception as error:
+            self.stopped = True
+            logger.warning(
+                "outbox: push after commit of entry %s failed; the relay pushes it (%s: %s)",
+                entry.pk,
+                type(error).__name__,
+                error,
+            )
+            return None
+        _reaper.delete(self.using, entry.pk, receipt.key)
+        return result
+
+
+@dataclass
+class _PushAfterCommit:
+    """The on-commit hook of one entry (a savepoint rollback drops it with the row)."""
+
+    batch: _Batch
+    entry: OutboxEntry
+    staged_at: float
+
+    def __call__(self) -> None:
+        self.batch.push(self.entry, self.staged_at)
 
 
 _BATCH_ATTRIBUTE = "_flowjobs_outbox_batch"
 
 
 def _current_batch(using: str) -> _Batch:
-    """This transaction's batch, registering its on-commit push on first use (again if
-    a rolled-back savepoint discarded the hook)."""
+    """The batch of the transaction in progress on ``using``: the one whose hooks are
+    still waiting for this transaction's commit, else a new one."""
     connection = transaction.get_connection(using)
     batch: _Batch | None = getattr(connection, _BATCH_ATTRIBUTE, None)
-    if batch is None or not any(hook == batch.push for _, hook, *_ in connection.run_on_commit):
+    waiting = (getattr(hook, "batch", None) for _, hook, *_ in connection.run_on_commit)
+    if batch is None or not any(owner is batch for owner in waiting):
         batch = _Batch(using)
         setattr(connection, _BATCH_ATTRIBUTE, batch)
-        transaction.on_commit(batch.push, using=using, robust=True)
     return batch
+
+
+class _Reaper:
+    """Deletes pushed rows off the caller's path, many per commit, then shortens their
+    receipts (one daemon thread per process). A row it never gets to (the process
+    ended, the database failed) is pushed again by the relay, finds its receipt, and
+    is deleted then."""
+
+    def __init__(self) -> None:
+        self._pending: queue.SimpleQueue[tuple[str, int, str]] = queue.SimpleQueue()
+        self._busy = threading.Condition()
+        self._in_flight = 0
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def delete(self, using: str, pk: int, receipt: str) -> None:
+        with self._busy:
+            self._in_flight += 1
+            if self._thread is None or self._pid != os.getpid():  # first use, or forked
+                self._pid = os.getpid()
+                self._thread = threading.Thread(
+                    target=self._run, name="flowjobs-outbox-reaper", daemon=True
+                )
+                self._thread.start()
+        self._pending.put((using, pk, receipt))
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Blocks until every row handed over so far is deleted (or given up)."""
+        with self._busy:
+            return self._busy.wait_for(lambda: self._in_flight == 0, timeout)
+
+    def _run(self) -> None:
+        while True:
+            items = [self._pending.get()]
+            while len(items) < REAPER_BATCH_SIZE:
+                try:
+                    items.append(self._pending.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._reap(items)
+            except Exception:
+                logger.exception("outbox: deleting %d pushed entries failed", len(items))
+            finally:
+                with self._busy:
+                    self._in_flight -= len(items)
+                    self._busy.notify_all()
+
+    def _reap(self, items: list[tuple[str, int, str]]) -> None:
+        by_database: dict[str, list[tuple[int, str]]] = {}
+        for using, pk, receipt in items:
+            by_database.setdefault(using, []).append((pk, receipt))
+        for using, rows in by_database.items():
+            try:
+                OutboxEntry.objects.using(using).filter(pk__in=[pk for pk, _ in rows]).delete()
+            except DatabaseError:
+                logger.warning("outbox: could not delete %d pushed entries", len(rows))
+                continue
+            finally:
+                if self._pending.empty():
+                    connections[using].close()  # idle: hold no connection
+            _shorten(_pusher(), [receipt for _, receipt in rows])
+
+
+_reaper = _Reaper()
 
 
 def stage(kind: OutboxKind, encoded: list[EncodedJob] | EncodedFlows, using: str | None) -> Any:
@@ -419,8 +479,7 @@ def stage(kind: OutboxKind, encoded: list[EncodedJob] | EncodedFlows, using: str
             f'add "{alias}" to FLOWJOBS["OUTBOX_DATABASES"] (now {list(watched)})'
         )
     jobs = encoded.jobs if isinstance(encoded, EncodedFlows) else encoded
-    connection = transaction.get_connection(alias)
-    in_transaction = connection.in_atomic_block
+    in_transaction = transaction.get_connection(alias).in_atomic_block
     batch = _current_batch(alias) if in_transaction else _Batch(alias)
     entry = OutboxEntry.objects.using(alias).create(
         batch=batch.key,
@@ -428,15 +487,11 @@ def stage(kind: OutboxKind, encoded: list[EncodedJob] | EncodedFlows, using: str
         kind=kind,
         jobs=[asdict(job) for job in jobs],
     )
-    batch.entry_ids.append(entry.pk)
-    if in_transaction:
-        return None
-    try:
-        outcome = push_after_commit(alias, [entry.pk], staged={entry.pk: encoded})
-    except Exception:
-        logger.exception("outbox: push of entry %s failed; the relay will push", entry.pk)
-        return None
-    return outcome.results.get(entry.pk)
+    staged_at = time.monotonic()
+    if not in_transaction:
+        return batch.push(entry, staged_at, encoded)
+    transaction.on_commit(_PushAfterCommit(batch, entry, staged_at), using=alias, robust=True)
+    return None
 
 
 # --------------------------------------------------------------------------- relay
@@ -474,6 +529,7 @@ class Relay:
         batch_size: int = RELAY_BATCH_SIZE,
         poll_interval: float = RELAY_POLL_INTERVAL_S,
         lock_ttl_ms: int = RELAY_LOCK_TTL_MS,
+        min_age: float = RELAY_MIN_AGE_S,
     ) -> None:
         from .mirror import MirrorLock
 
@@ -483,21 +539,26 @@ class Relay:
             raise ValueError(f"unknown database alias(es): {', '.join(unknown)}")
         self.batch_size = batch_size
         self.poll_interval = poll_interval
+        self.min_age = min_age
         self.prefix = conf.settings().PREFIX
         self.client = _pusher().client
         self.lock = MirrorLock(self.client, relay_lock_key(self.prefix), lock_ttl_ms)
         self.pushed = 0
 
-    def step(self) -> PushOutcome:
-        """One pass over every watched database; stops a database at the first entry
-        Redis cannot take now."""
+    def step(self, min_age: float | None = None) -> PushOutcome:
+        """One pass over every watched database (rows older than ``min_age`` seconds);
+        stops a database at the first entry Redis cannot take now."""
+        age = self.min_age if min_age is None else min_age
         total = PushOutcome()
         for alias in self.databases:
-            outcome = push_entries(
-                alias,
-                lambda rows: rows.filter(prefix=self.prefix),
-                limit=self.batch_size,
-            )
+
+            def select(rows: QuerySet) -> QuerySet:
+                rows = rows.filter(prefix=self.prefix)
+                if age > 0:
+                    rows = rows.filter(created_at__lt=timezone.now() - timedelta(seconds=age))
+                return rows
+
+            outcome = push_entries(alias, select, limit=self.batch_size)
             total.pushed += outcome.pushed
             total.refused.update(outcome.refused)
             total.unavailable = total.unavailable or outcome.unavailable
@@ -505,10 +566,11 @@ class Relay:
         return total
 
     def drain(self) -> int:
-        """Pushes until nothing is left that Redis takes; returns how many were pushed."""
+        """Pushes every row (whatever its age) until nothing is left that Redis takes;
+        returns how many were pushed."""
         before = self.pushed
         while True:
-            outcome = self.step()
+            outcome = self.step(min_age=0)
             if not outcome.pushed or outcome.unavailable:
                 return self.pushed - before
 

@@ -85,6 +85,8 @@ RECEIPT_KEEP_MS = LEASE_MS + int(PUSH_WINDOW_S * 1000) + 10_000
 RECEIPT_TTL_MS = 7 * 24 * 3600 * 1000
 RELAY_BATCH_SIZE = 100
 REAPER_BATCH_SIZE = 500
+REAPER_GATHER_S = 0.1
+REAPER_IDLE_CLOSE_S = 1.0
 # The relay leaves younger rows to the push after commit (which deletes them within
 # moments); only efficiency depends on it, so host clocks may disagree.
 RELAY_MIN_AGE_S = 2.0
@@ -432,10 +434,21 @@ class _Reaper:
 
     def _run(self) -> None:
         while True:
-            items = [self._pending.get()]
+            try:
+                first = self._pending.get(timeout=REAPER_IDLE_CLOSE_S)
+            except queue.Empty:
+                connections.close_all()  # this thread's: idle, hold none
+                first = self._pending.get()
+            # Gather for a moment: one commit (one fsync) for many rows, so the reaper
+            # adds little to the commits of the transactions that enqueue.
+            items = [first]
+            deadline = time.monotonic() + REAPER_GATHER_S
             while len(items) < REAPER_BATCH_SIZE:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
                 try:
-                    items.append(self._pending.get_nowait())
+                    items.append(self._pending.get(timeout=remaining))
                 except queue.Empty:
                     break
             try:
@@ -456,10 +469,8 @@ class _Reaper:
                 OutboxEntry.objects.using(using).filter(pk__in=[pk for pk, _ in rows]).delete()
             except DatabaseError:
                 logger.warning("outbox: could not delete %d pushed entries", len(rows))
+                connections[using].close()
                 continue
-            finally:
-                if self._pending.empty():
-                    connections[using].close()  # idle: hold no connection
             _shorten(_pusher(), [receipt for _, receipt in rows])
 
 

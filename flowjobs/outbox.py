@@ -84,6 +84,7 @@ RECEIPT_KEEP_MS = LEASE_MS + int(PUSH_WINDOW_S * 1000) + 10_000
 # long; the relay deletes the row (finding the receipt) as soon as the database is back.
 RECEIPT_TTL_MS = 7 * 24 * 3600 * 1000
 RELAY_BATCH_SIZE = 100
+CLAIM_ATTEMPTS = 5  # claims per pass while every row taken waits for an earlier one
 REAPER_BATCH_SIZE = 500
 REAPER_GATHER_S = 0.1
 REAPER_IDLE_CLOSE_S = 1.0
@@ -234,22 +235,30 @@ def _claim(using: str, selection: QuerySet, limit: int | None) -> list[OutboxEnt
     """Rows of ``selection`` this pusher may push now, in id order, locked until the
     transaction ends (PostgreSQL/MySQL/Oracle: rows another pusher holds are skipped).
 
-    A row is left out while an earlier row of its batch is held by someone else or was
-    not selected, so that a transaction's entries reach Redis in the order written."""
-    ordered = selection.select_for_update(skip_locked=True).order_by("id")
-    rows = list(ordered[:limit] if limit else ordered)
-    if not rows:
-        return rows
-    taken = [row.pk for row in rows]
-    blocked = dict(
-        OutboxEntry.objects.using(using)
-        .filter(batch__in={row.batch for row in rows})
-        .exclude(pk__in=taken)
-        .values("batch")
-        .annotate(first=Min("id"))
-        .values_list("batch", "first")
-    )
-    return [row for row in rows if row.pk < blocked.get(row.batch, row.pk + 1)]
+    A row is left out while an earlier row of its batch is held by someone else, so that
+    a transaction's entries reach Redis in the order written; when every row taken is
+    held up that way, the next rows of other batches are tried (a frozen pusher holding
+    one batch does not stop the others)."""
+    held_up: set[uuid.UUID] = set()
+    for _attempt in range(CLAIM_ATTEMPTS):
+        ordered = selection.exclude(batch__in=held_up).select_for_update(skip_locked=True)
+        ordered = ordered.order_by("id")
+        rows = list(ordered[:limit] if limit else ordered)
+        if not rows:
+            return rows
+        first_elsewhere = dict(
+            OutboxEntry.objects.using(using)
+            .filter(batch__in={row.batch for row in rows})
+            .exclude(pk__in=[row.pk for row in rows])
+            .values("batch")
+            .annotate(first=Min("id"))
+            .values_list("batch", "first")
+        )
+        ready = [row for row in rows if row.pk < first_elsewhere.get(row.batch, row.pk + 1)]
+        if ready:
+            return ready
+        held_up.update(row.batch for row in rows)
+    return []
 
 
 def _is_unavailable(error: BaseException) -> bool:

@@ -9,15 +9,17 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
-from django.db import connections, transaction
+from django.db import connection, connections, transaction
 
 from flowjobs import conf, outbox
 from flowjobs.enqueue import enqueue
@@ -135,7 +137,9 @@ def _backlog(prefix: str, count: int, batches: int, tag: str = "a") -> None:
             )
 
 
-def _relay_process(server: RedisServer, prefix: str, *args: str) -> subprocess.Popen:
+def _relay_process(
+    server: RedisServer, prefix: str, *args: str, output: Any = subprocess.PIPE
+) -> subprocess.Popen:
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "tests.settings",
@@ -149,7 +153,7 @@ def _relay_process(server: RedisServer, prefix: str, *args: str) -> subprocess.P
         [sys.executable, str(REPO / "manage.py"), "relayoutbox", *args],
         cwd=REPO,
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=output,
         stderr=subprocess.STDOUT,
         text=True,
     )
@@ -230,3 +234,63 @@ def test_two_relays_one_pushes_and_the_other_takes_over(
     # the standby pushed nothing while the other held the lock: exactly the second backlog
     assert "after pushing 100 entr(ies)" in output, output
     assert len(added) == len(set(added)) == 500 and duplicated == 0
+
+
+def test_a_stale_relay_resumed_after_takeover_adds_nothing_twice(
+    server: RedisServer, prefix: str, report: Callable[[str, object], None]
+):
+    """Relay A freezes (SIGSTOP) mid-push; its lock expires, relay B takes over; every
+    job runs and is removed; A wakes up and goes on pushing what it had read. On
+    PostgreSQL A's database session is also killed while it is frozen (as
+    idle_in_transaction_session_timeout or a failover would), so B pushes and deletes
+    A's rows too, and A's late pushes meet B's receipts. No job may be added twice."""
+    total = 1000
+    _backlog(prefix, total, batches=4)
+    connections.close_all()
+    client = server.client(decode_responses=True)
+    stale_log = tempfile.NamedTemporaryFile("w+", suffix=".log")  # noqa: SIM115
+    stale = _relay_process(server, prefix, output=stale_log)
+    takeover = None
+    try:
+        wait_for(lambda: len(tally(client, prefix, "orders")[0]) >= 30, timeout=30)
+        stale.send_signal(signal.SIGSTOP)
+        frozen_at = len(tally(client, prefix, "orders")[0])
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                    "datname = current_database() AND pid <> pg_backend_pid() "
+                    "AND state = 'idle in transaction'"
+                )
+                assert len(cursor.fetchall()) == 1  # A's session, holding its rows
+        takeover = _relay_process(server, prefix)
+        lock_key = outbox.relay_lock_key(prefix)
+        wait_for(
+            lambda: int((client.get(lock_key) or "h:0").split(":")[1]) == takeover.pid,
+            timeout=30,
+            message="relay B did not take the lock over",
+        )
+        if connection.vendor != "sqlite":  # SQLite: A's open read blocks B's writes
+            wait_for(lambda: not OutboxEntry.objects.exists(), timeout=30, message="B stuck")
+        for job_id in set(tally(client, prefix, "orders")[0]):  # ran, removeOnComplete
+            client.delete(f"{prefix}:orders:{job_id}")
+        stale.send_signal(signal.SIGCONT)
+        wait_for(lambda: not OutboxEntry.objects.exists(), timeout=30, message="backlog left")
+        if connection.vendor == "postgresql":  # A pushed its copies, then failed to delete
+            wait_for(
+                lambda: "relay step failed" in Path(stale_log.name).read_text(),
+                timeout=30,
+                message="relay A did not resume its stale pass",
+            )
+    finally:
+        for process in (stale, takeover):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGCONT)
+                process.kill()
+                process.wait()
+        stale_log.close()
+    added, duplicated = tally(client, prefix, "orders")
+    report("pushed before A froze", frozen_at)
+    report("jobs added", len(set(added)))
+    report("duplicated", len(added) - len(set(added)) + duplicated)
+    assert len(added) == len(set(added)) == total and duplicated == 0

@@ -3,16 +3,17 @@
 ``flowjobs.enqueue`` (on commit), ``ENQUEUE_ON_COMMIT`` and the django.tasks backend
 write each job, bulk add or whole flow as one ``OutboxEntry`` row in the caller's own
 transaction, with its job ids fixed at that moment. After the commit the entries of
-the transaction are pushed to Redis at once (today's latency) and deleted once Redis
-confirmed them; whatever is left (Redis refused, hung or full; the process died) is
-pushed by the relay (``Relay``: inside ``runworker``, or ``manage.py relayoutbox``).
+the transaction are pushed to Redis at once (today's latency) and, once Redis confirmed
+them, deleted by a background reaper; whatever is left (Redis refused, hung or full; the
+process died) is pushed by the relay (``Relay``: inside ``runworker``, or ``manage.py
+relayoutbox``), which deletes what it pushed in the same transaction.
 
 Why a push never adds a job twice (see ``flowjobs.engine.outbox``): every push runs
 the add script with the entry's receipt key and a deadline on Redis's clock taken
 before the entry was read. The first push writes the jobs and the receipt in one
 step; any later push of the same entry (a retry after a timeout, a second pusher, a
 stale relay that was paused) finds the receipt, or is past its deadline, and writes
-nothing. Receipts are kept until the row is deleted, then for one more lease.
+nothing. Receipts are kept until the row is deleted, then RECEIPT_KEEP_MS more.
 
 Order: entries of one transaction share a ``batch``; a pusher never pushes an entry
 while an earlier entry of its batch is held by another pusher, and stops at the first
@@ -564,6 +565,7 @@ class Relay:
         self.client = _pusher().client
         self.lock = MirrorLock(self.client, relay_lock_key(self.prefix), lock_ttl_ms)
         self.pushed = 0
+        self._waiting = False
 
     def step(self, min_age: float | None = None) -> PushOutcome:
         """One pass over every watched database (rows older than ``min_age`` seconds);
@@ -594,6 +596,14 @@ class Relay:
             if not outcome.pushed or outcome.unavailable:
                 return self.pushed - before
 
+    def _report(self, unavailable: str) -> None:
+        """Logs when Redis stops or starts taking pushes (once, not every poll)."""
+        if unavailable and not self._waiting:
+            logger.warning("outbox relay: waiting for Redis (%s)", unavailable)
+        elif not unavailable and self._waiting:
+            logger.info("outbox relay: Redis takes pushes again")
+        self._waiting = bool(unavailable)
+
     def run(self, stop_event: threading.Event) -> None:
         """Relays until ``stop_event`` is set, holding the lock while it works."""
         try:
@@ -603,12 +613,11 @@ class Relay:
                         stop_event.wait(self.lock.wait_hint())
                         continue
                     outcome = self.step()
-                    if outcome.unavailable and outcome.pushed == []:
-                        logger.info("outbox relay: waiting for Redis (%s)", outcome.unavailable)
+                    self._report(outcome.unavailable)
                     if len(outcome.pushed) < self.batch_size or outcome.unavailable:
                         stop_event.wait(self.poll_interval)
                 except redis.RedisError as error:
-                    logger.info("outbox relay: Redis unavailable (%s)", error)
+                    self._report(f"{type(error).__name__}: {error}")
                     stop_event.wait(self.poll_interval)
                 except Exception:
                     logger.exception("outbox relay step failed; retrying")

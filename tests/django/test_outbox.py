@@ -327,3 +327,24 @@ def test_django_tasks_backend_goes_through_the_outbox(own_redis: RedisServer, pr
     own_redis.start()
     assert outbox.Relay().drain() == 1
     assert tasks.add_on_commit.get_result(result.id).args == [2, 3]
+
+
+def test_an_entry_redis_refuses_for_good_keeps_its_reason_and_blocks_no_other(
+    own_redis: RedisServer, prefix: str
+):
+    own_redis.stop()
+    with transaction.atomic():
+        enqueue(
+            "orders", "orphan", parent={"id": "gone", "queue": f"{prefix}:orders"}, on_commit=True
+        )
+    with transaction.atomic():
+        enqueue("orders", "fine", on_commit=True)
+    own_redis.start()
+    assert outbox.Relay().drain() == 1  # "fine", behind the refused one
+    (orphan,) = OutboxEntry.objects.all()
+    assert orphan.attempts >= 1 and "ParentJobNotFound" in orphan.last_error
+    client = own_redis.client(decode_responses=True)
+    names = [
+        client.hget(f"{prefix}:orders:{i}", "name") for i in added_ids(client, prefix, "orders")
+    ]
+    assert names == ["fine"]

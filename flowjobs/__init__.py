@@ -3,7 +3,8 @@
 Importing this package does not import Django: the engine is re-exported eagerly
 (it only needs redis-py) and ``processor`` is loaded on first use. The
 transaction-safe helpers live in ``flowjobs.enqueue`` (enqueue, enqueue_bulk,
-enqueue_flow); settings and shared queues in ``flowjobs.conf``.
+enqueue_flow and their async twins, through the outbox of ``flowjobs.outbox``);
+settings and shared queues in ``flowjobs.conf``.
 """
 
 from __future__ import annotations

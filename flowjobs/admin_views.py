@@ -737,6 +737,7 @@ def dashboard_context(model_admin: ModelAdmin, request: HttpRequest) -> dict:
         charts=charts,
         charts_recorded=any(chart.recorded for chart in charts),
         live_url=_url("live_dashboard"),
+        outbox=outbox_backlog(),
     )
     return context
 
@@ -755,6 +756,34 @@ def discovered_queues(client: redis.Redis, redis_url: str, prefix: str) -> list[
         found = (time.monotonic(), mirror.discover_queues(client, prefix))
         _discovered[where] = found
     return found[1]
+
+
+def outbox_backlog() -> list[dict[str, Any]]:
+    """Per watched database: outbox entries waiting for Redis, the oldest one's age, and
+    the last error of the oldest entry Redis has refused so far (issue 15)."""
+    from . import conf, outbox
+    from .models import OutboxEntry
+
+    found = []
+    for alias in outbox.outbox_settings().databases:
+        count, age = outbox.backlog(alias)
+        failing = (
+            OutboxEntry.objects.using(alias)
+            .filter(prefix=conf.settings().PREFIX)
+            .exclude(last_error="")
+            .order_by("id")
+            .values_list("last_error", flat=True)
+            .first()
+        )
+        found.append(
+            {
+                "database": alias,
+                "entries": count,
+                "oldest": format_duration(int(age * 1000)) if age is not None else "",
+                "last_error": failing or "",
+            }
+        )
+    return found
 
 
 def _worker_names(prefix: str, queue: str, clients: list[dict[str, Any]]) -> list[str]:

@@ -12,6 +12,12 @@ Ids:
 - flowjobs.E030 TASKS names flowjobs' django.tasks backend on a Django older than 6.0
 - flowjobs.W001 Redis does not answer at REDIS_URL (1 s timeout; password masked)
 - flowjobs.W002 Redis maxmemory-policy is not noeviction (jobs may be evicted)
+- flowjobs.E021 an OUTBOX_* setting is not valid
+- flowjobs.W003 no outbox relay is running (no relay holds its lock in Redis)
+- flowjobs.W004 the outbox holds an entry older than OUTBOX_MAX_AGE
+
+The outbox checks (W003, W004) read the database, so they run only when asked for
+databases: ``manage.py check --database default`` (a deploy or health check).
 
 The Redis checks run with every ``check`` (tag ``flowjobs``), unless the
 ``CHECK_REDIS`` setting is False; they are warnings so ``migrate`` and
@@ -27,11 +33,18 @@ import django
 import redis
 from django.conf import settings as django_settings
 from django.core import checks
+from django.db import DatabaseError
 
-from . import conf
+from . import conf, outbox
 from .engine.connection import eviction_warning, probe
 
-__all__ = ["check_redis", "check_settings", "check_tasks_backend", "register_checks"]
+__all__ = [
+    "check_outbox",
+    "check_redis",
+    "check_settings",
+    "check_tasks_backend",
+    "register_checks",
+]
 
 TAG = "flowjobs"
 CONNECT_TIMEOUT_S = 1.0
@@ -48,6 +61,54 @@ def check_settings(
     ]
     if not found:  # the mirror's settings build on valid base settings
         found += [checks.Error(message, id="flowjobs.E020") for message in mirror.check_settings()]
+        found += [checks.Error(message, id="flowjobs.E021") for message in outbox.check_settings()]
+    return found
+
+
+def check_outbox(
+    app_configs: Sequence[Any] | None = None,
+    databases: Sequence[str] | None = None,
+    **kwargs: Any,
+) -> list[checks.CheckMessage]:
+    """The outbox relay is alive and the backlog young (database-tagged: needs rows)."""
+    if not databases or conf.problems() or outbox.check_settings():
+        return []
+    config = outbox.outbox_settings()
+    found: list[checks.CheckMessage] = []
+    for alias in config.databases:
+        if alias not in databases:
+            continue
+        try:
+            count, age = outbox.backlog(alias)
+        except DatabaseError:
+            continue  # not migrated yet: migrate's own output says so
+        if age is not None and age > config.max_age:
+            found.append(
+                checks.Warning(
+                    f"the outbox of database {alias!r} holds {count} entr(ies), the oldest "
+                    f"{age:.0f}s old (OUTBOX_MAX_AGE {config.max_age:g}s): jobs committed "
+                    "but not in Redis yet",
+                    hint="Is Redis reachable, and a relay running (runworker with OUTBOX_RELAY "
+                    "on, or manage.py relayoutbox)? Entries Redis refused show their "
+                    "last_error in the admin dashboard.",
+                    id="flowjobs.W004",
+                )
+            )
+    if conf.settings().CHECK_REDIS:
+        try:
+            alive = outbox.relay_heartbeat_ms() is not None
+        except redis.RedisError:
+            alive = True  # W001 already says Redis does not answer
+        if not alive:
+            found.append(
+                checks.Warning(
+                    "no outbox relay is running: entries whose push after commit failed "
+                    "stay in the database until one runs",
+                    hint="Run manage.py runworker (OUTBOX_RELAY on, the default) or "
+                    "manage.py relayoutbox.",
+                    id="flowjobs.W003",
+                )
+            )
     return found
 
 
@@ -109,3 +170,4 @@ def register_checks() -> None:
     checks.register(check_settings, TAG)
     checks.register(check_tasks_backend, TAG)
     checks.register(check_redis, TAG)
+    checks.register(check_outbox, TAG, checks.Tags.database)

@@ -67,9 +67,8 @@ _SPEC: dict[str, tuple[str, Any]] = {
 }
 DEFAULTS: Mapping[str, Any] = MappingProxyType({k: v[1] for k, v in _SPEC.items()})
 
-# Keys owned by flowjobs.mirror (validated there); accepted here without complaint.
-# Keys owned by flowjobs.mirror and flowjobs.views (validated there).
-_FOREIGN_PREFIXES = ("MIRROR_", "METRICS_")
+# Keys owned by flowjobs.mirror, flowjobs.views and flowjobs.outbox (validated there).
+_FOREIGN_PREFIXES = ("MIRROR_", "METRICS_", "OUTBOX_")
 
 # What a QUEUES entry may override, and the kind of each.
 _QUEUE_SPEC: dict[str, str] = {

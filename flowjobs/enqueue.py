@@ -1,4 +1,4 @@
-"""Transaction-safe enqueueing: jobs written to Redis only when the database commits.
+"""Transaction-safe enqueueing: a committed row always gets its job (the outbox).
 
     from flowjobs.enqueue import enqueue, enqueue_bulk, enqueue_flow
 
@@ -6,31 +6,45 @@
         order = Order.objects.create(...)
         enqueue("orders", "confirm", {"order": order.pk}, on_commit=True)
 
-With ``on_commit=True`` (or ``None`` and the ``ENQUEUE_ON_COMMIT`` setting on) the
-write is handed to ``transaction.on_commit``: a worker never sees a job whose rows
-are not committed yet, and a rolled-back transaction enqueues nothing. Outside an
-atomic block Django runs on-commit callbacks at once, so the job is written at once.
+With ``on_commit=True`` (or ``None`` and the ``ENQUEUE_ON_COMMIT`` setting on) the job,
+the bulk add or the whole flow is written as one outbox row in the same database
+transaction (``using=`` picks the database) and pushed to Redis right after the
+commit; if Redis cannot take it then (refused, hung, full) the relay pushes it later
+(``flowjobs.outbox``, docs/outbox.md). A worker never sees a job whose rows are not
+committed, a rolled-back transaction enqueues nothing, and the caller never gets an
+exception after COMMIT because Redis is unavailable.
 
 Validation is never deferred: names, options and data are checked (by the engine's
 ``Queue.encode``) when you call, and a bad job raises ``InvalidJobOptions`` /
-``InvalidJobData`` before the transaction commits. Only the Redis write waits.
+``InvalidJobData`` before anything is written. Jobs without a ``job_id`` get one now
+(a UUID), so a repeated push never adds a job twice.
 
-The helpers return the added ``Job`` (or flow ``JobNode``) when the write happened
-during the call, and ``None`` when it was deferred to the commit; pass ``job_id=``
-when the caller needs the id up front.
+The helpers return the added ``Job`` (or flow ``JobNode``) when it reached Redis
+during the call (``on_commit=False``, or outside a transaction while Redis answers),
+and ``None`` when it waits for the commit or the relay; pass ``job_id=`` when the
+caller needs the id up front. ``aenqueue``, ``aenqueue_bulk`` and ``aenqueue_flow``
+are the same for async code.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from django.db import transaction
+from asgiref.sync import sync_to_async
 
-from . import conf
+from . import conf, outbox
 from .engine import Flow, Job, JobNode
+from .outbox_entry import OutboxKind
 
-__all__ = ["enqueue", "enqueue_bulk", "enqueue_flow"]
+__all__ = [
+    "aenqueue",
+    "aenqueue_bulk",
+    "aenqueue_flow",
+    "enqueue",
+    "enqueue_bulk",
+    "enqueue_flow",
+]
 
 
 def _defer(on_commit: bool | None) -> bool:
@@ -39,14 +53,10 @@ def _defer(on_commit: bool | None) -> bool:
     return bool(on_commit)
 
 
-def _run(write: Callable[[], Any], on_commit: bool | None, using: str | None) -> Any:
-    if not _defer(on_commit):
-        return write()
-    connection = transaction.get_connection(using)
-    if not connection.in_atomic_block:
-        return write()
-    transaction.on_commit(write, using=using)
-    return None
+def _with_id(options: dict[str, Any]) -> dict[str, Any]:
+    if options.get("job_id") is None:
+        options["job_id"] = outbox.new_job_id()
+    return options
 
 
 def enqueue(
@@ -58,11 +68,14 @@ def enqueue(
     using: str | None = None,
     **options: Any,
 ) -> Job | None:
-    """Adds job ``name`` to ``queue_name`` (options as ``Queue.add``), at commit when
-    deferred. Returns the Job, or None when the write waits for the commit."""
+    """Adds job ``name`` to ``queue_name`` (options as ``Queue.add``), through the outbox
+    when deferred. Returns the Job, or None when it waits for the commit or the relay."""
     queue = conf.get_queue(queue_name)
-    encoded = queue.encode(name, data, **options)
-    return _run(lambda: queue.add_encoded([encoded])[0], on_commit, using)
+    if not _defer(on_commit):
+        return queue.add_encoded([queue.encode(name, data, **options)])[0]
+    encoded = queue.encode(name, data, **_with_id(options))
+    added = outbox.stage(OutboxKind.JOBS, [encoded], using)
+    return added[0] if added else None
 
 
 def enqueue_bulk(
@@ -74,10 +87,20 @@ def enqueue_bulk(
 ) -> list[Job] | None:
     """Adds ``[{"name", "data", "opts"}, ...]`` to one queue atomically (all or none)."""
     queue = conf.get_queue(queue_name)
-    encoded = queue.encode_bulk(jobs)
+    if not _defer(on_commit):
+        encoded = queue.encode_bulk(jobs)
+        return queue.add_encoded(encoded) if encoded else []
+    items: list[Any] = []
+    for item in jobs:
+        if isinstance(item, tuple):  # (name, data, opts), as Queue.add_bulk takes
+            item = dict(zip(("name", "data", "opts"), item, strict=False))
+        if isinstance(item, Mapping) and isinstance(item.get("opts") or {}, Mapping):
+            item = {**item, "opts": _with_id(dict(item.get("opts") or {}))}
+        items.append(item)
+    encoded = queue.encode_bulk(items)
     if not encoded:
         return []
-    return _run(lambda: queue.add_encoded(encoded), on_commit, using)
+    return outbox.stage(OutboxKind.JOBS, encoded, using)
 
 
 def enqueue_flow(
@@ -88,7 +111,20 @@ def enqueue_flow(
     using: str | None = None,
 ) -> JobNode | None:
     """Adds a flow (a ``Flow`` tree or the dict form) with the configured FlowProducer,
-    at commit when deferred. Returns the JobNode tree, or None when deferred."""
+    as one outbox entry when deferred (one atomic add in Redis either way). Returns the
+    JobNode tree, or None when it waits for the commit or the relay. Every node gets its
+    job id now (the FlowProducer does that for nodes without one)."""
     producer = conf.get_flow_producer()
     encoded = producer.encode([flow], dict(parent) if parent else None)  # type: ignore[list-item]
-    return _run(lambda: producer.add_encoded(encoded)[0], on_commit, using)
+    if not _defer(on_commit):
+        return producer.add_encoded(encoded)[0]
+    added = outbox.stage(OutboxKind.FLOW, encoded, using)
+    return added[0] if added else None
+
+
+aenqueue = sync_to_async(enqueue)
+aenqueue.__doc__ = "``enqueue`` for async code (runs in Django's sync thread)."
+aenqueue_bulk = sync_to_async(enqueue_bulk)
+aenqueue_bulk.__doc__ = "``enqueue_bulk`` for async code."
+aenqueue_flow = sync_to_async(enqueue_flow)
+aenqueue_flow.__doc__ = "``enqueue_flow`` for async code."

@@ -171,3 +171,16 @@ class LeaseFence(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} @ {self.fence}"
+
+
+from .outbox_entry import OutboxEntry, OutboxKind  # noqa: E402 - the outbox table (issue 15)
+
+__all__ = [
+    "JobRecord",
+    "JobState",
+    "LeaseFence",
+    "OutboxEntry",
+    "OutboxKind",
+    "StreamPosition",
+    "UnstorableJob",
+]

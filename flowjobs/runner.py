@@ -196,6 +196,14 @@ def _start_mirror(stop_event: threading.Event) -> threading.Thread | None:
     return start(stop_event)
 
 
+def _start_outbox_relay(stop_event: threading.Event) -> None:
+    """Starts the outbox relay thread (issue 15; one active per deployment by its lock,
+    off with OUTBOX_RELAY); it stops with the mirror's ``stop_event``."""
+    from . import outbox
+
+    outbox.start_in_worker(stop_event)
+
+
 def _stop_mirror(stop_event: threading.Event, thread: threading.Thread | None) -> None:
     """Stops the projector and waits for it, so it releases its deployment lock now and
     another runworker takes over at once (not after the lock's TTL)."""
@@ -232,6 +240,8 @@ class WorkerProcess:
                 return EXIT_FATAL
             if self.options.mirror and current.MIRROR and not self.options.child:
                 mirror_thread = _start_mirror(mirror_stop)
+            if not self.options.child:
+                _start_outbox_relay(mirror_stop)
             code = self._watch()
             return code
         finally:
@@ -470,6 +480,7 @@ class Supervisor:
         try:
             if self.options.mirror and current.MIRROR:
                 mirror_thread = _start_mirror(mirror_stop)
+            _start_outbox_relay(mirror_stop)
             self.children = [self._spawn() for _ in range(self.processes)]
             return self._watch()
         finally:

@@ -233,9 +233,12 @@ def _sync_from_url(url: str, **options: Any) -> SyncClient:
     return redis.Redis.from_url(url, **options)
 
 
-def sync_client(connection: Connection, blocking_wait_s: float | None = None) -> SyncClient:
-    """A decoding redis-py client for a URL (with `client_options`), or the given client
-    as it is. `blocking_wait_s`: the longest blocking wait the caller will send."""
+def sync_client(
+    connection: Connection, blocking_wait_s: float | None = None, **options: Any
+) -> SyncClient:
+    """A decoding redis-py client for a URL (with `client_options`; `options` override
+    them, e.g. a shorter ``socket_timeout``), or the given client as it is.
+    `blocking_wait_s`: the longest blocking wait the caller will send."""
     url = _url_of(connection)
     if url is None:
         if not isinstance(connection, redis.Redis | redis.cluster.RedisCluster):
@@ -244,7 +247,7 @@ def sync_client(connection: Connection, blocking_wait_s: float | None = None) ->
                 f"got {type(connection).__name__}"
             )
         return connection
-    return _sync_from_url(url, **client_options(blocking_wait_s))
+    return _sync_from_url(url, **{**client_options(blocking_wait_s), **options})
 
 
 def async_client(

@@ -9,13 +9,13 @@ from typing import Any
 
 import redis
 
-from . import scripts
 from .connection import Connection, check_cluster_prefix, sync_client
-from .errors import InvalidJobOptions, error_for_code
+from .errors import InvalidJobOptions
 from .job import Job
 from .keys import QueueKeys, split_job_key
 from .options import EncodedJob, encode_job
-from .queue import Queue, connection_failed
+from .outbox import PushReceipt
+from .queue import Queue, run_add
 
 
 @dataclass
@@ -153,23 +153,15 @@ class FlowProducer:
         ]
         return EncodedFlows(encoded, shapes)
 
-    def add_encoded(self, flows: EncodedFlows) -> list[JobNode]:
-        """Writes trees checked by `encode`, in one atomic step."""
+    def add_encoded(self, flows: EncodedFlows, receipt: PushReceipt | None = None) -> list[JobNode]:
+        """Writes trees checked by `encode`, in one atomic step; with `receipt`, as the
+        push of an outbox entry."""
         encoded = flows.jobs
         if not encoded:
             return []
-        args: list[Any] = [len(encoded)]
-        for job in encoded:
-            args.extend(job.script_args())
         first = QueueKeys(*encoded[0].queue_key.split(":", 1))
-        try:
-            result = scripts.run(self.client, "add_jobs", [first.meta], args)
-        except (redis.ConnectionError, redis.TimeoutError) as error:
-            raise connection_failed("add flow", encoded, self.connection, error) from error
-        if result[0] != 0:
-            failed = encoded[result[1] - 1]
-            raise error_for_code(result[0], failed.job_id, failed.queue_key, "add flow")
-        ids = iter(result[1:])
+        result = run_add(self.client, first.meta, encoded, receipt, self.connection, "add flow")
+        ids = iter(result)
         jobs = iter(encoded)
         return [self._build(shape, jobs, ids) for shape in flows.shapes]
 

@@ -33,6 +33,7 @@ from .finishing import (
 from .job import Job
 from .keys import QueueKeys
 from .options import MAX_PRIORITY, EncodedJob, encode_job, now_ms, whole_argument
+from .outbox import AlreadyPushed, PushReceipt, PushTooLate
 
 # Job states as BullMQ names them, and the Redis structure holding each.
 STATES: dict[str, tuple[str, str]] = {
@@ -168,19 +169,13 @@ class Queue:
             encoded.append(self.encode(name, data, **options))
         return encoded
 
-    def add_encoded(self, jobs: Sequence[EncodedJob]) -> list[Job]:
-        args: list[Any] = [len(jobs)]
-        for job in jobs:
-            args.extend(job.script_args())
-        try:
-            result = scripts.run(self.client, "add_jobs", [self.keys.meta], args)
-        except (redis.ConnectionError, redis.TimeoutError) as error:
-            raise connection_failed("add", jobs, self.connection, error) from error
-        if result[0] != 0:
-            failed = jobs[result[1] - 1]
-            raise error_for_code(result[0], failed.job_id or "(new)", failed.queue_key, "add")
+    def add_encoded(
+        self, jobs: Sequence[EncodedJob], receipt: PushReceipt | None = None
+    ) -> list[Job]:
+        """Writes jobs checked by `encode`; with `receipt`, as the push of an outbox entry."""
+        result = run_add(self.client, self.keys.meta, jobs, receipt, self.connection, "add")
         added = []
-        for job, job_id in zip(jobs, result[1:], strict=True):
+        for job, job_id in zip(jobs, result, strict=True):
             fields = {
                 "name": job.name,
                 "data": job.data_json,
@@ -701,6 +696,36 @@ class Queue:
             next_job.token = fetch_tokens[0] if fetch_tokens else None
             return next_job
         return None
+
+
+def run_add(
+    client: redis.Redis,
+    meta_key: str,
+    jobs: Sequence[EncodedJob],
+    receipt: PushReceipt | None,
+    connection: Connection,
+    operation: str,
+) -> list[str]:
+    """Runs the add script for encoded jobs (of any queues) and returns their ids."""
+    args: list[Any] = [len(jobs)]
+    for job in jobs:
+        args.extend(job.script_args())
+    keys = [meta_key]
+    if receipt is not None:
+        keys += receipt.keys()
+        args += receipt.args()
+    try:
+        result = scripts.run(client, "add_jobs", keys, args)
+    except (redis.ConnectionError, redis.TimeoutError) as error:
+        raise connection_failed(operation, jobs, connection, error) from error
+    if result[0] == 1 and receipt is not None:
+        raise AlreadyPushed(f"{operation}: outbox entry {receipt.key} was already pushed")
+    if result[0] == 2 and receipt is not None:
+        raise PushTooLate(f"{operation}: deadline of outbox entry {receipt.key} has passed")
+    if result[0] != 0:
+        failed = jobs[result[1] - 1]
+        raise error_for_code(result[0], failed.job_id or "(new)", failed.queue_key, operation)
+    return result[1:]
 
 
 def connection_failed(

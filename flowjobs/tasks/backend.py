@@ -24,9 +24,10 @@ from django.tasks.signals import task_enqueued
 from django.utils.json import normalize_json
 from django.utils.module_loading import import_string
 
-from .. import conf
+from .. import conf, outbox
 from ..engine import FlowJobsError, Job, Queue
 from ..engine.options import now_ms
+from ..outbox_entry import OutboxKind
 from . import execution
 from .results import (
     STATUS_BY_STATE,
@@ -76,8 +77,11 @@ class FlowJobsTask(Task):
       exists returns it instead of adding another;
     - ``deduplication``: ``{"id": ..., "ttl": ms, "extend": bool, "replace": bool}``:
       one job per id (the result of a duplicate is the existing job's);
-    - ``enqueue_on_commit``: write the job when the current database transaction
-      commits (nothing at all on rollback); None: the backend's OPTIONS, then FLOWJOBS;
+    - ``enqueue_on_commit``: write the job through the transactional outbox: a row of
+      the current database transaction, pushed to Redis after the commit (by the relay
+      if Redis cannot take it then; nothing at all on rollback; the result's id is the
+      requested id even when deduplication later keeps another job); None: the
+      backend's OPTIONS, then FLOWJOBS;
     - ``job_options``: any other engine option (``remove_on_complete``,
       ``remove_on_fail``, ``keep_logs``, ``stacktrace_limit``, ``timeout``, ``group``).
     """
@@ -258,24 +262,27 @@ class FlowJobsBackend(BaseTaskBackend):
             worker_ids=[],
         )
 
-        def write() -> None:
-            # The delay is counted from the write: a long transaction does not move
-            # run_after, and enqueued_at is when the job really appeared.
-            delay = 0
-            if task.run_after is not None:
-                delay = max(0, math.ceil(to_ms(task.run_after) - now_ms()))
+        delay = 0
+        if task.run_after is not None:
+            delay = max(0, math.ceil(to_ms(task.run_after) - now_ms()))
+        if not self._on_commit(task):
             job = queue.add(task.module_path, data, delay=delay, **options)
             # A deduplicated task is the job that already owns the id.
             object.__setattr__(result, "id", job.id)
             object.__setattr__(result, "enqueued_at", from_ms(job.timestamp))
             execution.send(task_enqueued, type(self), result)
+            return result
 
-        if self._on_commit(task) and transaction.get_connection().in_atomic_block:
-            # Validate now: a bad job raises in the caller, not at commit time.
-            queue.encode(task.module_path, data, **options)
-            transaction.on_commit(write)
-        else:
-            write()
+        # Through the outbox: the job is a row of the caller's transaction (validated
+        # now, pushed after the commit, by the relay if Redis cannot take it then).
+        encoded = queue.encode(task.module_path, data, delay=delay, **options)
+
+        def enqueued() -> None:
+            object.__setattr__(result, "enqueued_at", from_ms(encoded.timestamp))
+            execution.send(task_enqueued, type(self), result)
+
+        outbox.stage(OutboxKind.JOBS, [encoded], None)
+        transaction.on_commit(enqueued, robust=True)
         return result
 
     # ------------------------------------------------------------------ results

@@ -4,14 +4,21 @@
   checked before the first write, so on error nothing is written.
 
   KEYS[1]  meta key of the first job's queue (routing only)
+  KEYS[2]  optional: the push receipt of a flowjobs outbox entry
   ARGV[1]  number of jobs n; then for job i = 1..n three values:
            spec JSON {qk, id ("" = auto), name, ts, delay, priority, lifo,
                       parentKey?, parent? {id, queueKey, fpof|cpof|idof|rdof},
                       waitChildren?, rjk?, de? {id, ttl?, extend?, replace?,
                       keepLastIfActive?}, gid? (group id)},
            data JSON text, opts JSON text
+           with KEYS[2]: then the push deadline (ms, Redis clock) and the receipt's TTL (ms)
   Returns  {0, ids...} or {errorCode, index}:
-           -5 parent missing, -7 existing job attached to another parent
+           -5 parent missing, -7 existing job attached to another parent;
+           with KEYS[2] also {1} already pushed (receipt exists), {2} deadline passed:
+           both write nothing. A receipt makes a repeated push of one outbox entry add
+           nothing even after its jobs were removed; the deadline stops a pusher that
+           read the entry long ago (paused, partitioned) from pushing it after its
+           receipt is gone.
   Events   added, then waiting | delayed | waiting-children; duplicated;
            deduplicated (and removed for a replaced delayed job)
 ]]
@@ -21,6 +28,19 @@
 --- @include "includes/dedup"
 
 local count = tonumber(ARGV[1])
+local receiptKey = KEYS[2]
+if receiptKey then
+  if redis.replicate_commands then
+    redis.replicate_commands() -- TIME before writes (a no-op on Redis 7)
+  end
+  local now = rcall("TIME")
+  if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > tonumber(ARGV[3 * count + 2]) then
+    return {2}
+  end
+  if rcall("EXISTS", receiptKey) == 1 then
+    return {1}
+  end
+end
 local jobs = {}
 local created = {}
 for i = 1, count do
@@ -131,5 +151,8 @@ for i, spec in ipairs(jobs) do
     end
   end
   result[#result + 1] = jobId
+end
+if receiptKey then
+  rcall("SET", receiptKey, "1", "PX", ARGV[3 * count + 3])
 end
 return result

@@ -151,7 +151,7 @@ def test_redis_full_at_commit_the_entry_waits_with_the_reason(own_redis: RedisSe
     assert client.exists(f"{prefix}:orders:id") == 0  # nothing half-written
     assert outbox.Relay().drain() == 0  # still full: the relay records why
     entry.refresh_from_db()
-    assert entry.attempts == 1 and "OutOfMemoryError" in entry.last_error
+    assert entry.attempts == 1 and "OutOfMemory" in entry.last_error
 
     client.config_set("maxmemory", 0)
     assert outbox.Relay().drain() == 1

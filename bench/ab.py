@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 
+from compare import base_case  # bench/compare.py, beside this script
 from engine import free_port  # bench/engine.py, beside this script
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
@@ -34,7 +35,7 @@ DEFAULT_CASES = ["W1.add", "W1.bulk", "W2.c1", "W2.c50", "W2.c50.sync"]
 
 def run_case(contestant: str, case: str, env: dict[str, str]) -> float | None:
     if contestant != "flowjobs":
-        case = case.removesuffix(".sync")
+        case = base_case(case)
     script = os.path.join(HARNESS, "contestants", f"{contestant}.sh")
     out = subprocess.run(
         ["bash", script, "run", case], env=env, capture_output=True, text=True, timeout=600
@@ -69,10 +70,12 @@ def main(argv: list[str]) -> int:
                 break
             time.sleep(0.05)
         results: dict[tuple[str, str], list[float]] = {}
+        loads: list[float] = []
         ratios: dict[str, list[float]] = {}
         for r in range(rounds):
             for case in cases:
                 order = CONTESTANTS if r % 2 == 0 else CONTESTANTS[::-1]
+                loads.append(os.getloadavg()[0])
                 got = {}
                 for contestant in order:
                     subprocess.run([*cli, "flushall"], capture_output=True, check=True)
@@ -81,7 +84,11 @@ def main(argv: list[str]) -> int:
                         results.setdefault((contestant, case), []).append(got[contestant])
                 if None not in got.values():
                     ratios.setdefault(case, []).append(got["flowjobs"] / got["bullmq-node"])
-                print(f"round {r + 1} {case}: {got}", file=sys.stderr, flush=True)
+                print(
+                    f"round {r + 1} {case}: {got} (load {loads[-1]:.2f})",
+                    file=sys.stderr,
+                    flush=True,
+                )
         print(
             f"| case | flowjobs jobs/s | Node BullMQ jobs/s | flowjobs / Node (median of {rounds} rounds) | range |"
         )
@@ -96,6 +103,10 @@ def main(argv: list[str]) -> int:
                 if mine and theirs and each
                 else f"| {case} | - | - | - | - |"
             )
+        print(
+            f"\n1-minute load average before the rounds: median {statistics.median(loads):.2f}, "
+            f"range {min(loads):.2f}-{max(loads):.2f} ({os.cpu_count()} CPUs)"
+        )
     finally:
         redis.terminate()
         redis.wait(timeout=10)

@@ -110,8 +110,16 @@ def load(paths: list[str]) -> tuple[dict, dict, list[tuple[str, str]]]:
     return values, statuses, info
 
 
+FLOWJOBS_ONLY_SUFFIXES = (".sync", ".runworker")
+
+
 def base_case(case: str) -> str:
-    return case.removesuffix(".sync")
+    """The anchors' case a flowjobs-only variant is compared with: `W2.c50.sync` and
+    `W2.c50.runworker` with `W2.c50` (the anchors have neither sync processors nor
+    a Django command)."""
+    for suffix in FLOWJOBS_ONLY_SUFFIXES:
+        case = case.removesuffix(suffix)
+    return case
 
 
 def case_rank(case: str) -> tuple[int, str]:

@@ -63,6 +63,9 @@ CASES = [
     "W2.cpu.p2",
     "W2.c1.sync",
     "W2.c50.sync",
+    "W2.c1.runworker",
+    "W2.c50.runworker",
+    "W2.c50.p2.runworker",
     "W3.flow",
     "W4.latency",
     "W4.latency.sync",
@@ -433,6 +436,69 @@ def w2_processes(processes: int, concurrency: int, case: str, processor: str = "
     emit(case, "jobs_per_s", N_JOBS / ((t_last - t_first) / 1000.0))
 
 
+# bench/run runs a copy of this file from its scratch harness: find bench_site in the repo
+REPO_DIR = os.environ.get("FLOWJOBS_SRC") or os.path.dirname(
+    os.path.dirname(os.path.abspath(__file__))
+)
+BENCH_DIR = os.path.join(REPO_DIR, "bench")
+
+
+def site_env(site_dir: str) -> dict[str, str]:
+    """The environment of `manage.py` commands on bench/bench_site (default settings)."""
+    path = [BENCH_DIR, REPO_DIR, os.environ.get("PYTHONPATH", "")]
+    return dict(
+        os.environ,
+        DJANGO_SETTINGS_MODULE="bench_site.settings",
+        PYTHONPATH=os.pathsep.join(p for p in path if p),
+        REDIS_URL=REDIS_URL,
+        BENCH_PREFIX=PREFIX,
+        BENCH_SITE_DIR=site_dir,
+    )
+
+
+def worker_connections(r: redis.Redis) -> int:
+    """runworker processes connected to the bench queue (named `<prefix>:<queue>:w:...`)."""
+    return sum(":w:" in (c.get("name") or "") for c in r.client_list())
+
+
+def w2_runworker(processes: int, concurrency: int, case: str) -> None:
+    """W2 as Django users run it: `manage.py runworker` with the site's default settings
+    (mirror on, runworker's own logging) and a plain `def` processor. The queue is paused
+    while it fills and the workers start, then resumed."""
+    import tempfile
+
+    r = sync_redis()
+    with tempfile.TemporaryDirectory(prefix="flowjobs-bench-site-") as site_dir:
+        env = site_env(site_dir)
+        django = [sys.executable, "-m", "django"]
+        subprocess.run([*django, "migrate", "-v", "0"], env=env, check=True)
+        q = new_queue()
+        q.pause()
+        prefill(N_JOBS)
+        command = [*django, "runworker", "bench", "--concurrency", str(concurrency)]
+        if processes > 1:
+            command += ["--processes", str(processes)]
+        with open(os.path.join(site_dir, "runworker.log"), "w") as log_file:
+            proc = subprocess.Popen(command, env=env, stderr=log_file, stdout=log_file)
+            try:
+                dl = Deadline()
+                while worker_connections(r) < processes:
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"runworker exited with {proc.returncode}")
+                    dl.check("waiting for runworker")
+                    time.sleep(0.02)
+                q.resume()
+                wait_completed(r, N_JOBS, dl)
+            finally:
+                stop_subprocess(proc, term_wait=30)
+                q.close()
+    ids = r.zrange(key("completed"), 0, -1)
+    if r.zcard(key("failed")) or len(ids) != N_JOBS:
+        raise RuntimeError(f"completed={len(ids)} failed={r.zcard(key('failed'))}")
+    t_first, t_last = span_ms(r, ids)
+    emit(case, "jobs_per_s", N_JOBS / ((t_last - t_first) / 1000.0))
+
+
 def w5_flows() -> None:
     """W5: W5_FLOWS flows (parent + W5_CHILDREN children, one queue) added one by one
     while W5_WORKERS idle worker processes (concurrency W5_CONCURRENCY each) run.
@@ -530,6 +596,9 @@ def main(argv: list[str]) -> int:
         "W2.cpu.p2": lambda: w2_processes(2, 50, "W2.cpu.p2", "cpu"),
         "W2.c1.sync": lambda: w2(1, "W2.c1.sync", noop_sync),
         "W2.c50.sync": lambda: w2(50, "W2.c50.sync", noop_sync),
+        "W2.c1.runworker": lambda: w2_runworker(1, 1, "W2.c1.runworker"),
+        "W2.c50.runworker": lambda: w2_runworker(1, 50, "W2.c50.runworker"),
+        "W2.c50.p2.runworker": lambda: w2_runworker(2, 50, "W2.c50.p2.runworker"),
         "W3.flow": w3_flow,
         "W4.latency": lambda: w4_latency("async", "W4.latency"),
         "W4.latency.sync": lambda: w4_latency("sync", "W4.latency.sync"),

@@ -429,11 +429,7 @@ def w2_processes(processes: int, concurrency: int, case: str, processor: str = "
         for p in procs:
             stop_subprocess(p)
         q.close()
-    ids = r.zrange(key("completed"), 0, -1)
-    if r.zcard(key("failed")) or len(ids) != N_JOBS:
-        raise RuntimeError(f"completed={len(ids)} failed={r.zcard(key('failed'))}")
-    t_first, t_last = span_ms(r, ids)
-    emit(case, "jobs_per_s", N_JOBS / ((t_last - t_first) / 1000.0))
+    emit_drain_rate(r, case)
 
 
 # bench/run runs a copy of this file from its scratch harness: find bench_site in the repo
@@ -492,6 +488,12 @@ def w2_runworker(processes: int, concurrency: int, case: str) -> None:
             finally:
                 stop_subprocess(proc, term_wait=30)
                 q.close()
+    emit_drain_rate(r, case)
+
+
+def emit_drain_rate(r: redis.Redis, case: str) -> None:
+    """Checks that all N_JOBS jobs completed, and emits their rate from the jobs' own
+    first processedOn to last finishedOn."""
     ids = r.zrange(key("completed"), 0, -1)
     if r.zcard(key("failed")) or len(ids) != N_JOBS:
         raise RuntimeError(f"completed={len(ids)} failed={r.zcard(key('failed'))}")

@@ -29,7 +29,7 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from . import cancellation, groups, schedulers, scripts, telemetry
+from . import cancellation, groups, joblog, schedulers, scripts, telemetry
 from .backoff import BackoffStrategy
 from .connection import Connection, async_client, describe, eviction_warning, is_cluster
 from .errors import (
@@ -558,6 +558,7 @@ class Worker:
 
     async def _process(self, job: Job) -> None:
         self._emit("active", job)
+        joblog.started(job, self.queue.name)
         try:
             if job.repeat_job_key:
                 await self._advance_scheduler(job)
@@ -728,16 +729,18 @@ class Worker:
 
     async def _record_batch(self, lane: Any, batch: list[tuple[Job, str, Any]]) -> None:
         calls: list[scripts.Call] = []
-        plans: list[tuple[Job, str, Any]] = []
+        plans: list[tuple[Job, str, Any, int]] = []
         for job, outcome, value in batch:
             self._active.pop(job.id, None)
             call = self._outcome_call(job, outcome, value)
-            if call is not None:
+            if call is None:
+                joblog.recorded(job, self.queue.name, outcome, value)
+            else:
                 calls.append(call[0])
-                plans.append((job, call[1], call[2]))
+                plans.append((job, *call[1:]))
         fetch_tokens: list[str] = []
         # a job given back for a rate limit must not be fetched again in the same round trip
-        limited = any(outcome == "rate-limited" for _, outcome, _ in plans)
+        limited = any(plan[1] == "rate-limited" for plan in plans)
         if (
             self._can_fetch()
             and self._free_slots() > 0
@@ -764,8 +767,9 @@ class Worker:
                 await self._connection_lost(error, delay)
                 delay = min(delay * 2, CONNECTION_RETRY_MAX_S)
         self._reserved -= len(fetch_tokens)
-        for (job, outcome, value), result in zip(plans, results, strict=False):
-            self._after_record(job, outcome, value, result)
+        for (job, outcome, value, retry_delay_ms), result in zip(plans, results, strict=False):
+            if self._after_record(job, outcome, value, result):
+                joblog.recorded(job, self.queue.name, outcome, value, retry_delay_ms)
         self._processed_since_drained = True
         if fetch_tokens:
             result = results[-1]
@@ -785,7 +789,9 @@ class Worker:
 
     def _outcome_call(
         self, job: Job, outcome: str, value: Any
-    ) -> tuple[scripts.Call, str, Any] | None:
+    ) -> tuple[scripts.Call, str, Any, int] | None:
+        """The script call recording the outcome, the outcome as recorded, its value
+        and the retry delay (ms) of a failure that will be retried."""
         token = job.token or "0"
         if outcome == "moved":
             return None
@@ -798,6 +804,7 @@ class Worker:
                 ),
                 outcome,
                 value,
+                0,
             )
         if outcome == "completed":
             try:
@@ -822,15 +829,17 @@ class Worker:
                     ),
                     outcome,
                     value,
+                    0,
                 )
         plan = plan_failure(job, value, self.backoff_strategies)
         keep = keep_jobs(job.opts.get("removeOnFail"), self.remove_on_fail)
         call = failure_call(
             job, value, token, plan, keep, None, self.fetch, self.metrics_max_data_points
         )
-        return call, ("failed" if plan.kind == "fail" else "retried"), value
+        return call, ("failed" if plan.kind == "fail" else "retried"), value, plan.delay_ms
 
-    def _after_record(self, job: Job, outcome: str, value: Any, result: Any) -> None:
+    def _after_record(self, job: Job, outcome: str, value: Any, result: Any) -> bool:
+        """Emits the local event of a recorded outcome; False when Redis refused it."""
         if isinstance(result, BaseException) or (isinstance(result, int) and result < 0):
             error = (
                 result
@@ -839,7 +848,7 @@ class Worker:
             )
             logger.warning("could not record %s of job %s: %s", outcome, job.id, error)
             self._emit("error", error)
-            return
+            return False
         self.jobs_processed += 1
         if outcome == "completed":
             self._emit("completed", job, value)
@@ -849,6 +858,7 @@ class Worker:
         else:
             job.failed_reason = error_message(value)
             self._emit("failed", job, value)
+        return True
 
     async def _drain_active(self) -> None:
         """Graceful close: wait for running jobs and record them."""

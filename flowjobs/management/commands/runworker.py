@@ -19,8 +19,11 @@ def _positive(value: str) -> int:
 
 
 def ensure_logging(verbosity: int) -> None:
-    """Show flowjobs' INFO lines on stderr unless the project configured a handler."""
+    """Show flowjobs' INFO lines on stderr unless the project configured a handler;
+    ``-v 2`` or more adds the per-job DEBUG lines (started, completed) in any case."""
     flowjobs_logger = logging.getLogger("flowjobs")
+    if verbosity >= 2:
+        logging.getLogger("flowjobs.worker").setLevel(logging.DEBUG)
     if flowjobs_logger.handlers or logging.getLogger().handlers:
         return
     handler = logging.StreamHandler(sys.stderr)

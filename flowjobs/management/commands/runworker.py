@@ -74,7 +74,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--no-mirror",
             action="store_true",
-            help="do not run the SQL mirror projector in this runworker",
+            help="do not run the SQL mirror projector beside this runworker's workers",
         )
         parser.add_argument(
             "--pool",
@@ -90,9 +90,20 @@ class Command(BaseCommand):
             "processors); a job's own `timeout` option wins",
         )
         parser.add_argument("--child", action="store_true", help="(internal) supervised child")
+        parser.add_argument(
+            "--services",
+            action="store_true",
+            help="(internal) run the background services (mirror, ...) of a runworker",
+        )
+        parser.add_argument(
+            "--service", action="append", default=[], help="(internal) a service to run"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         ensure_logging(options["verbosity"])
+        if options["services"]:
+            runner.run_services(options["service"])
+            return
         run_options = runner.RunOptions(
             queues=list(options["queues"]),
             concurrency=options["concurrency"],

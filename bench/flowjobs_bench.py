@@ -467,7 +467,8 @@ def w2_runworker(processes: int, concurrency: int, case: str) -> None:
     with tempfile.TemporaryDirectory(prefix="flowjobs-bench-site-") as site_dir:
         env = site_env(site_dir)
         django = [sys.executable, "-m", "django"]
-        subprocess.run([*django, "migrate", "-v", "0"], env=env, check=True)
+        # cwd: `python -m` puts it first on the path, before the checkout under test
+        subprocess.run([*django, "migrate", "-v", "0"], env=env, cwd=site_dir, check=True)
         q = new_queue()
         q.pause()
         prefill(N_JOBS)
@@ -475,7 +476,9 @@ def w2_runworker(processes: int, concurrency: int, case: str) -> None:
         if processes > 1:
             command += ["--processes", str(processes)]
         with open(os.path.join(site_dir, "runworker.log"), "w") as log_file:
-            proc = subprocess.Popen(command, env=env, stderr=log_file, stdout=log_file)
+            proc = subprocess.Popen(
+                command, env=env, cwd=site_dir, stderr=log_file, stdout=log_file
+            )
             try:
                 dl = Deadline()
                 while worker_connections(r) < processes:

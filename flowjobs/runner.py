@@ -22,6 +22,7 @@ stops at once, leaving unfinished jobs to the stalled-job check, and exits 1.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -364,6 +365,11 @@ class WorkerProcess:
                 current = conf.settings()
                 queues = resolve_queues(self.options.queues)
                 check_redis_at_start(current.REDIS_URL)
+                # Django, the project and its apps are loaded for good: keep their
+                # objects out of the collector's full passes, which would otherwise
+                # walk them again and again while jobs allocate
+                gc.collect()
+                gc.freeze()
                 self._start(queues, current)
             except FatalError as error:
                 runner_logger.error("runworker: %s", error)

@@ -8,7 +8,7 @@ On a shared machine the speed drifts by tens of percent within minutes, so a ful
 minute of one with a slow minute of the other. Here each round runs one case for
 both contestants back to back, in alternating order, on one private Redis that is
 flushed before every run; the table gives medians and the median of the per-round
-ratios. Needs a previous `bench/run` (the harness copy in bench/.cache/anchors and
+ratios. Needs the harness copy in bench/.cache/anchors (`BENCH_PREPARE_ONLY=1 bench/run`) and
 the anchors installed). A `.sync` case of flowjobs is compared with Node's case of
 the same name without the suffix (Node has no synchronous processors).
 """

@@ -8,9 +8,11 @@ On a shared machine the speed drifts by tens of percent within minutes, so a ful
 minute of one with a slow minute of the other. Here each round runs one case for
 both contestants back to back, in alternating order, on one private Redis that is
 flushed before every run; the table gives medians and the median of the per-round
-ratios. Needs the harness copy in bench/.cache/anchors (`BENCH_PREPARE_ONLY=1 bench/run`) and
-the anchors installed). A `.sync` case of flowjobs is compared with Node's case of
-the same name without the suffix (Node has no synchronous processors).
+ratios. Needs the harness copy in bench/.cache/anchors (`BENCH_PREPARE_ONLY=1
+bench/run`) and Node's bullmq (ANCHORS_NODE, e.g. tests/interop). A `.sync` or
+`.runworker` case of flowjobs is compared with Node's case of the same name without
+the suffix (Node has neither synchronous processors nor a Django command). The load
+average before each round is printed with the round and under the table.
 """
 
 from __future__ import annotations

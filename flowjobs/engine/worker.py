@@ -29,7 +29,7 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from . import cancellation, groups, joblog, schedulers, scripts, telemetry
+from . import cancellation, groups, joblog, loopwatch, schedulers, scripts, telemetry
 from .backoff import BackoffStrategy
 from .connection import Connection, async_client, describe, eviction_warning, is_cluster
 from .errors import (
@@ -348,6 +348,7 @@ class Worker:
         elif not self._is_async:
             self._threads = ThreadPool(self._loop, self.concurrency, f"flowjobs-{self.queue.name}")
         tasks: list[asyncio.Task] = []
+        watch = loopwatch.LoopWatch(self._loop, self.queue.name, self._active, self.lock_duration)
         try:
             await self._connect()
             if is_cluster(self._aclient):
@@ -370,6 +371,8 @@ class Worker:
                 tasks.append(asyncio.create_task(self._lock_renewer()))
             if not self.skip_stalled_check:
                 tasks.append(asyncio.create_task(self._stalled_checker()))
+            if self._is_async:
+                tasks.append(watch.start())
             await tasks[0]
             await self._drain_active()
         except BaseException as error:
@@ -383,6 +386,7 @@ class Worker:
                 )
         finally:
             self._started.set()
+            watch.stop()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

@@ -14,7 +14,8 @@ Environment: REDIS_URL (or REDIS_HOST/REDIS_PORT), BENCH_PREFIX [bull],
 BENCH_N, BENCH_BULK_CHUNK, BENCH_FLOW_CHILDREN, BENCH_LAT_SAMPLES,
 BENCH_LAT_WARMUP, BENCH_LAT_GAP_MS, BENCH_CASE_DEADLINE_S, and for W5:
 BENCH_W5_FLOWS [200], BENCH_W5_CHILDREN [10], BENCH_W5_WORKERS [2],
-BENCH_W5_CONCURRENCY [10].
+BENCH_W5_CONCURRENCY [10], for W6: BENCH_W6_N [5000], BENCH_W6_CONCURRENCY [2],
+BENCH_W6_SERVER_URL [postgres://flowjobs:flowjobs@127.0.0.1:5432/postgres].
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ CASES = [
     "W2.c1.runworker",
     "W2.c50.runworker",
     "W2.c50.p2.runworker",
+    "W6.orm.runworker",
     "W3.flow",
     "W4.latency",
     "W4.latency.sync",
@@ -110,8 +112,8 @@ def now_ms() -> float:
     return time.time() * 1000.0
 
 
-def key(suffix: str) -> str:
-    return f"{PREFIX}:{QUEUE}:{suffix}"
+def key(suffix: str, queue: str = QUEUE) -> str:
+    return f"{PREFIX}:{queue}:{suffix}"
 
 
 def aux_key(name: str) -> str:
@@ -135,8 +137,8 @@ def sync_redis() -> redis.Redis:
     return redis.Redis.from_url(REDIS_URL, decode_responses=True)
 
 
-def new_queue() -> Queue:
-    return Queue(QUEUE, connection=REDIS_URL, prefix=PREFIX)
+def new_queue(name: str = QUEUE) -> Queue:
+    return Queue(name, connection=REDIS_URL, prefix=PREFIX)
 
 
 def new_worker(processor: Callable[..., Any], concurrency: int) -> Worker:
@@ -176,18 +178,18 @@ def bulk_specs(start: int, stop: int) -> list[dict[str, Any]]:
     return [{"name": "job", "data": payload(i)} for i in range(start, stop)]
 
 
-def prefill(n: int) -> None:
-    q = new_queue()
+def prefill(n: int, queue: str = QUEUE) -> None:
+    q = new_queue(queue)
     for start in range(0, n, BULK_CHUNK):
         q.add_bulk(bulk_specs(start, min(n, start + BULK_CHUNK)))
     q.close()
 
 
-def wait_completed(r: redis.Redis, count: int, dl: Deadline) -> None:
+def wait_completed(r: redis.Redis, count: int, dl: Deadline, queue: str = QUEUE) -> None:
     """Poll the completed set (cheap: one ZCARD every 10 ms) until it holds count jobs."""
-    while r.zcard(key("completed")) < count:
-        if r.zcard(key("failed")):
-            raise RuntimeError(f"jobs failed: {r.zrange(key('failed'), 0, 4)}")
+    while r.zcard(key("completed", queue)) < count:
+        if r.zcard(key("failed", queue)):
+            raise RuntimeError(f"jobs failed: {r.zrange(key('failed', queue), 0, 4)}")
         dl.check("waiting for completions")
         time.sleep(0.01)
 
@@ -459,20 +461,72 @@ def worker_connections(r: redis.Redis) -> int:
 
 def w2_runworker(processes: int, concurrency: int, case: str) -> None:
     """W2 as Django users run it: `manage.py runworker` with the site's default settings
-    (mirror on, runworker's own logging) and a plain `def` processor. The queue is paused
-    while it fills and the workers start, then resumed."""
+    (mirror on, runworker's own logging) and a plain `def` processor."""
+    r = sync_redis()
+    runworker_drain(r, QUEUE, N_JOBS, processes, concurrency)
+    emit_drain_rate(r, case)
+
+
+W6_N = int(os.environ.get("BENCH_W6_N", "5000"))
+W6_CONCURRENCY = int(os.environ.get("BENCH_W6_CONCURRENCY", "2"))
+# a server where the bench may create (and drop) a database of its own
+W6_SERVER_URL = os.environ.get(
+    "BENCH_W6_SERVER_URL", "postgres://flowjobs:flowjobs@127.0.0.1:5432/postgres"
+)
+
+
+def w6_orm_runworker() -> None:
+    """W6: one ORM insert per job (bench_site's `Row`) on PostgreSQL, runworker with the
+    default settings and persistent connections, BENCH_W6_CONCURRENCY jobs at a time.
+    jobs_per_s from the rows' own timestamps (the database's clock), first to last."""
+    import uuid
+
+    import psycopg
+
+    name = f"flowjobs_bench_w6_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(W6_SERVER_URL, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    database_url = W6_SERVER_URL.rsplit("/", 1)[0] + "/" + name
+    try:
+        runworker_drain(
+            sync_redis(), "bench-orm", W6_N, 1, W6_CONCURRENCY, {"DATABASE_URL": database_url}
+        )
+        with psycopg.connect(database_url) as db:
+            rows, first, last = db.execute(
+                "SELECT count(*), min(created_at), max(created_at) FROM bench_site_row"
+            ).fetchone()
+        if rows != W6_N:
+            raise RuntimeError(f"{rows} rows for {W6_N} jobs")
+        emit("W6.orm.runworker", "jobs_per_s", W6_N / (last - first).total_seconds())
+    finally:
+        with psycopg.connect(W6_SERVER_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def runworker_drain(
+    r: redis.Redis,
+    queue: str,
+    count: int,
+    processes: int,
+    concurrency: int,
+    extra_env: dict[str, str] | None = None,
+) -> None:
+    """Fills `queue` with `count` jobs while it is paused, starts `manage.py runworker`
+    on bench_site, resumes the queue once the workers are connected, and stops runworker
+    when every job completed."""
     import tempfile
 
-    r = sync_redis()
     with tempfile.TemporaryDirectory(prefix="flowjobs-bench-site-") as site_dir:
-        env = site_env(site_dir)
+        env = {**site_env(site_dir), **(extra_env or {})}
         django = [sys.executable, "-m", "django"]
         # cwd: `python -m` puts it first on the path, before the checkout under test
-        subprocess.run([*django, "migrate", "-v", "0"], env=env, cwd=site_dir, check=True)
-        q = new_queue()
+        subprocess.run(
+            [*django, "migrate", "--run-syncdb", "-v", "0"], env=env, cwd=site_dir, check=True
+        )
+        q = new_queue(queue)
         q.pause()
-        prefill(N_JOBS)
-        command = [*django, "runworker", "bench", "--concurrency", str(concurrency)]
+        prefill(count, queue)
+        command = [*django, "runworker", queue, "--concurrency", str(concurrency)]
         if processes > 1:
             command += ["--processes", str(processes)]
         with open(os.path.join(site_dir, "runworker.log"), "w") as log_file:
@@ -487,11 +541,10 @@ def w2_runworker(processes: int, concurrency: int, case: str) -> None:
                     dl.check("waiting for runworker")
                     time.sleep(0.02)
                 q.resume()
-                wait_completed(r, N_JOBS, dl)
+                wait_completed(r, count, dl, queue)
             finally:
                 stop_subprocess(proc, term_wait=30)
                 q.close()
-    emit_drain_rate(r, case)
 
 
 def emit_drain_rate(r: redis.Redis, case: str) -> None:
@@ -604,6 +657,7 @@ def main(argv: list[str]) -> int:
         "W2.c1.runworker": lambda: w2_runworker(1, 1, "W2.c1.runworker"),
         "W2.c50.runworker": lambda: w2_runworker(1, 50, "W2.c50.runworker"),
         "W2.c50.p2.runworker": lambda: w2_runworker(2, 50, "W2.c50.p2.runworker"),
+        "W6.orm.runworker": w6_orm_runworker,
         "W3.flow": w3_flow,
         "W4.latency": lambda: w4_latency("async", "W4.latency"),
         "W4.latency.sync": lambda: w4_latency("sync", "W4.latency.sync"),

@@ -2,7 +2,7 @@
 per-job logging as runworker sets it up), as a Django user runs it.
 
 Environment: REDIS_URL (or REDIS_HOST/REDIS_PORT), BENCH_PREFIX [bull],
-DATABASE_URL [a SQLite file in BENCH_SITE_DIR or the temp dir].
+DATABASE_URL [a SQLite file in BENCH_SITE_DIR or the temp dir; W6 sets a PostgreSQL one].
 """
 
 from __future__ import annotations

@@ -8,9 +8,11 @@ On a shared machine the speed drifts by tens of percent within minutes, so a ful
 minute of one with a slow minute of the other. Here each round runs one case for
 both contestants back to back, in alternating order, on one private Redis that is
 flushed before every run; the table gives medians and the median of the per-round
-ratios. Needs a previous `bench/run` (the harness copy in bench/.cache/anchors and
-the anchors installed). A `.sync` case of flowjobs is compared with Node's case of
-the same name without the suffix (Node has no synchronous processors).
+ratios. Needs the harness copy in bench/.cache/anchors (`BENCH_PREPARE_ONLY=1
+bench/run`) and Node's bullmq (ANCHORS_NODE, e.g. tests/interop). A `.sync` or
+`.runworker` case of flowjobs is compared with Node's case of the same name without
+the suffix (Node has neither synchronous processors nor a Django command). The load
+average before each round is printed with the round and under the table.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import sys
 import tempfile
 import time
 
+from compare import base_case  # bench/compare.py, beside this script
 from engine import free_port  # bench/engine.py, beside this script
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
@@ -34,7 +37,7 @@ DEFAULT_CASES = ["W1.add", "W1.bulk", "W2.c1", "W2.c50", "W2.c50.sync"]
 
 def run_case(contestant: str, case: str, env: dict[str, str]) -> float | None:
     if contestant != "flowjobs":
-        case = case.removesuffix(".sync")
+        case = base_case(case)
     script = os.path.join(HARNESS, "contestants", f"{contestant}.sh")
     out = subprocess.run(
         ["bash", script, "run", case], env=env, capture_output=True, text=True, timeout=600
@@ -69,10 +72,12 @@ def main(argv: list[str]) -> int:
                 break
             time.sleep(0.05)
         results: dict[tuple[str, str], list[float]] = {}
+        loads: list[float] = []
         ratios: dict[str, list[float]] = {}
         for r in range(rounds):
             for case in cases:
                 order = CONTESTANTS if r % 2 == 0 else CONTESTANTS[::-1]
+                loads.append(os.getloadavg()[0])
                 got = {}
                 for contestant in order:
                     subprocess.run([*cli, "flushall"], capture_output=True, check=True)
@@ -81,7 +86,11 @@ def main(argv: list[str]) -> int:
                         results.setdefault((contestant, case), []).append(got[contestant])
                 if None not in got.values():
                     ratios.setdefault(case, []).append(got["flowjobs"] / got["bullmq-node"])
-                print(f"round {r + 1} {case}: {got}", file=sys.stderr, flush=True)
+                print(
+                    f"round {r + 1} {case}: {got} (load {loads[-1]:.2f})",
+                    file=sys.stderr,
+                    flush=True,
+                )
         print(
             f"| case | flowjobs jobs/s | Node BullMQ jobs/s | flowjobs / Node (median of {rounds} rounds) | range |"
         )
@@ -96,6 +105,10 @@ def main(argv: list[str]) -> int:
                 if mine and theirs and each
                 else f"| {case} | - | - | - | - |"
             )
+        print(
+            f"\n1-minute load average before the rounds: median {statistics.median(loads):.2f}, "
+            f"range {min(loads):.2f}-{max(loads):.2f} ({os.cpu_count()} CPUs)"
+        )
     finally:
         redis.terminate()
         redis.wait(timeout=10)

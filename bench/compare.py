@@ -4,8 +4,8 @@ usage: compare.py RAW.tsv [RAW.tsv ...]      (several files are pooled)
 
 Input: the `rep contestant case metric value` TSV that the anchor harness's run_all.sh
 writes (bench/run keeps them in bench/.cache/raw/<stamp>/). One row per flowjobs case and
-metric; flowjobs' `.sync` variants are compared with the anchors' case of the same name
-without the suffix. The rq and celery columns show that contestant's best variant of the
+metric; flowjobs' `.sync` and `.runworker` variants are compared with the anchors' case of
+the same name without the suffix. The rq and celery columns show that contestant's best variant of the
 same workload (W2.simple, W4.solo, ...). Ratios always read "how much better flowjobs is":
 flowjobs/anchor for throughput (jobs/s), anchor/flowjobs for seconds and milliseconds,
 printed as "N× faster" or "N× slower".
@@ -29,6 +29,7 @@ CASE_ORDER = (
     "W3.flow",
     "W4.latency",
     "W5.flows",
+    "W6.orm",
 )
 LABELS = {
     ("W1.add", "jobs_per_s"): "W1 add {BENCH_N} one by one",
@@ -36,6 +37,7 @@ LABELS = {
     ("W2.c1", "jobs_per_s"): "W2 process {BENCH_N}, concurrency 1",
     ("W2.c50", "jobs_per_s"): "W2 process {BENCH_N}, concurrency 50",
     ("W2.c50.p2", "jobs_per_s"): "W2 process {BENCH_N}, 2 worker processes at concurrency 50",
+    ("W6.orm", "jobs_per_s"): "W6 {BENCH_W6_N} jobs of one ORM insert (PostgreSQL)",
     ("W2.cpu.p1", "jobs_per_s"): "W2 {BENCH_N} jobs of 0.5 ms CPU, 1 worker process",
     ("W2.cpu.p2", "jobs_per_s"): "W2 {BENCH_N} jobs of 0.5 ms CPU, 2 worker processes",
     ("W3.flow", "create_s"): "W3 flow 1+{BENCH_FLOW_CHILDREN}: create",
@@ -54,6 +56,7 @@ SIZES = {
     "BENCH_W5_FLOWS": "200",
     "BENCH_W5_CHILDREN": "10",
     "BENCH_W5_WORKERS": "2",
+    "BENCH_W6_N": "5000",
 }
 
 
@@ -110,8 +113,20 @@ def load(paths: list[str]) -> tuple[dict, dict, list[tuple[str, str]]]:
     return values, statuses, info
 
 
+VARIANT_NOTES = {
+    ".sync": " (sync processor)",
+    ".runworker": " (manage.py runworker, default settings, sync processor)",
+}
+FLOWJOBS_ONLY_SUFFIXES = tuple(VARIANT_NOTES)
+
+
 def base_case(case: str) -> str:
-    return case.removesuffix(".sync")
+    """The anchors' case a flowjobs-only variant is compared with: `W2.c50.sync` and
+    `W2.c50.runworker` with `W2.c50` (the anchors have neither sync processors nor
+    a Django command)."""
+    for suffix in FLOWJOBS_ONLY_SUFFIXES:
+        case = case.removesuffix(suffix)
+    return case
 
 
 def case_rank(case: str) -> tuple[int, str]:
@@ -166,8 +181,9 @@ def main(argv: list[str]) -> int:
         mine = statistics.median(mine_vals) if mine_vals else None
         sizes = {k: f"{int(v):,}" if v.isdigit() else v for k, v in SIZES.items()}
         label = LABELS.get((base_case(case), metric), case).format(**sizes)
-        if case.endswith(".sync"):
-            label += " (sync processor)"
+        for suffix, note in VARIANT_NOTES.items():
+            if case.endswith(suffix):
+                label += note
         cells = [label, case, metric, "higher" if higher_is_better(metric) else "lower"]
         if mine_vals:
             spread = (max(mine_vals) - min(mine_vals)) / mine * 100 if mine else 0.0

@@ -14,7 +14,8 @@ Environment: REDIS_URL (or REDIS_HOST/REDIS_PORT), BENCH_PREFIX [bull],
 BENCH_N, BENCH_BULK_CHUNK, BENCH_FLOW_CHILDREN, BENCH_LAT_SAMPLES,
 BENCH_LAT_WARMUP, BENCH_LAT_GAP_MS, BENCH_CASE_DEADLINE_S, and for W5:
 BENCH_W5_FLOWS [200], BENCH_W5_CHILDREN [10], BENCH_W5_WORKERS [2],
-BENCH_W5_CONCURRENCY [10].
+BENCH_W5_CONCURRENCY [10], for W6: BENCH_W6_N [5000], BENCH_W6_CONCURRENCY [2],
+BENCH_W6_SERVER_URL [postgres://flowjobs:flowjobs@127.0.0.1:5432/postgres].
 """
 
 from __future__ import annotations
@@ -63,6 +64,10 @@ CASES = [
     "W2.cpu.p2",
     "W2.c1.sync",
     "W2.c50.sync",
+    "W2.c1.runworker",
+    "W2.c50.runworker",
+    "W2.c50.p2.runworker",
+    "W6.orm.runworker",
     "W3.flow",
     "W4.latency",
     "W4.latency.sync",
@@ -107,8 +112,8 @@ def now_ms() -> float:
     return time.time() * 1000.0
 
 
-def key(suffix: str) -> str:
-    return f"{PREFIX}:{QUEUE}:{suffix}"
+def key(suffix: str, queue: str = QUEUE) -> str:
+    return f"{PREFIX}:{queue}:{suffix}"
 
 
 def aux_key(name: str) -> str:
@@ -132,8 +137,8 @@ def sync_redis() -> redis.Redis:
     return redis.Redis.from_url(REDIS_URL, decode_responses=True)
 
 
-def new_queue() -> Queue:
-    return Queue(QUEUE, connection=REDIS_URL, prefix=PREFIX)
+def new_queue(name: str = QUEUE) -> Queue:
+    return Queue(name, connection=REDIS_URL, prefix=PREFIX)
 
 
 def new_worker(processor: Callable[..., Any], concurrency: int) -> Worker:
@@ -173,18 +178,18 @@ def bulk_specs(start: int, stop: int) -> list[dict[str, Any]]:
     return [{"name": "job", "data": payload(i)} for i in range(start, stop)]
 
 
-def prefill(n: int) -> None:
-    q = new_queue()
+def prefill(n: int, queue: str = QUEUE) -> None:
+    q = new_queue(queue)
     for start in range(0, n, BULK_CHUNK):
         q.add_bulk(bulk_specs(start, min(n, start + BULK_CHUNK)))
     q.close()
 
 
-def wait_completed(r: redis.Redis, count: int, dl: Deadline) -> None:
+def wait_completed(r: redis.Redis, count: int, dl: Deadline, queue: str = QUEUE) -> None:
     """Poll the completed set (cheap: one ZCARD every 10 ms) until it holds count jobs."""
-    while r.zcard(key("completed")) < count:
-        if r.zcard(key("failed")):
-            raise RuntimeError(f"jobs failed: {r.zrange(key('failed'), 0, 4)}")
+    while r.zcard(key("completed", queue)) < count:
+        if r.zcard(key("failed", queue)):
+            raise RuntimeError(f"jobs failed: {r.zrange(key('failed', queue), 0, 4)}")
         dl.check("waiting for completions")
         time.sleep(0.01)
 
@@ -426,6 +431,125 @@ def w2_processes(processes: int, concurrency: int, case: str, processor: str = "
         for p in procs:
             stop_subprocess(p)
         q.close()
+    emit_drain_rate(r, case)
+
+
+# bench/run runs a copy of this file from its scratch harness: find bench_site in the repo
+REPO_DIR = os.environ.get("FLOWJOBS_SRC") or os.path.dirname(
+    os.path.dirname(os.path.abspath(__file__))
+)
+BENCH_DIR = os.path.join(REPO_DIR, "bench")
+
+
+def site_env(site_dir: str) -> dict[str, str]:
+    """The environment of `manage.py` commands on bench/bench_site (default settings)."""
+    path = [BENCH_DIR, REPO_DIR, os.environ.get("PYTHONPATH", "")]
+    return dict(
+        os.environ,
+        DJANGO_SETTINGS_MODULE="bench_site.settings",
+        PYTHONPATH=os.pathsep.join(p for p in path if p),
+        REDIS_URL=REDIS_URL,
+        BENCH_PREFIX=PREFIX,
+        BENCH_SITE_DIR=site_dir,
+    )
+
+
+def worker_connections(r: redis.Redis) -> int:
+    """runworker processes connected to the bench queue (named `<prefix>:<queue>:w:...`)."""
+    return sum(":w:" in (c.get("name") or "") for c in r.client_list())
+
+
+def w2_runworker(processes: int, concurrency: int, case: str) -> None:
+    """W2 as Django users run it: `manage.py runworker` with the site's default settings
+    (mirror on, runworker's own logging) and a plain `def` processor."""
+    r = sync_redis()
+    runworker_drain(r, QUEUE, N_JOBS, processes, concurrency)
+    emit_drain_rate(r, case)
+
+
+W6_N = int(os.environ.get("BENCH_W6_N", "5000"))
+W6_CONCURRENCY = int(os.environ.get("BENCH_W6_CONCURRENCY", "2"))
+# a server where the bench may create (and drop) a database of its own
+W6_SERVER_URL = os.environ.get(
+    "BENCH_W6_SERVER_URL", "postgres://flowjobs:flowjobs@127.0.0.1:5432/postgres"
+)
+
+
+def w6_orm_runworker() -> None:
+    """W6: one ORM insert per job (bench_site's `Row`) on PostgreSQL, runworker with the
+    default settings and persistent connections, BENCH_W6_CONCURRENCY jobs at a time.
+    jobs_per_s from the rows' own timestamps (the database's clock), first to last."""
+    import uuid
+
+    import psycopg
+
+    name = f"flowjobs_bench_w6_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(W6_SERVER_URL, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    database_url = W6_SERVER_URL.rsplit("/", 1)[0] + "/" + name
+    try:
+        runworker_drain(
+            sync_redis(), "bench-orm", W6_N, 1, W6_CONCURRENCY, {"DATABASE_URL": database_url}
+        )
+        with psycopg.connect(database_url) as db:
+            rows, first, last = db.execute(
+                "SELECT count(*), min(created_at), max(created_at) FROM bench_site_row"
+            ).fetchone()
+        if rows != W6_N:
+            raise RuntimeError(f"{rows} rows for {W6_N} jobs")
+        emit("W6.orm.runworker", "jobs_per_s", W6_N / (last - first).total_seconds())
+    finally:
+        with psycopg.connect(W6_SERVER_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def runworker_drain(
+    r: redis.Redis,
+    queue: str,
+    count: int,
+    processes: int,
+    concurrency: int,
+    extra_env: dict[str, str] | None = None,
+) -> None:
+    """Fills `queue` with `count` jobs while it is paused, starts `manage.py runworker`
+    on bench_site, resumes the queue once the workers are connected, and stops runworker
+    when every job completed."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="flowjobs-bench-site-") as site_dir:
+        env = {**site_env(site_dir), **(extra_env or {})}
+        django = [sys.executable, "-m", "django"]
+        # cwd: `python -m` puts it first on the path, before the checkout under test
+        subprocess.run(
+            [*django, "migrate", "--run-syncdb", "-v", "0"], env=env, cwd=site_dir, check=True
+        )
+        q = new_queue(queue)
+        q.pause()
+        prefill(count, queue)
+        command = [*django, "runworker", queue, "--concurrency", str(concurrency)]
+        if processes > 1:
+            command += ["--processes", str(processes)]
+        with open(os.path.join(site_dir, "runworker.log"), "w") as log_file:
+            proc = subprocess.Popen(
+                command, env=env, cwd=site_dir, stderr=log_file, stdout=log_file
+            )
+            try:
+                dl = Deadline()
+                while worker_connections(r) < processes:
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"runworker exited with {proc.returncode}")
+                    dl.check("waiting for runworker")
+                    time.sleep(0.02)
+                q.resume()
+                wait_completed(r, count, dl, queue)
+            finally:
+                stop_subprocess(proc, term_wait=30)
+                q.close()
+
+
+def emit_drain_rate(r: redis.Redis, case: str) -> None:
+    """Checks that all N_JOBS jobs completed, and emits their rate from the jobs' own
+    first processedOn to last finishedOn."""
     ids = r.zrange(key("completed"), 0, -1)
     if r.zcard(key("failed")) or len(ids) != N_JOBS:
         raise RuntimeError(f"completed={len(ids)} failed={r.zcard(key('failed'))}")
@@ -530,6 +654,10 @@ def main(argv: list[str]) -> int:
         "W2.cpu.p2": lambda: w2_processes(2, 50, "W2.cpu.p2", "cpu"),
         "W2.c1.sync": lambda: w2(1, "W2.c1.sync", noop_sync),
         "W2.c50.sync": lambda: w2(50, "W2.c50.sync", noop_sync),
+        "W2.c1.runworker": lambda: w2_runworker(1, 1, "W2.c1.runworker"),
+        "W2.c50.runworker": lambda: w2_runworker(1, 50, "W2.c50.runworker"),
+        "W2.c50.p2.runworker": lambda: w2_runworker(2, 50, "W2.c50.p2.runworker"),
+        "W6.orm.runworker": w6_orm_runworker,
         "W3.flow": w3_flow,
         "W4.latency": lambda: w4_latency("async", "W4.latency"),
         "W4.latency.sync": lambda: w4_latency("sync", "W4.latency.sync"),

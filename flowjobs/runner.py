@@ -7,6 +7,13 @@ or a worker dying. ``Supervisor`` starts N such processes as children
 (``python -m django runworker --child ...``), restarts the ones that exit, and
 forwards SIGTERM.
 
+Background services (``BACKGROUND_SERVICES``: the SQL mirror's projector, and whatever
+else a deployment needs running once beside its workers) run in ONE extra process,
+``runworker --services``, started and restarted by the runworker that is not a child
+(a single ``WorkerProcess`` or the ``Supervisor``): they neither take CPU from the
+worker's event loop nor fall behind it. Each service holds its own deployment-wide
+lock where it needs one (the mirror does), so any number of runworkers may start them.
+
 Shutdown: the first SIGTERM/SIGINT stops fetching and waits for the active jobs
 (at most ``SHUTDOWN_TIMEOUT`` seconds when set), then exits 0. A second signal
 stops at once, leaving unfinished jobs to the stalled-job check, and exits 1.
@@ -14,6 +21,8 @@ stops at once, leaving unfinished jobs to the stalled-job check, and exits 1.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import os
 import signal
@@ -22,7 +31,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
@@ -46,7 +55,7 @@ __all__ = [
 logger = logging.getLogger("flowjobs.worker")
 runner_logger = logging.getLogger("flowjobs.runner")
 
-MIRROR_STOP_TIMEOUT_S = 10.0
+SERVICE_STOP_TIMEOUT_S = 10.0
 EXIT_OK = 0
 EXIT_FATAL = 1
 # A child that stops for --max-jobs/--max-memory says so with this code (EX_TEMPFAIL);
@@ -196,20 +205,188 @@ def _start_mirror(stop_event: threading.Event) -> threading.Thread | None:
     return start(stop_event)
 
 
-def _start_outbox_relay(stop_event: threading.Event) -> None:
-    """Starts the outbox relay thread (issue 15; one active per deployment by its lock,
-    off with OUTBOX_RELAY); it stops with the mirror's ``stop_event``."""
+def _relay_wanted() -> bool:
     from . import outbox
 
-    outbox.start_in_worker(stop_event)
+    return outbox.outbox_settings().relay_in_worker
 
 
-def _stop_mirror(stop_event: threading.Event, thread: threading.Thread | None) -> None:
-    """Stops the projector and waits for it, so it releases its deployment lock now and
-    another runworker takes over at once (not after the lock's TTL)."""
-    stop_event.set()
-    if thread is not None:
-        thread.join(MIRROR_STOP_TIMEOUT_S)
+def _start_outbox_relay(stop_event: threading.Event) -> threading.Thread | None:
+    """Starts the outbox relay thread (one active per deployment by its lock; off with
+    the OUTBOX_RELAY setting, which flowjobs.outbox reads)."""
+    from . import outbox
+
+    return outbox.start_in_worker(stop_event)
+
+
+@dataclass(frozen=True)
+class BackgroundService:
+    """Something runworker keeps running once per deployment beside its workers.
+
+    ``start(stop_event)`` starts it in a thread and returns that thread (or None when it
+    decides not to run); the service ends soon after ``stop_event`` is set and releases
+    what it holds. ``wanted(options, settings)`` says whether this runworker runs it."""
+
+    name: str
+    wanted: Callable[[RunOptions, conf.FlowJobsSettings], bool]
+    start: Callable[[threading.Event], threading.Thread | None]
+
+
+BACKGROUND_SERVICES: list[BackgroundService] = [
+    BackgroundService(
+        "mirror",
+        lambda options, current: options.mirror and current.MIRROR,
+        _start_mirror,
+    ),
+    BackgroundService(
+        "outbox-relay", lambda options, current: _relay_wanted(), _start_outbox_relay
+    ),
+]
+
+
+def wanted_services(options: RunOptions, current: conf.FlowJobsSettings) -> list[str]:
+    """Names of the background services this runworker should run (none in a child)."""
+    if options.child:
+        return []
+    return [service.name for service in BACKGROUND_SERVICES if service.wanted(options, current)]
+
+
+class _RunningServices:
+    """Background services running as threads of this process."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.stop_event = threading.Event()
+        self.threads: list[threading.Thread] = []
+        for service in BACKGROUND_SERVICES:
+            if service.name in names:
+                thread = service.start(self.stop_event)
+                if thread is not None:
+                    self.threads.append(thread)
+
+    def stop(self) -> None:
+        """Stops them and waits, so they release their deployment locks now and another
+        runworker takes over at once (not after the locks' TTL)."""
+        self.stop_event.set()
+        for thread in self.threads:
+            thread.join(SERVICE_STOP_TIMEOUT_S)
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a ``runworker`` child: this one, with the settings module and
+    this project on the path. Raises FatalError without a settings module."""
+    from django.conf import settings as django_settings
+
+    env = dict(os.environ)
+    # override_settings hides SETTINGS_MODULE; the environment still has it then.
+    module = getattr(django_settings, "SETTINGS_MODULE", None) or env.get("DJANGO_SETTINGS_MODULE")
+    if not module:
+        raise FatalError(
+            "a runworker child process needs a settings module (DJANGO_SETTINGS_MODULE)"
+        )
+    env["DJANGO_SETTINGS_MODULE"] = module
+    paths = [p for p in (sys.path[0], os.getcwd()) if p]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    return env
+
+
+def spawn_runworker(argv: list[str], env: dict[str, str], what: str) -> subprocess.Popen:
+    """Starts ``python -m django runworker ARGV`` as a child in its own process group:
+    a terminal's Ctrl-C reaches the parent only, which then asks each child once (a
+    second signal would force the children)."""
+    command = [sys.executable, "-m", "django", "runworker", *argv]
+    process = subprocess.Popen(command, env=env, process_group=0)
+    runner_logger.info("runworker: started %s process %s", what, process.pid)
+    return process
+
+
+class ServicesChild:
+    """The parent's side of the ``runworker --services`` process: starts it, restarts it
+    when it exits, stops it with the parent. Without a settings module to start a child
+    with, the services run as threads of the parent instead (as before)."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        self.process: subprocess.Popen | None = None
+        self.in_process: _RunningServices | None = None
+        self.restart_at = 0.0
+        self.env: dict[str, str] = {}
+
+    def start(self) -> None:
+        if not self.names:
+            return
+        try:
+            self.env = child_env()
+        except FatalError as error:
+            runner_logger.warning(
+                "runworker: %s; running %s in this process", error, ", ".join(self.names)
+            )
+            self.in_process = _RunningServices(self.names)
+            return
+        self._spawn()
+
+    def _spawn(self) -> None:
+        argv = ["--services", *(f"--service={name}" for name in self.names)]
+        self.process = spawn_runworker(argv, self.env, "background services")
+
+    def check(self) -> None:
+        """Restarts the services process when it exited (at most once a second)."""
+        if self.process is None:
+            if self.restart_at and time.monotonic() >= self.restart_at:
+                self.restart_at = 0.0
+                self._spawn()
+            return
+        code = self.process.poll()
+        if code is None:
+            return
+        runner_logger.warning(
+            "runworker: background services process %s exited with status %s; restarting it",
+            self.process.pid,
+            code,
+        )
+        self.process = None
+        self.restart_at = time.monotonic() + 1.0
+
+    def stop(self) -> None:
+        if self.in_process is not None:
+            self.in_process.stop()
+            self.in_process = None
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(SERVICE_STOP_TIMEOUT_S + 5)
+        except subprocess.TimeoutExpired:
+            runner_logger.warning(
+                "runworker: background services process %s did not stop; killing it",
+                process.pid,
+            )
+            process.kill()
+            process.wait()
+
+
+def run_services(names: list[str]) -> int:
+    """``runworker --services``: runs the named background services until SIGTERM or
+    SIGINT, or until the runworker that started this process is gone."""
+    signals = _Signals()
+    signals.install()
+    parent = os.getppid()
+    running = _RunningServices(names)
+    runner_logger.info(
+        "runworker: background services %s (pid %s)", ", ".join(names) or "none", os.getpid()
+    )
+    try:
+        while not signals.event.wait(POLL_S * 5):
+            if os.getppid() != parent:
+                runner_logger.warning("runworker: parent is gone; stopping background services")
+                break
+    finally:
+        running.stop()
+        signals.restore()
+    return EXIT_OK
 
 
 class WorkerProcess:
@@ -221,31 +398,33 @@ class WorkerProcess:
         self.dispatchers: list[registry.Dispatcher] = []
         self.signals = _Signals()
         self.stop_reason = ""
+        self.services = ServicesChild([])
         self._parent_pid = os.getppid()
 
     # ----------------------------------------------------------------------- running
     def run(self) -> int:
         self.signals.install()
-        mirror_stop = threading.Event()
-        mirror_thread = None
         try:
             try:
                 current = conf.settings()
                 queues = resolve_queues(self.options.queues)
                 check_redis_at_start(current.REDIS_URL)
+                # Django, the project and its apps are loaded for good: keep their
+                # objects out of the collector's full passes, which would otherwise
+                # walk them again and again while jobs allocate
+                gc.collect()
+                gc.freeze()
                 self._start(queues, current)
             except FatalError as error:
                 runner_logger.error("runworker: %s", error)
                 self._close_workers(force=True)
                 return EXIT_FATAL
-            if self.options.mirror and current.MIRROR and not self.options.child:
-                mirror_thread = _start_mirror(mirror_stop)
-            if not self.options.child:
-                _start_outbox_relay(mirror_stop)
+            self.services = ServicesChild(wanted_services(self.options, current))
+            self.services.start()
             code = self._watch()
             return code
         finally:
-            _stop_mirror(mirror_stop, mirror_thread)
+            self.services.stop()
             self.signals.restore()
             for dispatcher in self.dispatchers:
                 dispatcher.close()
@@ -295,6 +474,7 @@ class WorkerProcess:
         while True:
             if self.signals.event.wait(POLL_S):
                 return self._shutdown("signal received")
+            self.services.check()
             dead = [w for w in self.workers if not w.is_running()]
             if dead:
                 names = ", ".join(w.queue.name for w in dead)
@@ -436,29 +616,8 @@ class Supervisor:
         self.signals = _Signals()
         self.failures = 0
 
-    def _child_env(self) -> dict[str, str]:
-        from django.conf import settings as django_settings
-
-        env = dict(os.environ)
-        # override_settings hides SETTINGS_MODULE; the environment still has it then.
-        module = getattr(django_settings, "SETTINGS_MODULE", None) or env.get(
-            "DJANGO_SETTINGS_MODULE"
-        )
-        if not module:
-            raise FatalError("--processes needs a settings module (DJANGO_SETTINGS_MODULE)")
-        env["DJANGO_SETTINGS_MODULE"] = module
-        paths = [p for p in (sys.path[0], os.getcwd()) if p]
-        if env.get("PYTHONPATH"):
-            paths.append(env["PYTHONPATH"])
-        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-        return env
-
     def _spawn(self) -> _Child:
-        command = [sys.executable, "-m", "django", "runworker", "--child", *self.child_argv]
-        # Own process group: a terminal's Ctrl-C reaches the supervisor only, which
-        # then asks each child once (a second signal would force the children).
-        process = subprocess.Popen(command, env=self.env, process_group=0)
-        runner_logger.info("runworker: started worker process %s", process.pid)
+        process = spawn_runworker(["--child", *self.child_argv], self.env, "worker")
         return _Child(process, time.monotonic())
 
     def run(self) -> int:
@@ -468,26 +627,23 @@ class Supervisor:
         try:
             resolve_queues(self.options.queues)
             check_redis_at_start(current.REDIS_URL)
-            self.env = self._child_env()
+            self.env = child_env()
         except FatalError as error:
             runner_logger.error("runworker: %s", error)
             return EXIT_FATAL
         # Children are fresh interpreters, but nothing of ours should stay open across them.
         connections.close_all()
         self.signals.install()
-        mirror_stop = threading.Event()
-        mirror_thread = None
+        services = ServicesChild(wanted_services(self.options, current))
         try:
-            if self.options.mirror and current.MIRROR:
-                mirror_thread = _start_mirror(mirror_stop)
-            _start_outbox_relay(mirror_stop)
+            services.start()
             self.children = [self._spawn() for _ in range(self.processes)]
-            return self._watch()
+            return self._watch(services)
         finally:
-            _stop_mirror(mirror_stop, mirror_thread)
+            services.stop()
             self.signals.restore()
 
-    def _watch(self) -> int:
+    def _watch(self, services: ServicesChild) -> int:
         stopping = False
         forced = False
         exit_code = EXIT_OK
@@ -506,6 +662,8 @@ class Supervisor:
                         "runworker: second signal: forcing worker processes to stop"
                     )
                     self._signal_children(signal.SIGTERM)
+            if not stopping:
+                services.check()
             now = time.monotonic()
             for child in list(self.children):
                 code = child.process.poll()

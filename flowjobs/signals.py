@@ -48,7 +48,8 @@ class _Sender:
         self.lock = threading.Lock()
 
     def put(self, signal: Signal, sender: str, **kwargs: Any) -> None:
-        if not signal.has_listeners(sender):
+        # `receivers` first: has_listeners takes the signal's lock, three times a job
+        if not signal.receivers or not signal.has_listeners(sender):
             return
         self.pending.put((signal, sender, kwargs))
         with self.lock:

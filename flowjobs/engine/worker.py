@@ -30,7 +30,7 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from . import cancellation, groups, schedulers, scripts, telemetry
+from . import cancellation, groups, joblog, loopwatch, schedulers, scripts, telemetry
 from .backoff import BackoffStrategy
 from .connection import (
     SOCKET_TIMEOUT_S,
@@ -401,6 +401,7 @@ class Worker:
         elif not self._is_async:
             self._threads = ThreadPool(self._loop, self.concurrency, f"flowjobs-{self.queue.name}")
         tasks: list[asyncio.Task] = []
+        watch = loopwatch.LoopWatch(self._loop, self.queue.name, self._active, self.lock_duration)
         try:
             await self._connect()
             if is_cluster(self._aclient):
@@ -423,6 +424,8 @@ class Worker:
                 tasks.append(asyncio.create_task(self._lock_renewer()))
             if not self.skip_stalled_check:
                 tasks.append(asyncio.create_task(self._stalled_checker()))
+            if self._is_async:
+                tasks.append(watch.start())
             await tasks[0]
             await self._drain_active()
         except BaseException as error:
@@ -436,6 +439,7 @@ class Worker:
                 )
         finally:
             self._started.set()
+            watch.stop()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -601,6 +605,7 @@ class Worker:
 
     async def _process(self, job: Job) -> None:
         self._emit("active", job)
+        joblog.started(job, self.queue.name)
         try:
             if job.repeat_job_key:
                 await self._advance_scheduler(job)
@@ -805,19 +810,21 @@ class Worker:
 
     async def _record_batch(self, lane: Any, batch: list[tuple[Job, str, Any]]) -> None:
         calls: list[scripts.Call] = []
-        plans: list[tuple[Job, str, Any, scripts.Call]] = []
+        plans: list[tuple[Job, str, Any, scripts.Call, int]] = []
         for job, outcome, value in batch:
             self._active.pop(job.id, None)
             try:
                 call = self._outcome_call(job, outcome, value)
+                if call is None:  # moved by the processor itself: nothing to record
+                    joblog.recorded(job, self.queue.name, outcome, value)
             except Exception as error:  # noqa: BLE001 - one job must not stop the batch
                 call = self._unrecordable_call(job, outcome, value, error)
             if call is not None:
                 calls.append(call[0])
-                plans.append((job, call[1], call[2], call[0]))
+                plans.append((job, call[1], call[2], call[0], call[3]))
         fetch_tokens: list[str] = []
         # a job given back for a rate limit must not be fetched again in the same round trip
-        limited = any(outcome == "rate-limited" for _, outcome, _, _ in plans)
+        limited = any(plan[1] == "rate-limited" for plan in plans)
         if (
             self._can_fetch()
             and self._free_slots() > 0
@@ -845,8 +852,11 @@ class Worker:
                 await self._connection_lost(error, delay)
                 delay = min(delay * 2, CONNECTION_RETRY_MAX_S)
         self._reserved -= len(fetch_tokens)
-        for (job, outcome, value, call), result in zip(plans, results, strict=False):
-            self._after_record(job, outcome, value, call, result)
+        for (job, outcome, value, call, retry_delay_ms), result in zip(
+            plans, results, strict=False
+        ):
+            if self._after_record(job, outcome, value, call, result):
+                joblog.recorded(job, self.queue.name, outcome, value, retry_delay_ms)
         self._processed_since_drained = True
         if fetch_tokens:
             result = results[-1]
@@ -866,7 +876,9 @@ class Worker:
 
     def _outcome_call(
         self, job: Job, outcome: str, value: Any
-    ) -> tuple[scripts.Call, str, Any] | None:
+    ) -> tuple[scripts.Call, str, Any, int] | None:
+        """The script call recording the outcome, the outcome as recorded, its value
+        and the retry delay (ms) of a failure that will be retried."""
         token = job.token or "0"
         if outcome == "moved":
             return None
@@ -879,6 +891,7 @@ class Worker:
                 ),
                 outcome,
                 value,
+                0,
             )
         if outcome == "completed":
             try:
@@ -903,17 +916,18 @@ class Worker:
                     ),
                     outcome,
                     value,
+                    0,
                 )
         plan = plan_failure(job, value, self.backoff_strategies)
         keep = keep_jobs(job.opts.get("removeOnFail"), self.remove_on_fail)
         call = failure_call(
             job, value, token, plan, keep, None, self.fetch, self.metrics_max_data_points
         )
-        return call, ("failed" if plan.kind == "fail" else "retried"), value
+        return call, ("failed" if plan.kind == "fail" else "retried"), value, plan.delay_ms
 
     def _unrecordable_call(
         self, job: Job, outcome: str, value: Any, error: Exception
-    ) -> tuple[scripts.Call, str, Any] | None:
+    ) -> tuple[scripts.Call, str, Any, int] | None:
         """The job's outcome cannot be written as asked (foreign options no rule of ours
         reads, a backoff strategy that raises): it fails for good, the reason naming
         what broke. If even that cannot be written it is left to the stalled check,
@@ -940,11 +954,12 @@ class Worker:
             logger.exception("job %s of queue %s: %s", printable(job.id), self.queue.name, reason)
             return None
         logger.warning("job %s of queue %s: %s", printable(job.id), self.queue.name, reason)
-        return call, "failed", failure
+        return call, "failed", failure, 0
 
     def _after_record(
         self, job: Job, outcome: str, value: Any, call: scripts.Call, result: Any
-    ) -> None:
+    ) -> bool:
+        """Emits the local event of a recorded outcome; False when Redis refused it."""
         if isinstance(result, BaseException) or (isinstance(result, int) and result < 0):
             error = (
                 result
@@ -953,14 +968,15 @@ class Worker:
             )
             logger.warning("could not record %s of job %s: %s", outcome, job.id, error)
             self._emit("error", error)
-            return
+            return False
         self.jobs_processed += 1
         if outcome == "rate-limited":
             if isinstance(result, int) and result > 0:
                 self._rate_limited(result)
-            return
+            return True
         note_outcome(job, call, outcome, value)
         self._emit(outcome if outcome == "completed" else "failed", job, value)
+        return True
 
     async def _drain_active(self) -> None:
         """Graceful close: wait for running jobs and record them."""

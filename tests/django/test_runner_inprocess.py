@@ -1,7 +1,10 @@
-"""The runner in this process: the mirror hook, import hygiene, burst bookkeeping."""
+"""The runner in this process: the background services process, import hygiene, burst
+bookkeeping."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -10,6 +13,7 @@ import pytest
 
 from flowjobs import conf, runner
 from tests.django.conftest import REPO
+from tests.helpers import wait_for
 
 
 def test_import_flowjobs_does_not_import_django():
@@ -21,46 +25,82 @@ def test_import_flowjobs_does_not_import_django():
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
 
 
-@pytest.fixture
-def mirror_calls(monkeypatch):
-    import flowjobs.mirror
+def _mirrored_ids(prefix: str) -> set[str]:
+    from flowjobs.models import JobRecord
 
-    calls: list[threading.Event] = []
-    monkeypatch.setattr(flowjobs.mirror, "start_in_worker", calls.append)
-    return calls
-
-
-def test_runworker_starts_the_mirror_once_when_enabled(settings, mirror_calls):
-    settings.FLOWJOBS = {**settings.FLOWJOBS, "MIRROR": True}
-    code = runner.WorkerProcess(runner.RunOptions(queues=["fj-echo"], burst=True)).run()
-    assert code == runner.EXIT_OK
-    assert len(mirror_calls) == 1
-    assert mirror_calls[0].is_set()  # told to stop when runworker stops
+    return set(
+        JobRecord.objects.filter(prefix=prefix, queue="fj-echo", state="completed").values_list(
+            "job_id", flat=True
+        )
+    )
 
 
-def test_mirror_is_not_started_when_disabled_or_in_a_child(settings, mirror_calls):
-    runner.WorkerProcess(runner.RunOptions(queues=["fj-echo"], burst=True)).run()
-    settings.FLOWJOBS = {**settings.FLOWJOBS, "MIRROR": True}
-    runner.WorkerProcess(runner.RunOptions(queues=["fj-echo"], burst=True, child=True)).run()
-    runner.WorkerProcess(runner.RunOptions(queues=["fj-echo"], burst=True, mirror=False)).run()
-    assert mirror_calls == []
-
-
+@pytest.mark.parametrize("processes", [1, 2])
 @pytest.mark.django_db(transaction=True)
-def test_supervisor_starts_the_mirror_once_for_all_children(
-    settings, mirror_calls, monkeypatch, worker_env
+def test_the_mirror_runs_in_one_services_process_restarted_when_it_dies(
+    settings, monkeypatch, worker_env, prefix, processes
 ):
     settings.FLOWJOBS = {**settings.FLOWJOBS, "MIRROR": True}
     for name in ("FLOWJOBS_REDIS_URL", "FLOWJOBS_PREFIX", "DATABASE_URL", "PYTHONPATH"):
         monkeypatch.setenv(name, worker_env[name])
+    monkeypatch.setenv("FLOWJOBS_MIRROR", "true")
+    # the killed projector's lock must expire before the new process takes over
+    monkeypatch.setenv("FLOWJOBS_MIRROR_LOCK_TTL_MS", "1500")
     queue = conf.get_queue("fj-echo")
-    jobs = [queue.add("hello", {"n": n}) for n in range(10)]
-    supervisor = runner.Supervisor(
-        runner.RunOptions(queues=["fj-echo"], burst=True), 2, ["fj-echo", "--burst"]
-    )
-    assert supervisor.run() == runner.EXIT_OK
-    assert len(mirror_calls) == 1
-    assert all(queue.get_job_state(job.id) == "completed" for job in jobs)
+    options = runner.RunOptions(queues=["fj-echo"])
+    if processes == 1:
+        run = runner.WorkerProcess(options)
+    else:
+        run = runner.Supervisor(options, processes, ["fj-echo"])
+    started: list[runner.ServicesChild] = []
+    real_start = runner.ServicesChild.start
+
+    def start(services: runner.ServicesChild) -> None:
+        started.append(services)
+        real_start(services)
+
+    monkeypatch.setattr(runner.ServicesChild, "start", start)
+    codes: list[int] = []
+    thread = threading.Thread(target=lambda: codes.append(run.run()))
+    thread.start()
+    try:
+        wait_for(lambda: started and started[0].process, message="no services process")
+        [services] = started
+        first_pid = services.process.pid
+        jobs = [queue.add("hello", {"n": n}) for n in range(5)]
+        wait_for(
+            lambda: _mirrored_ids(prefix) >= {job.id for job in jobs},
+            timeout=30,
+            message="the services process did not mirror the jobs",
+        )
+        # the projector is not a thread of the worker's process
+        assert not [t for t in threading.enumerate() if t.name == "flowjobs-mirror"]
+
+        os.kill(first_pid, signal.SIGKILL)
+        wait_for(
+            lambda: services.process and services.process.pid != first_pid,
+            timeout=20,
+            message="the services process was not restarted",
+        )
+        more = queue.add("hello", {"n": 99})
+        wait_for(lambda: more.id in _mirrored_ids(prefix), timeout=30, message="not mirrored")
+        second = services.process
+    finally:
+        run.signals.event.set()
+        thread.join(60)
+    assert codes == [runner.EXIT_OK]
+    assert second.poll() is not None  # stopped with the runworker
+    assert services.process is None
+
+
+def test_services_are_wanted_by_the_top_runworker_only(settings):
+    settings.FLOWJOBS = {**settings.FLOWJOBS, "MIRROR": True}
+    current = conf.settings()
+    assert runner.wanted_services(runner.RunOptions(queues=[]), current) == ["mirror"]
+    assert runner.wanted_services(runner.RunOptions(queues=[], child=True), current) == []
+    assert runner.wanted_services(runner.RunOptions(queues=[], mirror=False), current) == []
+    settings.FLOWJOBS = {**settings.FLOWJOBS, "MIRROR": False}
+    assert runner.wanted_services(runner.RunOptions(queues=[]), conf.settings()) == []
 
 
 def test_queue_is_drained_rules(redis_url, prefix):

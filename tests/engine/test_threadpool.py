@@ -44,3 +44,18 @@ def test_stop_iteration_from_a_sync_processor_fails_the_job(queue, make_worker):
     # the worker keeps going
     ok = queue.add("y")
     wait_for(lambda: queue.get_job_state(ok.id) == "failed")
+
+
+def test_quick_sync_jobs_do_not_wake_a_thread_each(queue, make_worker):
+    # Waking a sleeping thread per job (a futex call, a context switch, a wait for the
+    # GIL) costs far more than a no-op job: a burst is run by a few threads in a row.
+    names: set[str] = set()
+
+    def process(job):
+        names.add(threading.current_thread().name)
+
+    queue.add_bulk([{"name": "x", "data": {"n": n}} for n in range(1000)])
+    worker = make_worker("q", process, concurrency=50)
+    wait_for(lambda: queue.get_job_counts("completed")["completed"] == 1000, timeout=30)
+    assert len(names) < 25, f"{len(names)} threads ran 1000 no-op jobs"
+    assert worker._threads.wakeups < 250

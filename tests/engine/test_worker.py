@@ -308,3 +308,31 @@ def test_locks_are_renewed_for_jobs_longer_than_the_lock(queue, make_worker, red
         deadline_passed.wait(0.05)
     release.set()
     finished(queue, job.id)
+
+
+def test_an_async_processor_that_blocks_the_loop_is_named_in_a_warning(
+    queue, make_worker, caplog, monkeypatch
+):
+    import logging
+    import time
+
+    from flowjobs.engine import loopwatch
+
+    monkeypatch.setattr(loopwatch, "BLOCKED_AFTER_S", 0.2)
+    caplog.set_level(logging.WARNING, logger="flowjobs.worker")
+
+    async def blocks(job):
+        time.sleep(0.8)  # the mistake: blocking code in an async processor
+        return "done"
+
+    job = queue.add("resize", {})
+    make_worker("q", blocks)
+    finished(queue, job.id)
+
+    def lines():
+        return [r.getMessage() for r in caplog.records if r.name == "flowjobs.worker"]
+
+    wait_for(lambda: any("runs again" in line for line in lines()), message=str(lines()))
+    [blocked] = [line for line in lines() if "has blocked" in line]
+    assert blocked.startswith(f'the async processor of job {job.id} "resize" of queue q has')
+    assert "asyncio.to_thread()" in blocked

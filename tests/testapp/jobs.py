@@ -74,4 +74,6 @@ def isolated(job: Job) -> Any:
 
     if job.data.get("crash"):
         os._exit(3)
+    if job.data.get("fail"):
+        raise ValueError(job.data["fail"])
     return {"pid": os.getpid(), "notes": Note.objects.count()}

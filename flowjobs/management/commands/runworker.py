@@ -19,8 +19,11 @@ def _positive(value: str) -> int:
 
 
 def ensure_logging(verbosity: int) -> None:
-    """Show flowjobs' INFO lines on stderr unless the project configured a handler."""
+    """Show flowjobs' INFO lines on stderr unless the project configured a handler;
+    ``-v 2`` or more adds the per-job DEBUG lines (started, completed) in any case."""
     flowjobs_logger = logging.getLogger("flowjobs")
+    if verbosity >= 2:
+        logging.getLogger("flowjobs.worker").setLevel(logging.DEBUG)
     if flowjobs_logger.handlers or logging.getLogger().handlers:
         return
     handler = logging.StreamHandler(sys.stderr)
@@ -71,7 +74,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--no-mirror",
             action="store_true",
-            help="do not run the SQL mirror projector in this runworker",
+            help="do not run the SQL mirror projector beside this runworker's workers",
         )
         parser.add_argument(
             "--pool",
@@ -94,9 +97,20 @@ class Command(BaseCommand):
             help="development: restart the worker when a Python file changes (Django's "
             "autoreloader); active jobs finish first",
         )
+        parser.add_argument(
+            "--services",
+            action="store_true",
+            help="(internal) run the background services (mirror, ...) of a runworker",
+        )
+        parser.add_argument(
+            "--service", action="append", default=[], help="(internal) a service to run"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         ensure_logging(options["verbosity"])
+        if options["services"]:
+            runner.run_services(options["service"])
+            return
         # --reload: this process restarts a copy of itself, where the worker runs
         reloader = None
         if options["reload"] and not options["child"]:

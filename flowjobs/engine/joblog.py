@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from .connection import printable
 from .job import Job
 from .options import now_ms
 
@@ -30,7 +31,9 @@ def debug_enabled() -> bool:
 
 
 def _describe(job: Job, queue: str) -> str:
-    return f'job {job.id} "{job.name}" of queue {queue}'
+    # ids and names of foreign jobs may hold bytes that are not UTF-8 (kept as surrogates):
+    # a log record must stay encodable for every handler
+    return f'job {printable(job.id)} "{printable(job.name or "")}" of queue {queue}'
 
 
 def _ran_ms(job: Job) -> str:
@@ -58,8 +61,9 @@ def recorded(job: Job, queue: str, outcome: str, value: Any, retry_delay_ms: int
     if outcome == "failed" or outcome == "retried":
         error = value if isinstance(value, BaseException) else None
         attempts = max(job.attempts, 1)
-        attempt = f"attempt {min(job.attempts_made + 1, attempts)} of {attempts}"
-        text = _error_text(error) if error is not None else str(value)
+        # the job was brought up to what Redis recorded: attempts_made counts this attempt
+        attempt = f"attempt {min(max(job.attempts_made, 1), attempts)} of {attempts}"
+        text = printable(_error_text(error) if error is not None else str(value))
         exc_info = (type(error), error, error.__traceback__) if error is not None else None
         if outcome == "retried":
             when = f"in {retry_delay_ms} ms" if retry_delay_ms else "now"

@@ -94,12 +94,15 @@ def test_the_mirror_runs_in_one_services_process_restarted_when_it_dies(
 
 
 def test_services_are_wanted_by_the_top_runworker_only(settings):
-    settings.FLOWJOBS = {**settings.FLOWJOBS, "MIRROR": True}
+    settings.FLOWJOBS = {**settings.FLOWJOBS, "MIRROR": True, "OUTBOX_RELAY": True}
     current = conf.settings()
-    assert runner.wanted_services(runner.RunOptions(queues=[]), current) == ["mirror"]
+    both = ["mirror", "outbox-relay"]
+    assert runner.wanted_services(runner.RunOptions(queues=[]), current) == both
     assert runner.wanted_services(runner.RunOptions(queues=[], child=True), current) == []
-    assert runner.wanted_services(runner.RunOptions(queues=[], mirror=False), current) == []
-    settings.FLOWJOBS = {**settings.FLOWJOBS, "MIRROR": False}
+    assert runner.wanted_services(runner.RunOptions(queues=[], mirror=False), current) == [
+        "outbox-relay"
+    ]
+    settings.FLOWJOBS = {**settings.FLOWJOBS, "MIRROR": False, "OUTBOX_RELAY": False}
     assert runner.wanted_services(runner.RunOptions(queues=[]), conf.settings()) == []
 
 

@@ -28,19 +28,8 @@ if ARGV[6] ~= "1" then
 end
 rcall("HSET", jobKey, "delay", math.max(0, due - now))
 addDelayed(qk, jobId, due)
-if #ARGV >= 12 then
-  local tokens = {}
-  for i = 12, #ARGV do
-    tokens[#tokens + 1] = ARGV[i]
-  end
-  local name = ARGV[11]
-  if name == "" then
-    name = nil
-  end
-  local fetched = fetchJobs(qk, now, tokens, tonumber(ARGV[8]), tonumber(ARGV[9]),
-    tonumber(ARGV[10]), name)
-  if #fetched[1] > 0 or fetched[2] > 0 or fetched[3] > 0 then
-    return fetched
-  end
+local fetched = fetchNextFromArgv(qk, now, 8)
+if fetched then
+  return fetched
 end
 return 0

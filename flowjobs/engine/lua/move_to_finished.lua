@@ -85,20 +85,9 @@ if ARGV[11] ~= "" then
   updateMetrics(qk, target, tonumber(ARGV[11]), now)
 end
 
-if #ARGV >= 17 then
-  local tokens = {}
-  for i = 17, #ARGV do
-    tokens[#tokens + 1] = ARGV[i]
-  end
-  local name = ARGV[16]
-  if name == "" then
-    name = nil
-  end
-  local fetched = fetchJobs(qk, now, tokens, tonumber(ARGV[13]), tonumber(ARGV[14]),
-    tonumber(ARGV[15]), name)
-  if #fetched[1] > 0 or fetched[2] > 0 or fetched[3] > 0 then
-    return fetched
-  end
+local fetched = fetchNextFromArgv(qk, now, 13)
+if fetched then
+  return fetched
 end
 if rcall("LLEN", qk .. ":wait") == 0 and rcall("LLEN", qk .. ":active") == 0
     and rcall("ZCARD", qk .. ":prioritized") == 0 then

@@ -156,3 +156,27 @@ local function fetchJobs(qk, now, tokens, lockDuration, limiterMax, limiterDurat
   end
   return {{}, 0, nextDue}
 end
+
+-- The fetch-next tail of a finishing script. ARGV[at], ARGV[at + 1], ARGV[at + 2]: lock
+-- duration, limiter max and duration; ARGV[at + 3]: the worker's name ("" for none);
+-- ARGV[at + 4 ..]: one token per free slot (none: no fetch). Returns fetchJobs' reply when
+-- it took jobs or says when to look again, else nil.
+local function fetchNextFromArgv(qk, now, at)
+  if #ARGV < at + 4 then
+    return nil
+  end
+  local tokens = {}
+  for i = at + 4, #ARGV do
+    tokens[#tokens + 1] = ARGV[i]
+  end
+  local name = ARGV[at + 3]
+  if name == "" then
+    name = nil
+  end
+  local fetched = fetchJobs(qk, now, tokens, tonumber(ARGV[at]), tonumber(ARGV[at + 1]),
+    tonumber(ARGV[at + 2]), name)
+  if #fetched[1] > 0 or fetched[2] > 0 or fetched[3] > 0 then
+    return fetched
+  end
+  return nil
+end

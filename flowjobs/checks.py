@@ -13,7 +13,7 @@ Ids:
 - flowjobs.W001 Redis does not answer at REDIS_URL (1 s timeout; password masked)
 - flowjobs.W002 Redis maxmemory-policy is not noeviction (jobs may be evicted)
 - flowjobs.E021 an OUTBOX_* setting is not valid
-- flowjobs.W003 no outbox relay is running (no relay holds its lock in Redis)
+- flowjobs.W003 outbox entries wait and no relay is running (none holds its lock in Redis)
 - flowjobs.W004 the outbox holds an entry older than OUTBOX_MAX_AGE
 
 The outbox checks (W003, W004) read the database, so they run only when asked for
@@ -75,6 +75,7 @@ def check_outbox(
         return []
     config = outbox.outbox_settings()
     found: list[checks.CheckMessage] = []
+    waiting = 0
     for alias in config.databases:
         if alias not in databases:
             continue
@@ -82,6 +83,7 @@ def check_outbox(
             count, age = outbox.backlog(alias)
         except DatabaseError:
             continue  # not migrated yet: migrate's own output says so
+        waiting += count
         if age is not None and age > config.max_age:
             found.append(
                 checks.Warning(
@@ -94,7 +96,8 @@ def check_outbox(
                     id="flowjobs.W004",
                 )
             )
-    if conf.settings().CHECK_REDIS:
+    # An empty outbox needs no relay yet: no warning at a first `migrate`, before any worker.
+    if waiting and conf.settings().CHECK_REDIS:
         try:
             alive = outbox.relay_heartbeat_ms() is not None
         except redis.RedisError:
@@ -102,8 +105,9 @@ def check_outbox(
         if not alive:
             found.append(
                 checks.Warning(
-                    "no outbox relay is running: entries whose push after commit failed "
-                    "stay in the database until one runs",
+                    f"no outbox relay is running and the outbox holds {waiting} entr(ies): "
+                    "entries whose push after commit failed stay in the database until one "
+                    "runs",
                     hint="Run manage.py runworker (OUTBOX_RELAY on, the default) or "
                     "manage.py relayoutbox.",
                     id="flowjobs.W003",

@@ -22,6 +22,7 @@ class MirrorSettings:
     in_worker: bool = True
     batch_size: int = 1000
     block_ms: int = 1000
+    coalesce_ms: int = 200
     lock_ttl_ms: int = 30_000
     discover_interval: float = 5.0
     reconcile_interval: float | None = 900.0
@@ -76,6 +77,7 @@ def mirror_settings() -> MirrorSettings:
         in_worker=in_worker,
         batch_size=int(pick("MIRROR_BATCH_SIZE", 1000)),
         block_ms=int(pick("MIRROR_BLOCK_MS", 1000)),
+        coalesce_ms=int(pick("MIRROR_COALESCE_MS", 200)),
         lock_ttl_ms=int(pick("MIRROR_LOCK_TTL_MS", 30_000)),
         discover_interval=float(pick("MIRROR_DISCOVER_INTERVAL", 5.0)),
         reconcile_interval=(
@@ -97,12 +99,16 @@ def check_settings() -> list[str]:
     for name in ("batch_size", "block_ms", "lock_ttl_ms"):
         if getattr(current, name) <= 0:
             problems.append(f"FLOWJOBS MIRROR_{name.upper()} must be > 0")
+    if current.coalesce_ms < 0:
+        problems.append("FLOWJOBS MIRROR_COALESCE_MS must be >= 0")
     for name in ("history_age", "history_count"):
         value = getattr(current, name)
         if value is not None and value < 0:
             problems.append(f'FLOWJOBS MIRROR_HISTORY["{name[8:]}"] must be None or >= 0')
     if current.block_ms * 3 > current.lock_ttl_ms:
         problems.append("FLOWJOBS MIRROR_BLOCK_MS must be under a third of MIRROR_LOCK_TTL_MS")
+    if current.coalesce_ms * 3 > current.lock_ttl_ms:
+        problems.append("FLOWJOBS MIRROR_COALESCE_MS must be under a third of MIRROR_LOCK_TTL_MS")
     from .unstorable import text_problem
 
     prefix_problem = text_problem("PREFIX", current.prefix, "prefix")

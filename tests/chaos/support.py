@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,15 +12,9 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from flowjobs.testing.server import pdeathsig_prefix
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _pdeathsig() -> list[str]:
-    # The kernel kills the worker if pytest dies, so no worker outlives a crashed run.
-    if threading.current_thread() is not threading.main_thread():
-        return []
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
 
 
 class WorkerProcess:
@@ -37,7 +30,7 @@ class WorkerProcess:
         **options: int | float,
     ) -> None:
         command = [
-            *_pdeathsig(),
+            *pdeathsig_prefix(),
             sys.executable,
             "-m",
             "tests.chaos.worker_proc",

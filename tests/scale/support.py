@@ -8,22 +8,15 @@ import signal
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import redis
 
+from flowjobs.testing.server import pdeathsig_prefix
 from tests.helpers import wait_for
 from tests.redis_server import RedisServer, free_port
-
-
-def _pdeathsig() -> list[str]:
-    if threading.current_thread() is not threading.main_thread():
-        return []
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
 
 
 class SentinelProcess:
@@ -45,7 +38,7 @@ class SentinelProcess:
         )
         self.proc = subprocess.Popen(
             [
-                *_pdeathsig(),
+                *pdeathsig_prefix(),
                 shutil.which("redis-server") or "redis-server",
                 str(conf),
                 "--sentinel",

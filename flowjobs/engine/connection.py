@@ -116,24 +116,52 @@ def printable(text: str) -> str:
 
 class OutageLog:
     """One warning when Redis is lost and one info line, with the outage's length, when
-    it is back: however many calls fail in between, and however many tasks make them."""
+    it is back: however many calls fail in between, and however many tasks make them.
 
-    def __init__(self, logger: logging.Logger, where: str) -> None:
+    Connections opened before a half-open cut can still time out after Redis is back
+    (a held socket is only found dead after its timeout): a loss within
+    `settle_s` of the last "back" is the same outage's tail, and is not logged again."""
+
+    def __init__(self, logger: logging.Logger, where: str, settle_s: float | None = None) -> None:
         self.logger = logger
         self.where = where
+        self.settle_s = SOCKET_TIMEOUT_S + BLOCKING_MARGIN_S if settle_s is None else settle_s
         self.since: float | None = None
+        self.quiet = False  # the current loss continues an outage already reported
+        self.first_since: float | None = None
+        self.back_at: float | None = None
 
     def lost(self, error: BaseException) -> None:
-        if self.since is None:
-            self.since = time.monotonic()
-            self.logger.warning("lost Redis at %s (%s); reconnecting", self.where, error)
+        now = time.monotonic()
+        if self.since is not None:
+            if self.quiet and now - self.since >= self.settle_s:
+                # not a tail after all: Redis is gone again
+                self.quiet = False
+                self.first_since = self.since
+                self.logger.warning("lost Redis at %s (%s); reconnecting", self.where, error)
+            return
+        self.since = now
+        if self.back_at is not None and now - self.back_at < self.settle_s:
+            self.quiet = True
+            self.logger.debug(
+                "Redis at %s: a connection from the outage failed late (%s)", self.where, error
+            )
+            return
+        self.quiet = False
+        self.first_since = now
+        self.logger.warning("lost Redis at %s (%s); reconnecting", self.where, error)
 
     def back(self) -> None:
-        if self.since is not None:
+        if self.since is None:
+            return
+        now = time.monotonic()
+        if not self.quiet:
             self.logger.info(
-                "Redis at %s is back after %.1fs", self.where, time.monotonic() - self.since
+                "Redis at %s is back after %.1fs", self.where, now - (self.first_since or now)
             )
-            self.since = None
+        self.since = None
+        self.quiet = False
+        self.back_at = now
 
 
 Connection = str | redis.Redis | redis.cluster.RedisCluster | None

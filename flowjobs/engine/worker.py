@@ -841,6 +841,7 @@ class Worker:
                     ("move_to_active", [self.queue.keys.meta], self._fetch_args(fetch_tokens))
                 )
         delay = 0.1
+        resent = False
         while True:
             try:
                 results = await scripts.run_on_lane(lane, calls) if calls else []
@@ -851,11 +852,12 @@ class Worker:
                 # answers "not active", which is logged below
                 await self._connection_lost(error, delay)
                 delay = min(delay * 2, CONNECTION_RETRY_MAX_S)
+                resent = True
         self._reserved -= len(fetch_tokens)
         for (job, outcome, value, call, retry_delay_ms), result in zip(
             plans, results, strict=False
         ):
-            if self._after_record(job, outcome, value, call, result):
+            if self._after_record(job, outcome, value, call, result, resent):
                 joblog.recorded(job, self.queue.name, outcome, value, retry_delay_ms)
         self._processed_since_drained = True
         if fetch_tokens:
@@ -957,16 +959,33 @@ class Worker:
         return call, "failed", failure, 0
 
     def _after_record(
-        self, job: Job, outcome: str, value: Any, call: scripts.Call, result: Any
+        self,
+        job: Job,
+        outcome: str,
+        value: Any,
+        call: scripts.Call,
+        result: Any,
+        resent: bool = False,
     ) -> bool:
-        """Emits the local event of a recorded outcome; False when Redis refused it."""
+        """Emits the local event of a recorded outcome; False when Redis refused it.
+        `resent`: the call went again after a broken connection, so a refusal most likely
+        means the first send reached Redis and recorded the outcome already."""
         if isinstance(result, BaseException) or (isinstance(result, int) and result < 0):
             error = (
                 result
                 if isinstance(result, BaseException)
                 else error_for_code(result, job.id, self.queue.name, f"record {outcome}")
             )
-            logger.warning("could not record %s of job %s: %s", outcome, job.id, error)
+            if resent and isinstance(result, int):
+                logger.info(
+                    "job %s: %s sent again after a broken connection was refused (%s); the "
+                    "first send most likely recorded it",
+                    printable(job.id),
+                    outcome,
+                    error,
+                )
+                return False
+            logger.warning("could not record %s of job %s: %s", outcome, printable(job.id), error)
             self._emit("error", error)
             return False
         self.jobs_processed += 1

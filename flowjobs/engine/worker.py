@@ -249,9 +249,20 @@ class Worker:
                 loop.call_soon_threadsafe(self._wake.set)
                 loop.call_soon_threadsafe(self._cancel_blocking)
         if self._thread is not None and self._thread is not threading.current_thread():
+            if force and timeout is None:
+                # a forced close leaves active jobs behind: it must not wait for ever on a
+                # loop that does not wind down
+                timeout = FORCED_CLOSE_WAIT_S
             self._thread.join(timeout)
             if self._thread.is_alive() and not force:
                 self.close(force=True, timeout=5)
+            elif self._thread.is_alive():
+                logger.warning(
+                    "worker for %s: its thread did not stop within %.0fs of a forced close; "
+                    "it is left to end on its own (a daemon thread)",
+                    self.queue.keys.qualified,
+                    timeout,
+                )
         elif self._thread is None and loop is not None:
             self._stopped.wait(timeout)
 
@@ -1060,6 +1071,8 @@ class Worker:
 
 
 _EAGER_TASKS = sys.version_info >= (3, 12)
+# How long close(force=True) waits for the worker's thread when given no timeout.
+FORCED_CLOSE_WAIT_S = 10.0
 
 
 def _eager_task(loop: asyncio.AbstractEventLoop, coro: Any, **options: Any) -> asyncio.Task:

@@ -328,7 +328,10 @@ class ServicesChild:
 
     def _spawn(self) -> None:
         argv = ["--services", *(f"--service={name}" for name in self.names)]
-        self.process = spawn_runworker(argv, self.env, "background services")
+        # its parent's pid, named: a parent that died before the child asked for it would
+        # otherwise look alive to the child for ever (the child's ppid is then 1 from the start)
+        env = {**self.env, SERVICES_PARENT_ENV: str(os.getpid())}
+        self.process = spawn_runworker(argv, env, "background services")
 
     def check(self) -> None:
         """Restarts the services process when it exited (at most once a second)."""
@@ -368,12 +371,18 @@ class ServicesChild:
             process.wait()
 
 
+SERVICES_PARENT_ENV = "FLOWJOBS_RUNWORKER_PID"
+
+
 def run_services(names: list[str]) -> int:
     """``runworker --services``: runs the named background services until SIGTERM or
     SIGINT, or until the runworker that started this process is gone."""
     signals = _Signals()
     signals.install()
-    parent = os.getppid()
+    parent = int(os.environ.get(SERVICES_PARENT_ENV) or os.getppid())
+    if os.getppid() != parent:
+        runner_logger.warning("runworker: parent is gone; not starting background services")
+        return EXIT_OK
     running = _RunningServices(names)
     runner_logger.info(
         "runworker: background services %s (pid %s)", ", ".join(names) or "none", os.getpid()

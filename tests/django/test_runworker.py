@@ -239,3 +239,18 @@ def test_the_services_process_stops_when_its_runworker_is_killed(start_worker):
 
     wait_for(gone, timeout=20, message="the services process outlived its runworker")
     assert "parent is gone; stopping background services" in worker.output()
+
+
+def test_a_services_process_whose_runworker_died_before_it_started_does_not_run(start_worker):
+    """The parent can be gone (SIGKILLed, or a quick --burst run) before its services
+    child asks for its parent's pid: the child then sees pid 1, and used to run for ever."""
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    services = start_worker(
+        "--services", "--service=outbox-relay", env={"FLOWJOBS_RUNWORKER_PID": str(dead.pid)}
+    )
+    assert services.wait() == 0, services.output()
+    assert "parent is gone; not starting background services" in services.output()

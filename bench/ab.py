@@ -12,12 +12,15 @@ ratios. Needs the harness copy in bench/.cache/anchors (`BENCH_PREPARE_ONLY=1
 bench/run`) and Node's bullmq (ANCHORS_NODE, e.g. tests/interop). A `.sync` or
 `.runworker` case of flowjobs is compared with Node's case of the same name without
 the suffix (Node has neither synchronous processors nor a Django command). The load
-average before each round is printed with the round and under the table.
+average before each round is printed with the round and under the table, and so is the
+CPU each run took per job: the contestant's processes (all of them, producer included)
+and the Redis server's, which on a 2-core machine is what the speed is traded against.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -35,17 +38,34 @@ CONTESTANTS = ("flowjobs", "bullmq-node")
 DEFAULT_CASES = ["W1.add", "W1.bulk", "W2.c1", "W2.c50", "W2.c50.sync"]
 
 
-def run_case(contestant: str, case: str, env: dict[str, str]) -> float | None:
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a running process, from /proc."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_case(
+    contestant: str, case: str, env: dict[str, str], redis_pid: int
+) -> tuple[float, float, float] | None:
+    """(jobs/s, contestant CPU s, Redis CPU s) of one run."""
     if contestant != "flowjobs":
         case = base_case(case)
     script = os.path.join(HARNESS, "contestants", f"{contestant}.sh")
+    cpu, redis_cpu = children_cpu_s(), process_cpu_s(redis_pid)
     out = subprocess.run(
         ["bash", script, "run", case], env=env, capture_output=True, text=True, timeout=600
     )
+    cpu, redis_cpu = children_cpu_s() - cpu, process_cpu_s(redis_pid) - redis_cpu
     for line in out.stdout.splitlines():
         parts = line.split()
         if len(parts) == 4 and parts[0] == contestant and parts[2] == "jobs_per_s":
-            return float(parts[3])
+            return float(parts[3]), cpu, redis_cpu
     print(f"{contestant} {case}: no result\n{out.stderr[-2000:]}", file=sys.stderr)
     return None
 
@@ -71,7 +91,9 @@ def main(argv: list[str]) -> int:
             if subprocess.run([*cli, "ping"], capture_output=True).returncode == 0:
                 break
             time.sleep(0.05)
+        jobs = int(os.environ.get("BENCH_N", "20000"))
         results: dict[tuple[str, str], list[float]] = {}
+        cpu_per_job: dict[tuple[str, str], list[tuple[float, float]]] = {}
         loads: list[float] = []
         ratios: dict[str, list[float]] = {}
         for r in range(rounds):
@@ -81,9 +103,13 @@ def main(argv: list[str]) -> int:
                 got = {}
                 for contestant in order:
                     subprocess.run([*cli, "flushall"], capture_output=True, check=True)
-                    got[contestant] = run_case(contestant, case, env)
-                    if got[contestant] is not None:
-                        results.setdefault((contestant, case), []).append(got[contestant])
+                    run = run_case(contestant, case, env, redis.pid)
+                    got[contestant] = None if run is None else run[0]
+                    if run is not None:
+                        results.setdefault((contestant, case), []).append(run[0])
+                        cpu_per_job.setdefault((contestant, case), []).append(
+                            (run[1] / jobs * 1e6, run[2] / jobs * 1e6)
+                        )
                 if None not in got.values():
                     ratios.setdefault(case, []).append(got["flowjobs"] / got["bullmq-node"])
                 print(
@@ -105,6 +131,16 @@ def main(argv: list[str]) -> int:
                 if mine and theirs and each
                 else f"| {case} | - | - | - | - |"
             )
+        print("\n| case | contestant | CPU µs/job, its processes (median) | Redis CPU µs/job |")
+        print("|---|---|---|---|")
+        for case in cases:
+            for contestant in CONTESTANTS:
+                spent = cpu_per_job.get((contestant, case))
+                if spent:
+                    print(
+                        f"| {case} | {contestant} | {statistics.median(s[0] for s in spent):,.0f} "
+                        f"| {statistics.median(s[1] for s in spent):,.0f} |"
+                    )
         print(
             f"\n1-minute load average before the rounds: median {statistics.median(loads):.2f}, "
             f"range {min(loads):.2f}-{max(loads):.2f} ({os.cpu_count()} CPUs)"

@@ -116,6 +116,8 @@ def load(paths: list[str]) -> tuple[dict, dict, list[tuple[str, str]]]:
 VARIANT_NOTES = {
     ".sync": " (sync processor)",
     ".runworker": " (manage.py runworker, default settings, sync processor)",
+    ".enqueue": " (flowjobs.enqueue)",
+    ".tasks": " (django.tasks Task.enqueue)",
 }
 FLOWJOBS_ONLY_SUFFIXES = tuple(VARIANT_NOTES)
 

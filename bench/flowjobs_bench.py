@@ -56,6 +56,8 @@ W5_CONCURRENCY = int(os.environ.get("BENCH_W5_CONCURRENCY", "10"))
 
 CASES = [
     "W1.add",
+    "W1.add.enqueue",
+    "W1.add.tasks",
     "W1.bulk",
     "W2.c1",
     "W2.c50",
@@ -221,6 +223,42 @@ def w1_add() -> None:
     dt = time.perf_counter() - t0
     q.close()
     emit("W1.add", "jobs_per_s", N_JOBS / dt)
+
+
+def w1_add_django(case: str) -> None:
+    """W1.add through the Django layer, one by one: `flowjobs.enqueue.enqueue()` (.enqueue) or
+    django.tasks' `Task.enqueue()` on the FlowJobsBackend (.tasks), on bench_site with
+    its default settings (no enqueue on commit)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="flowjobs-bench-site-") as site_dir:
+        os.environ.update(site_env(site_dir))
+        sys.path[:0] = [BENCH_DIR, REPO_DIR]
+        import django
+
+        django.setup()
+        from flowjobs.enqueue import enqueue
+
+        warm_up(new_queue())
+        if case == "W1.add.tasks":
+            from bench_site.tasks import record
+
+            def add(i: int) -> None:
+                record.enqueue(**payload(i))
+        else:
+
+            def add(i: int) -> None:
+                enqueue(QUEUE, "job", payload(i))
+
+        add(-1)  # the first call connects and loads the script
+        dl = Deadline()
+        t0 = time.perf_counter()
+        for i in range(N_JOBS):
+            add(i)
+            if i % 1000 == 0:
+                dl.check()
+        dt = time.perf_counter() - t0
+    emit(case, "jobs_per_s", N_JOBS / dt)
 
 
 def w1_bulk() -> None:
@@ -646,6 +684,8 @@ def main(argv: list[str]) -> int:
         raise SystemExit(__doc__)
     cases: dict[str, Callable[[], None]] = {
         "W1.add": w1_add,
+        "W1.add.enqueue": lambda: w1_add_django("W1.add.enqueue"),
+        "W1.add.tasks": lambda: w1_add_django("W1.add.tasks"),
         "W1.bulk": w1_bulk,
         "W2.c1": lambda: w2(1, "W2.c1", noop_async),
         "W2.c50": lambda: w2(50, "W2.c50", noop_async),

@@ -31,6 +31,9 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 _HOST = os.environ.get("REDIS_HOST", "127.0.0.1")
 _PORT = os.environ.get("REDIS_PORT", "6390")
+# W1.add.tasks: Django's Tasks API (Django 6.0+) on flowjobs, queue "bench-tasks" (its own: the backend runs it)
+TASKS = {"default": {"BACKEND": "flowjobs.backends.FlowJobsBackend", "QUEUES": ["bench-tasks"]}}
+
 FLOWJOBS = {
     "REDIS_URL": os.environ.get("REDIS_URL") or f"redis://{_HOST}:{_PORT}/0",
     "PREFIX": os.environ.get("BENCH_PREFIX", "bull"),

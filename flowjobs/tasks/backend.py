@@ -21,7 +21,6 @@ from django.tasks.backends.base import BaseTaskBackend
 from django.tasks.base import Task, TaskResult, TaskResultStatus
 from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
 from django.tasks.signals import task_enqueued
-from django.utils.json import normalize_json
 from django.utils.module_loading import import_string
 
 from .. import conf, outbox
@@ -236,33 +235,33 @@ class FlowJobsBackend(BaseTaskBackend):
         # No validate_task() here: Django validated this Task when it was made (its
         # __post_init__, which using() runs too), and the job's own encoding below checks
         # the options again; validating twice more cost a third of an enqueue.
+        requested_id = getattr(task, "job_id", None) or uuid.uuid4().hex
         try:
-            args = normalize_json(list(args))
-            kwargs = normalize_json(dict(kwargs))
+            # TaskResult normalizes the arguments to plain JSON (Django's normalize_json):
+            # the job carries that copy, so nothing walks them twice.
+            result = TaskResult(
+                task=task,
+                id=requested_id,
+                status=TaskResultStatus.READY,
+                enqueued_at=None,
+                started_at=None,
+                finished_at=None,
+                last_attempted_at=None,
+                args=args,
+                kwargs=kwargs,
+                backend=self.alias,
+                errors=[],
+                worker_ids=[],
+            )
         except (TypeError, ValueError) as error:
             # Raised before anything is written: the job data must be plain JSON.
             raise TypeError(
                 f"Task {task.module_path}: arguments must be JSON-serializable "
                 f"(lists, dicts, str, int, float, bool, None): {error}"
             ) from None
-        data = {"args": args, "kwargs": kwargs, "backend": self.alias}
-        requested_id = getattr(task, "job_id", None) or uuid.uuid4().hex
+        data = {"args": result.args, "kwargs": result.kwargs, "backend": self.alias}
         options = {**self._job_options(task), "job_id": requested_id}
         queue = conf.get_queue(task.queue_name)
-        result = TaskResult(
-            task=task,
-            id=requested_id,
-            status=TaskResultStatus.READY,
-            enqueued_at=None,
-            started_at=None,
-            finished_at=None,
-            last_attempted_at=None,
-            args=args,
-            kwargs=kwargs,
-            backend=self.alias,
-            errors=[],
-            worker_ids=[],
-        )
 
         delay = 0
         if task.run_after is not None:

@@ -8,7 +8,9 @@ metric; flowjobs' `.sync` and `.runworker` variants are compared with the anchor
 the same name without the suffix. The rq and celery columns show that contestant's best variant of the
 same workload (W2.simple, W4.solo, ...). Ratios always read "how much better flowjobs is":
 flowjobs/anchor for throughput (jobs/s), anchor/flowjobs for seconds and milliseconds,
-printed as "N× faster" or "N× slower".
+printed as "N× faster" or "N× slower". For W6 a second table lists every contestant's
+setup (Celery's pools with and without connection reuse, RQ, django-tasks-db) against
+flowjobs' W6 case.
 """
 
 from __future__ import annotations
@@ -158,6 +160,48 @@ def best_variant(values: dict, contestant: str, case: str, metric: str) -> str:
     return f"{fmt(pick[0])} ({variant})"
 
 
+def spread_text(vals: list[float]) -> str:
+    """(max-min)/median of a case's rounds, and how many rounds."""
+    mid = statistics.median(vals)
+    spread = (max(vals) - min(vals)) / mid * 100 if mid else 0.0
+    return f"{spread:.0f}% (n={len(vals)})"
+
+
+# Workloads whose anchors run several setups worth a row each (W6: Celery with and without
+# connection reuse, its pools, RQ, django-tasks-db): one more table, every contestant's case.
+EVERY_SETUP_TABLES = {
+    "W6": "W6: {BENCH_W6_N} jobs of one ORM insert (PostgreSQL), every setup",
+}
+
+
+def print_every_setup_table(values: dict, workload: str, title: str) -> None:
+    """flowjobs' case(s) of the workload first, then every other contestant's case of it,
+    fastest first, each with the ratio to flowjobs' (first) case."""
+    rows = [(c, cs, m) for (c, cs, m) in values if cs.split(".")[0] == workload]
+    mine = sorted(r for r in rows if r[0] == ME)
+    if not mine:
+        return
+    metric = mine[0][2]
+    reference = statistics.median(values[mine[0]])
+    others = sorted(
+        (r for r in rows if r[0] != ME and r[2] == metric),
+        key=lambda r: statistics.median(values[r]),
+        reverse=higher_is_better(metric),
+    )
+    sizes = {k: f"{int(v):,}" if v.isdigit() else v for k, v in SIZES.items()}
+    print()
+    print(title.format(**sizes))
+    print()
+    head = ["contestant", "case", metric, "spread", f"{ME} {mine[0][1]} vs it"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for row in mine + others:
+        vals = values[row]
+        ratio = ratio_text(reference, statistics.median(vals), metric) if row != mine[0] else ""
+        cells = [row[0], row[1], fmt(statistics.median(vals)), spread_text(vals), ratio]
+        print("| " + " | ".join(cells) + " |")
+
+
 def main(argv: list[str]) -> int:
     paths = [a for a in argv[1:] if not a.startswith("--")]
     if not paths:
@@ -188,8 +232,7 @@ def main(argv: list[str]) -> int:
                 label += note
         cells = [label, case, metric, "higher" if higher_is_better(metric) else "lower"]
         if mine_vals:
-            spread = (max(mine_vals) - min(mine_vals)) / mine * 100 if mine else 0.0
-            cells += [fmt(mine), f"{spread:.0f}% (n={len(mine_vals)})"]
+            cells += [fmt(mine), spread_text(mine_vals)]
         else:
             cells += [" ".join(sorted(set(statuses.get((ME, case), ["-"])))), ""]
         for a in RATIO_ANCHORS:
@@ -214,6 +257,8 @@ def main(argv: list[str]) -> int:
         f"{ME}/X; seconds and ms: X/{ME}); 'slower' means X is better. spread = "
         f"(max-min)/median of {ME}'s rounds. rq/celery: their best variant of the workload."
     )
+    for workload, title in EVERY_SETUP_TABLES.items():
+        print_every_setup_table(values, workload, title)
     failed = {k: v for k, v in statuses.items() if v}
     if failed:
         print()

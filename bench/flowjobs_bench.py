@@ -505,40 +505,20 @@ def w2_runworker(processes: int, concurrency: int, case: str) -> None:
     emit_drain_rate(r, case)
 
 
-W6_N = int(os.environ.get("BENCH_W6_N", "5000"))
-W6_CONCURRENCY = int(os.environ.get("BENCH_W6_CONCURRENCY", "2"))
-# a server where the bench may create (and drop) a database of its own
-W6_SERVER_URL = os.environ.get(
-    "BENCH_W6_SERVER_URL", "postgres://flowjobs:flowjobs@127.0.0.1:5432/postgres"
-)
-
-
 def w6_orm_runworker() -> None:
     """W6: one ORM insert per job (bench_site's `Row`) on PostgreSQL, runworker with the
     default settings and persistent connections, BENCH_W6_CONCURRENCY jobs at a time.
     jobs_per_s from the rows' own timestamps (the database's clock), first to last."""
-    import uuid
+    if BENCH_DIR not in sys.path:
+        sys.path.insert(0, BENCH_DIR)
+    from bench_site import w6
 
-    import psycopg
-
-    name = f"flowjobs_bench_w6_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(W6_SERVER_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    database_url = W6_SERVER_URL.rsplit("/", 1)[0] + "/" + name
-    try:
+    with w6.throwaway_database("flowjobs_bench_w6") as database_url:
         runworker_drain(
-            sync_redis(), "bench-orm", W6_N, 1, W6_CONCURRENCY, {"DATABASE_URL": database_url}
+            sync_redis(), "bench-orm", w6.N_JOBS, 1, w6.CONCURRENCY, {"DATABASE_URL": database_url}
         )
-        with psycopg.connect(database_url) as db:
-            rows, first, last = db.execute(
-                "SELECT count(*), min(created_at), max(created_at) FROM bench_site_row"
-            ).fetchone()
-        if rows != W6_N:
-            raise RuntimeError(f"{rows} rows for {W6_N} jobs")
-        emit("W6.orm.runworker", "jobs_per_s", W6_N / (last - first).total_seconds())
-    finally:
-        with psycopg.connect(W6_SERVER_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        log(f"W6.orm.runworker: {w6.sessions_opened(database_url)} database sessions opened")
+        emit("W6.orm.runworker", "jobs_per_s", w6.rows_per_second(database_url, w6.N_JOBS))
 
 
 def runworker_drain(

@@ -451,6 +451,7 @@ class Worker:
         finally:
             self._started.set()
             watch.stop()
+            self._closing = True  # the background loops stop on it too (see _winding_down)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -509,6 +510,16 @@ class Worker:
             warning = eviction_warning(describe(self._connection), policy)
             if warning:
                 logger.warning(warning)
+
+    def _winding_down(self) -> bool:
+        """Whether a background loop (lock renewal, stalled check, cancel listener) should
+        end. Besides `_closing`, its task may have been cancelled with the CancelledError
+        lost on the way: redis-py 6.0 can swallow one that meets its read timeout (seen
+        on Python 3.11), and a loop that carried on would sleep through the close."""
+        if self._closing:
+            return True
+        task = asyncio.current_task()
+        return task is not None and task.cancelling() > 0
 
     def _cancel_blocking(self) -> None:
         if self._blocking_task is not None:
@@ -726,7 +737,7 @@ class Worker:
         socket timeout sits on a silent connection (a half-open cut) and is replaced."""
         last_heard = time.monotonic()
         probed_at: float | None = None
-        while True:
+        while not self._winding_down():
             message = await pubsub.get_message(timeout=1.0)
             now = time.monotonic()
             if message is not None and message.get("type") == "message":
@@ -746,13 +757,15 @@ class Worker:
         """Receives cancel requests (queue.cancel_job) as they are published; lock renewal
         reads them from the job hashes too, in case a message was missed."""
         delay = 0.1
-        while True:
+        while not self._winding_down():
             try:
                 if pubsub is None:
                     pubsub = await self._subscribe_cancels()
                     delay = 0.1
                 await self._read_cancels(pubsub)
             except (redis.ConnectionError, redis.TimeoutError, OSError):
+                if self._winding_down():
+                    return
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, CONNECTION_RETRY_MAX_S)
             except redis.ResponseError as error:
@@ -1015,7 +1028,7 @@ class Worker:
             await asyncio.sleep(0.005)
 
     async def _lock_renewer(self) -> None:
-        while True:
+        while not self._winding_down():
             await asyncio.sleep(self.lock_renew_time / 1000)
             if not self._active:
                 continue
@@ -1045,7 +1058,7 @@ class Worker:
                 self._emit("locks_renewed", {"count": len(renewed), "job_ids": renewed})
 
     async def _stalled_checker(self) -> None:
-        while True:
+        while not self._winding_down():
             try:
                 moved = await scripts.arun(
                     self._aclient,
@@ -1067,6 +1080,8 @@ class Worker:
                     self._emit("stalled", job_id)
             except redis.RedisError as error:
                 self._emit("error", error)
+            if self._winding_down():
+                return
             await asyncio.sleep(self.stalled_interval / 1000)
 
 

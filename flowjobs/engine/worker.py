@@ -198,6 +198,7 @@ class Worker:
         self._finished: list[tuple[Job, str, Any]] = []
         self._recording = 0
         self._batch_size = max(1, concurrency // 2)
+        self._records_scheduled = False  # a _send_records call is queued on the loop
         self._lanes: list[Any] = []
         self._free_lanes: list[Any] = []
         self._limit_until = 0.0
@@ -811,8 +812,17 @@ class Worker:
             self._emit("error", error)
 
     def _schedule_records(self) -> None:
-        """Records finished jobs: up to two half-size batches in flight, each on its own
-        connection, so Redis runs one batch while this process handles the other's jobs."""
+        """Records finished jobs at the end of this round of the event loop, so that the
+        jobs finishing in the same round share a batch: a thread pool hands its results
+        over a few at a time, and each woken job would otherwise take a free lane alone."""
+        if not self._records_scheduled:
+            self._records_scheduled = True
+            self._loop.call_soon(self._send_records)
+
+    def _send_records(self) -> None:
+        """Up to two half-size batches in flight, each on its own connection, so Redis
+        runs one batch while this process handles the other's jobs."""
+        self._records_scheduled = False
         while self._finished and self._free_lanes:
             lane = self._free_lanes.pop()
             batch = self._finished[: self._batch_size]

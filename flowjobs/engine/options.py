@@ -83,22 +83,28 @@ def loads(text: str) -> Any:
         raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels (MAX_JSON_DEPTH)") from None
 
 
-def dumps(value: Any, what: str = "data") -> str:
+# One encoder for every dumps(): json.dumps with options builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_CONTAINERS = (dict, list, tuple)  # a tuple: isinstance with one is faster than with a union
+
+
+def dumps(value: Any, what: str = "data", *, nested: bool = True) -> str:
     """Compact JSON like JSON.stringify; NaN/Infinity and non-JSON types are refused, and
     so are non-string object keys (JSON would turn 1 into "1", or merge 1 and "1"), and
-    nesting deeper than MAX_JSON_DEPTH."""
+    nesting deeper than MAX_JSON_DEPTH. `nested=False` is for a value this module built
+    itself (str keys, two levels at most): only the checks of its values run."""
     try:
-        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = _ENCODER.encode(value)
     except (TypeError, ValueError) as error:
         raise InvalidJobData(f"{what} must be JSON-serialisable: {error}") from None
     except RecursionError:
         text = None
-    if text is None or json_too_deep(text):
+    if text is None or (nested and json_too_deep(text)):
         raise InvalidJobData(
             f"{what} nests deeper than {MAX_JSON_DEPTH} levels (MAX_JSON_DEPTH), "
             "more than a JSON reader is sure to decode"
         )
-    if isinstance(value, dict | list | tuple):
+    if nested and isinstance(value, _CONTAINERS):
         _check_keys(value, what)
     if not text.isascii() and not is_unicode(text):
         raise InvalidJobData(
@@ -113,15 +119,19 @@ def _check_keys(value: dict | list | tuple, what: str) -> None:
     stack: list[Any] = [value]
     while stack:
         item = stack.pop()
-        children = item.values() if isinstance(item, dict) else item
         if isinstance(item, dict):
-            for key in item:
-                if not isinstance(key, str):
+            for key, child in item.items():
+                if type(key) is not str and not isinstance(key, str):
                     raise InvalidJobData(
                         f"{what} must be JSON: object key {key!r} is a {type(key).__name__}, "
                         "not a string"
                     )
-        stack.extend(child for child in children if isinstance(child, dict | list | tuple))
+                if isinstance(child, _CONTAINERS):
+                    stack.append(child)
+        else:
+            for child in item:
+                if isinstance(child, _CONTAINERS):
+                    stack.append(child)
 
 
 def is_unicode(text: str) -> bool:
@@ -282,7 +292,7 @@ class EncodedJob:
         if self.repeat_job_key:
             spec["rjk"] = self.repeat_job_key
         spec.update(self.extra)
-        return [dumps(spec, "job spec"), self.data_json, dumps(self.opts, "options")]
+        return [dumps(spec, "job spec", nested=False), self.data_json, dumps(self.opts, "options")]
 
 
 def encode_job(
@@ -297,8 +307,8 @@ def encode_job(
     if not isinstance(name, str) or not name or not is_unicode(name):
         raise InvalidJobOptions(f"job name must be a non-empty string, got {name!r}")
     merged = {**(defaults or {}), **options}
-    unknown = sorted(set(merged) - set(STORED_NAMES))
-    if unknown:
+    if merged.keys() - STORED_NAMES.keys():
+        unknown = sorted(merged.keys() - STORED_NAMES.keys())
         raise _fail(
             name,
             f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(STORED_NAMES))}",

@@ -198,6 +198,7 @@ class Worker:
         self._finished: list[tuple[Job, str, Any]] = []
         self._recording = 0
         self._batch_size = max(1, concurrency // 2)
+        self._records_scheduled = False  # a _send_records call is queued on the loop
         self._lanes: list[Any] = []
         self._free_lanes: list[Any] = []
         self._limit_until = 0.0
@@ -451,6 +452,7 @@ class Worker:
         finally:
             self._started.set()
             watch.stop()
+            self._closing = True  # the background loops stop on it too (see _winding_down)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -509,6 +511,16 @@ class Worker:
             warning = eviction_warning(describe(self._connection), policy)
             if warning:
                 logger.warning(warning)
+
+    def _winding_down(self) -> bool:
+        """Whether a background loop (lock renewal, stalled check, cancel listener) should
+        end. Besides `_closing`, its task may have been cancelled with the CancelledError
+        lost on the way: redis-py 6.0 can swallow one that meets its read timeout (seen
+        on Python 3.11), and a loop that carried on would sleep through the close."""
+        if self._closing:
+            return True
+        task = asyncio.current_task()
+        return task is not None and task.cancelling() > 0
 
     def _cancel_blocking(self) -> None:
         if self._blocking_task is not None:
@@ -726,7 +738,7 @@ class Worker:
         socket timeout sits on a silent connection (a half-open cut) and is replaced."""
         last_heard = time.monotonic()
         probed_at: float | None = None
-        while True:
+        while not self._winding_down():
             message = await pubsub.get_message(timeout=1.0)
             now = time.monotonic()
             if message is not None and message.get("type") == "message":
@@ -746,13 +758,15 @@ class Worker:
         """Receives cancel requests (queue.cancel_job) as they are published; lock renewal
         reads them from the job hashes too, in case a message was missed."""
         delay = 0.1
-        while True:
+        while not self._winding_down():
             try:
                 if pubsub is None:
                     pubsub = await self._subscribe_cancels()
                     delay = 0.1
                 await self._read_cancels(pubsub)
             except (redis.ConnectionError, redis.TimeoutError, OSError):
+                if self._winding_down():
+                    return
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, CONNECTION_RETRY_MAX_S)
             except redis.ResponseError as error:
@@ -798,8 +812,17 @@ class Worker:
             self._emit("error", error)
 
     def _schedule_records(self) -> None:
-        """Records finished jobs: up to two half-size batches in flight, each on its own
-        connection, so Redis runs one batch while this process handles the other's jobs."""
+        """Records finished jobs at the end of this round of the event loop, so that the
+        jobs finishing in the same round share a batch: a thread pool hands its results
+        over a few at a time, and each woken job would otherwise take a free lane alone."""
+        if not self._records_scheduled:
+            self._records_scheduled = True
+            self._loop.call_soon(self._send_records)
+
+    def _send_records(self) -> None:
+        """Up to two half-size batches in flight, each on its own connection, so Redis
+        runs one batch while this process handles the other's jobs."""
+        self._records_scheduled = False
         while self._finished and self._free_lanes:
             lane = self._free_lanes.pop()
             batch = self._finished[: self._batch_size]
@@ -1015,7 +1038,7 @@ class Worker:
             await asyncio.sleep(0.005)
 
     async def _lock_renewer(self) -> None:
-        while True:
+        while not self._winding_down():
             await asyncio.sleep(self.lock_renew_time / 1000)
             if not self._active:
                 continue
@@ -1045,7 +1068,7 @@ class Worker:
                 self._emit("locks_renewed", {"count": len(renewed), "job_ids": renewed})
 
     async def _stalled_checker(self) -> None:
-        while True:
+        while not self._winding_down():
             try:
                 moved = await scripts.arun(
                     self._aclient,
@@ -1067,6 +1090,8 @@ class Worker:
                     self._emit("stalled", job_id)
             except redis.RedisError as error:
                 self._emit("error", error)
+            if self._winding_down():
+                return
             await asyncio.sleep(self.stalled_interval / 1000)
 
 

@@ -74,13 +74,27 @@ def fmt(v: float) -> str:
     return f"{v:.3g}"
 
 
-def ratio_text(mine: float, theirs: float, metric: str) -> str:
-    if not mine or not theirs:
+# (contestant, case, metric) -> {(file, round): value}: per-round ratios pair the rounds
+BY_ROUND: dict[tuple[str, str, str], dict[tuple[str, str], float]] = defaultdict(dict)
+
+
+def round_ratio_text(mine: tuple[str, str, str], theirs: tuple[str, str, str]) -> str:
+    """The median of the per-round ratios of two cases (the harness runs a round's
+    contestants back to back, so a round's pair shares the machine's state), with their
+    range; "-" when no round has both."""
+    metric = mine[2]
+    ratios = []
+    for round_id, value in BY_ROUND.get(mine, {}).items():
+        other = BY_ROUND.get(theirs, {}).get(round_id)
+        if value and other:
+            ratios.append(value / other if higher_is_better(metric) else other / value)
+    if not ratios:
         return "-"
-    better = mine / theirs if higher_is_better(metric) else theirs / mine
-    if better >= 1:
-        return f"{better:.2f}× faster"
-    return f"{1 / better:.2f}× slower"
+    mid = statistics.median(ratios)
+    text = f"{mid:.2f}× faster" if mid >= 1 else f"{1 / mid:.2f}× slower"
+    if len(ratios) > 1:
+        text += f" ({min(ratios):.2f}-{max(ratios):.2f})"
+    return text
 
 
 def load(paths: list[str]) -> tuple[dict, dict, list[tuple[str, str]]]:
@@ -101,7 +115,7 @@ def load(paths: list[str]) -> tuple[dict, dict, list[tuple[str, str]]]:
                 parts = line.rstrip("\n").split("\t")
                 if len(parts) != 5:
                     continue
-                _rep, contestant, case, metric, value = parts
+                rep, contestant, case, metric, value = parts
                 if case == "info":
                     if (contestant, value) not in info:
                         info.append((contestant, value))
@@ -110,6 +124,7 @@ def load(paths: list[str]) -> tuple[dict, dict, list[tuple[str, str]]]:
                 else:
                     try:
                         values[(contestant, case, metric)].append(float(value))
+                        BY_ROUND[(contestant, case, metric)][(path, rep)] = float(value)
                     except ValueError:
                         statuses[(contestant, case)].append(value)
     return values, statuses, info
@@ -182,7 +197,6 @@ def print_every_setup_table(values: dict, workload: str, title: str) -> None:
     if not mine:
         return
     metric = mine[0][2]
-    reference = statistics.median(values[mine[0]])
     others = sorted(
         (r for r in rows if r[0] != ME and r[2] == metric),
         key=lambda r: statistics.median(values[r]),
@@ -197,7 +211,7 @@ def print_every_setup_table(values: dict, workload: str, title: str) -> None:
     print("|" + "---|" * len(head))
     for row in mine + others:
         vals = values[row]
-        ratio = ratio_text(reference, statistics.median(vals), metric) if row != mine[0] else ""
+        ratio = round_ratio_text(mine[0], row) if row != mine[0] else ""
         cells = [row[0], row[1], fmt(statistics.median(vals)), spread_text(vals), ratio]
         print("| " + " | ".join(cells) + " |")
 
@@ -241,7 +255,9 @@ def main(argv: list[str]) -> int:
                 theirs = statistics.median(theirs_vals)
                 cells += [
                     fmt(theirs),
-                    ratio_text(mine, theirs, metric) if mine else "-",
+                    round_ratio_text((ME, case, metric), (a, base_case(case), metric))
+                    if mine
+                    else "-",
                 ]
             else:
                 cells += [
@@ -253,8 +269,9 @@ def main(argv: list[str]) -> int:
         print("| " + " | ".join(cells) + " |")
     print()
     print(
-        f"Medians over rounds. '{ME} vs X': how many times better {ME} is than X (jobs/s: "
-        f"{ME}/X; seconds and ms: X/{ME}); 'slower' means X is better. spread = "
+        f"Medians over rounds. '{ME} vs X': the median of the per-round ratios (a round "
+        f"runs both back to back), how many times better {ME} is than X (jobs/s: "
+        f"{ME}/X; seconds and ms: X/{ME}), with their range; 'slower' means X is better. spread = "
         f"(max-min)/median of {ME}'s rounds. rq/celery: their best variant of the workload."
     )
     for workload, title in EVERY_SETUP_TABLES.items():

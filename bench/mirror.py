@@ -1,6 +1,6 @@
 """The SQL mirror's projector on its own: how many jobs per second of events it applies.
 
-usage: .venv/bin/python bench/mirror.py [--profile]
+usage: .venv/bin/python bench/mirror.py [--profile | --live]
 
 Starts a private redis-server (or uses REDIS_URL), adds BENCH_N no-op jobs to one queue
 and lets an engine Worker (async, concurrency 50) complete them, with the queue's events
@@ -11,6 +11,13 @@ in a temp dir, or DATABASE_URL), and the table says jobs/s, events/s and CPU µs
 
 A mirror that keeps up with a queue doing R jobs/s needs a projector rate above R: below it,
 the default 10,000-entry events stream is trimmed past the projector and it reconciles.
+
+`--live` shows the "keeps up" target directly: an engine Worker (async, concurrency 50)
+in a subprocess drains BENCH_N jobs at full speed, fed by a producer there that keeps the
+wait list topped up, while a Projector follows the queue in this process (as run() does)
+with the queue's DEFAULT events cap (10,000 entries). The table says the worker's jobs/s,
+the projector's CPU µs per job, whether it reconciled (the stream was trimmed past it),
+the most events it was behind, and how far behind it was when the worker finished.
 
 Environment: BENCH_N [20000], REPEATS [3] (a fresh database per round, the median shown),
 DATABASE_URL, REDIS_URL. `--profile` prints the projector's 25 costliest functions (cProfile,
@@ -25,6 +32,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [BENCH, os.path.dirname(BENCH)]
@@ -111,16 +120,120 @@ def project(url: str, profile: bool) -> tuple[float, float]:
     return wall, cpu
 
 
-def main() -> int:
-    profile = "--profile" in sys.argv[1:]
-    site_dir = tempfile.mkdtemp(prefix="flowjobs-bench-mirror-")
-    os.environ.setdefault("BENCH_SITE_DIR", site_dir)
-    os.environ["DJANGO_SETTINGS_MODULE"] = "bench_site.settings"
-    with bench_redis() as (url, _given):
-        os.environ["REDIS_URL"] = url
-        import django
+LIVE_FEED_LOW = 2000  # the live producer adds jobs whenever fewer than this are waiting
 
-        django.setup()
+
+def live_worker(url: str, n: int) -> None:
+    """The --live subprocess: keeps jobs coming and a worker draining them; prints jobs/s."""
+    import redis
+
+    from flowjobs.engine import Queue, Worker
+
+    async def noop(job):
+        return {"ok": True}
+
+    client = redis.Redis.from_url(url)
+    queue = Queue(QUEUE, connection=url, prefix=PREFIX)
+    worker = Worker(QUEUE, noop, connection=url, prefix=PREFIX, concurrency=50, autorun=False)
+    added = 0
+    started = time.perf_counter()
+    worker.start()
+    deadline = time.monotonic() + 600
+    while client.zcard(f"{PREFIX}:{QUEUE}:completed") < n:
+        if time.monotonic() > deadline:
+            raise SystemExit("the live worker did not complete the jobs in 600 s")
+        if added < n and client.llen(f"{PREFIX}:{QUEUE}:wait") < LIVE_FEED_LOW:
+            count = min(1000, n - added)
+            queue.add_bulk(
+                [
+                    {"name": "noop", "data": {"i": i, "user": "someone@example.com"}}
+                    for i in range(added, added + count)
+                ]
+            )
+            added += count
+        else:
+            time.sleep(0.002)  # pacing the producer (a benchmark, not a test)
+    elapsed = time.perf_counter() - started
+    worker.close()
+    queue.close()
+    print(f"{n / elapsed:.1f}", flush=True)
+
+
+def live(url: str) -> list[tuple[str, ...]]:
+    """Projects while a worker subprocess drains N jobs; returns the table's row."""
+    import subprocess
+
+    import redis
+
+    from flowjobs.mirror.projector import Projector
+    from flowjobs.mirror.settings import mirror_settings
+    from flowjobs.models import JobRecord
+
+    client = redis.Redis.from_url(url, decode_responses=True)
+    delete_prefix(client, PREFIX)  # the queue's events stream keeps its default cap
+    fresh_database()
+    child = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), "--live-worker", url, str(N)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    projector = Projector(client, PREFIX)
+    projector.load_positions()
+    coalesce = mirror_settings().coalesce_ms / 1000
+    events_key = f"{PREFIX}:{QUEUE}:events"
+    most_behind = 0
+    cpu = time.process_time()
+    while child.poll() is None:
+        if not projector.streams:
+            projector.discover(force=True)
+        projector.step(block_ms=100)
+        most_behind = max(most_behind, _behind_by(client, projector, events_key))
+        if coalesce and projector.trickling:
+            time.sleep(coalesce)  # as Projector.run() lets events gather
+    behind_at_end = _behind_by(client, projector, events_key)
+    caught_up = time.perf_counter()
+    projector.catch_up()
+    caught_up = time.perf_counter() - caught_up
+    cpu = time.process_time() - cpu
+    jobs_per_s = float(child.stdout.read().strip() or "nan")
+    if child.returncode != 0:
+        raise SystemExit(f"the live worker failed ({child.returncode})")
+    mirrored = JobRecord.objects.filter(state="completed").count()
+    if mirrored != N:
+        raise SystemExit(f"{mirrored} completed rows mirrored, expected {N}")
+    return [
+        (
+            "live: worker + projector",
+            f"{jobs_per_s:,.0f}",
+            f"{cpu / N * 1e6:,.0f}",
+            str(projector.reconciles),
+            f"{most_behind:,}",
+            f"{behind_at_end:,}",
+            f"{caught_up * 1000:,.0f}",
+        )
+    ]
+
+
+def _behind_by(client, projector, events_key: str) -> int:
+    """Events the worker added that the projector has not applied yet."""
+    stream = projector.streams.get(events_key)
+    if stream is None or stream.entries_read is None:
+        return 0
+    try:
+        added = int(client.xinfo_stream(events_key).get("entries-added") or 0)
+    except Exception:  # no stream yet
+        return 0
+    return max(0, added - stream.entries_read)
+
+
+def main() -> int:
+    if sys.argv[1:2] == ["--live-worker"]:
+        live_worker(sys.argv[2], int(sys.argv[3]))
+        return 0
+    profile = "--profile" in sys.argv[1:]
+    if "--live" in sys.argv[1:]:
+        return main_live()
+    with django_site() as url:
         from flowjobs.models import JobRecord
 
         events = fill(url)
@@ -146,6 +259,46 @@ def main() -> int:
                 )
             ],
             ("case", "jobs/s", "events/s", "CPU µs/job", "wall µs/job"),
+        )
+    return 0
+
+
+@contextmanager
+def django_site() -> Iterator[str]:
+    """The bench site set up (its SQLite file in a temp dir) on a Redis; yields its URL."""
+    site_dir = tempfile.mkdtemp(prefix="flowjobs-bench-mirror-")
+    os.environ.setdefault("BENCH_SITE_DIR", site_dir)
+    os.environ["DJANGO_SETTINGS_MODULE"] = "bench_site.settings"
+    with bench_redis() as (url, _given):
+        os.environ["REDIS_URL"] = url
+        import django
+
+        django.setup()
+        yield url
+
+
+def main_live() -> int:
+    with django_site() as url:
+        from django.db import connection
+
+        from flowjobs.mirror.settings import mirror_settings
+
+        rows = live(url)
+        print(
+            f"# {machine()}; database {connection.vendor}; {N} jobs; events stream capped "
+            f"at its default; MIRROR_BATCH_SIZE {mirror_settings().batch_size}"
+        )
+        print_table(
+            rows,
+            (
+                "case",
+                "worker jobs/s",
+                "projector CPU µs/job",
+                "reconciles",
+                "most events behind",
+                "behind at worker's end",
+                "catch-up ms",
+            ),
         )
     return 0
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import datetime
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,10 +12,10 @@ from .parsing import (
     clean_text,
     entry_ms,
     job_key,
+    json_text,
     parse_json,
     shortened,
     split_queue_key,
-    to_datetime,
     to_int,
 )
 
@@ -107,63 +108,69 @@ class Observation:
             self.progress = entry.get("data")
 
 
-def row_from_hash(obs: Observation, now: datetime.datetime) -> dict[str, Any]:
+def row_from_hash(
+    obs: Observation, synced_at: Any, write_datetime: Callable[[Any], Any]
+) -> dict[str, Any]:
+    """The row of a job whose hash was read, in database values (see ``upsert``)."""
     fields = obs.fields or {}
+    get = fields.get
     invalid: list[str] = []
-    decoded: dict[str, Any] = {}
+    stored: dict[str, str | None] = {}
     for name in _JSON_FIELDS:
-        raw = fields.get(name)
-        value, ok = parse_json(raw)
+        text, ok = json_text(get(name))
         if not ok:
             invalid.append(name)
-        decoded[name] = value
-    parent_key = fields.get("parentKey", "") or ""
+        stored[name] = text
+    parent_key = get("parentKey", "") or ""
     parent_queue = parent_job_id = ""
     if parent_key:
-        parent_value, ok = parse_json(fields.get("parent"))
+        parent_value, ok = parse_json(get("parent"))
         if ok and isinstance(parent_value, dict) and parent_value.get("queueKey"):
             parent_queue = split_queue_key(str(parent_value["queueKey"]))[1]
             parent_job_id = str(parent_value.get("id", ""))
         else:
             rest, _, parent_job_id = parent_key.rpartition(":")
             parent_queue = split_queue_key(rest)[1]
-    attempts_made = fields.get("atm")
+    attempts_made = get("atm")
     if attempts_made is None:
-        attempts_made = fields.get("attemptsMade")
+        attempts_made = get("attemptsMade")
+    key = obs.key
     return dict(
         prefix=obs.prefix,
         queue=obs.queue,
         job_id=obs.job_id,
-        key=obs.key,
-        name=shortened(clean_text(fields.get("name", obs.name or "")), _NAME_LIMIT),
+        key=key,
+        name=shortened(clean_text(get("name", obs.name or "")), _NAME_LIMIT),
         state=obs.state or JobState.UNKNOWN,
         parent_key=parent_key,
         parent_queue=parent_queue,
         parent_job_id=parent_job_id,
-        root_key=obs.key,
-        data=decoded["data"],
-        opts=decoded["opts"],
-        returnvalue=decoded["returnvalue"],
-        progress=decoded["progress"],
-        failed_reason=clean_text(fields.get("failedReason", "")),
-        stacktrace=decoded["stacktrace"],
-        invalid_json=invalid,
-        priority=to_int(fields.get("priority")),
-        delay=to_int(fields.get("delay")),
+        root_key=key,
+        data=stored["data"],
+        opts=stored["opts"],
+        returnvalue=stored["returnvalue"],
+        progress=stored["progress"],
+        failed_reason=clean_text(get("failedReason", "")),
+        stacktrace=stored["stacktrace"],
+        invalid_json=json.dumps(invalid) if invalid else "[]",
+        priority=to_int(get("priority")),
+        delay=to_int(get("delay")),
         attempts_made=to_int(attempts_made),
-        attempts_started=to_int(fields.get("ats")),
-        stalled_counter=to_int(fields.get("stc")),
-        processed_by=shortened(clean_text(fields.get("pb", "")), _NAME_LIMIT),
-        created_at=to_datetime(fields.get("timestamp")),
-        processed_at=to_datetime(fields.get("processedOn")),
-        finished_at=to_datetime(fields.get("finishedOn")),
-        synced_at=now,
+        attempts_started=to_int(get("ats")),
+        stalled_counter=to_int(get("stc")),
+        processed_by=shortened(clean_text(get("pb", "")), _NAME_LIMIT),
+        created_at=write_datetime(get("timestamp")),
+        processed_at=write_datetime(get("processedOn")),
+        finished_at=write_datetime(get("finishedOn")),
+        synced_at=synced_at,
         in_redis=True,
     )
 
 
-def event_values(obs: Observation, invalid_before: list[str]) -> dict[str, Any]:
-    """Column values the events carried, for a job whose hash is gone."""
+def event_values(
+    obs: Observation, invalid_before: list[str], write_datetime: Callable[[Any], Any]
+) -> dict[str, Any]:
+    """Column values the events carried, for a job whose hash is gone (database values)."""
     values: dict[str, Any] = {}
     invalid = set(invalid_before)
     if obs.state is not None:
@@ -172,8 +179,8 @@ def event_values(obs: Observation, invalid_before: list[str]) -> dict[str, Any]:
         values["name"] = shortened(clean_text(obs.name), _NAME_LIMIT)
     for column, raw in (("returnvalue", obs.returnvalue), ("progress", obs.progress)):
         if raw is not None:
-            value, ok = parse_json(raw)
-            values[column] = value
+            text, ok = json_text(raw)
+            values[column] = text
             if ok:
                 invalid.discard(column)
             else:
@@ -181,8 +188,8 @@ def event_values(obs: Observation, invalid_before: list[str]) -> dict[str, Any]:
     if obs.failed_reason is not None:
         values["failed_reason"] = clean_text(obs.failed_reason)
     if obs.processed_ms is not None:
-        values["processed_at"] = to_datetime(obs.processed_ms)
+        values["processed_at"] = write_datetime(obs.processed_ms)
     if obs.finished_ms is not None:
-        values["finished_at"] = to_datetime(obs.finished_ms)
-    values["invalid_json"] = sorted(invalid)
+        values["finished_at"] = write_datetime(obs.finished_ms)
+    values["invalid_json"] = json.dumps(sorted(invalid))
     return values

@@ -5,26 +5,44 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import re
 from typing import Any
 
 from django.conf import settings as django_settings
 from django.utils import timezone
 
 
-def to_datetime(ms: Any) -> datetime.datetime | None:
+def timestamp_ms(ms: Any) -> int | None:
+    """A millisecond timestamp as a positive int; None for none, 0 or not a number."""
+    if ms is None:  # a field the hash lacks: common, and cheaper than the exception
+        return None
     try:
         value = int(float(ms))
     except (TypeError, ValueError):
         return None
-    if value <= 0:
+    return value if value > 0 else None
+
+
+def utc_moment(ms: Any) -> datetime.datetime | None:
+    """The aware UTC datetime of a millisecond timestamp (see timestamp_ms)."""
+    value = timestamp_ms(ms)
+    if value is None:
         return None
-    moment = datetime.datetime.fromtimestamp(value / 1000, tz=datetime.UTC)
+    return datetime.datetime.fromtimestamp(value / 1000, tz=datetime.UTC)
+
+
+def to_datetime(ms: Any) -> datetime.datetime | None:
+    moment = utc_moment(ms)
+    if moment is None:
+        return None
     if not django_settings.USE_TZ:
         return timezone.make_naive(moment, timezone.get_default_timezone())
     return moment
 
 
 def to_int(value: Any, default: int = 0) -> int:
+    if value is None:  # a field the hash lacks: common, and cheaper than the exception
+        return default
     try:
         return int(float(value))
     except (TypeError, ValueError):
@@ -52,19 +70,52 @@ def shortened(text: str, limit: int) -> str:
 
 def parse_json(raw: str | None) -> tuple[Any, bool]:
     """(value, parsed_ok). Text that is not JSON comes back unchanged with False."""
+    value, ok, _text = _checked_json(raw)
+    return value, ok
+
+
+# A number written with an exponent: PostgreSQL's jsonb keeps it as an exact numeric and
+# gives back 1e5 as 100000, which Python then reads as an int instead of a float.
+_EXPONENT = re.compile(r"[0-9][eE]")
+
+
+# Texts most job hashes hold (an empty stacktrace, no progress yet): valid as they are.
+_PLAIN_JSON = frozenset(("[]", "{}", "0", "1", "true", "false", '""'))
+
+
+def json_text(raw: str | None) -> tuple[str | None, bool]:
+    """(the text a JSON column stores for ``raw``, parsed_ok), under parse_json's rules.
+
+    Text parse_json accepts is stored as it is (after its \\u0000 replacement): the
+    database reads back the value json.dumps of the parsed value would have given,
+    without the cost of writing it again. Numbers with an exponent are written again
+    (see _EXPONENT); text that is not JSON is stored as a JSON string, as before.
+    """
+    if raw in _PLAIN_JSON:
+        return raw, True
+    value, ok, text = _checked_json(raw)
+    if value is None and ok:
+        return None, True  # JSON null is stored as SQL NULL, as the ORM would
+    if not ok or _EXPONENT.search(text) is not None:
+        return json.dumps(value), ok
+    return text, True
+
+
+def _checked_json(raw: str | None) -> tuple[Any, bool, str]:
+    """(value, parsed_ok, the text parsed): parse_json's rules, in one place."""
     if raw is None:
-        return None, True
+        return None, True, ""
     if "\\u0000" in raw:
         raw = raw.replace("\\u0000", "\\ufffd")
     try:
-        value = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+        value = _decode(raw)
     except (ValueError, RecursionError):
-        return clean_text(raw), False
+        return clean_text(raw), False, raw
     if ("\\ud" in raw or "\\uD" in raw) and _has_lone_surrogate(value):
-        return clean_text(raw), False
+        return clean_text(raw), False, raw
     if raw.count("[") + raw.count("{") > MAX_JSON_DEPTH and _too_deep(value):
-        return clean_text(raw), False
-    return value, True
+        return clean_text(raw), False, raw
+    return value, True, raw
 
 
 def _too_deep(value: Any) -> bool:
@@ -86,6 +137,24 @@ def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
         raise ValueError(f"number out of range: {text}")
+    return value
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+
+
+def _decode(raw: str) -> Any:
+    """json.loads's result (or error) for ``raw``, under the mirror's number rules.
+
+    Text that is one JSON value from its first character to its last (what Redis
+    holds) goes straight to the scanner, without decode()'s two whitespace matches.
+    """
+    try:
+        value, end = _DECODER.scan_once(raw, 0)
+    except StopIteration:
+        end = -1  # leading whitespace, or not JSON: decode() says which
+    if end != len(raw):
+        return _DECODER.decode(raw)
     return value
 
 

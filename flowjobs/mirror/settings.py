@@ -20,7 +20,7 @@ class MirrorSettings:
     redis_url: str = _DEFAULT_REDIS_URL
     prefix: str = _DEFAULT_PREFIX
     in_worker: bool = True
-    batch_size: int = 1000
+    batch_size: int = 5000
     block_ms: int = 1000
     coalesce_ms: int = 200
     lock_ttl_ms: int = 30_000
@@ -75,7 +75,7 @@ def mirror_settings() -> MirrorSettings:
         redis_url=redis_url,
         prefix=prefix,
         in_worker=in_worker,
-        batch_size=int(pick("MIRROR_BATCH_SIZE", 1000)),
+        batch_size=int(pick("MIRROR_BATCH_SIZE", MirrorSettings.batch_size)),
         block_ms=int(pick("MIRROR_BLOCK_MS", 1000)),
         coalesce_ms=int(pick("MIRROR_COALESCE_MS", 200)),
         lock_ttl_ms=int(pick("MIRROR_LOCK_TTL_MS", 30_000)),

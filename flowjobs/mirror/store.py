@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import datetime
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import redis
-from django.db import DataError, IntegrityError, transaction
-from django.db.models import Count, OuterRef, Subquery, Value
-from django.db.models.functions import Coalesce
+from django.db import DataError, IntegrityError, connection, transaction
+from django.db.models import Count
 from django.utils import timezone
 
 from ..models import JobRecord, JobState
@@ -19,7 +19,7 @@ from .parsing import to_int
 from .roots import RootResolver
 from .unstorable import queue_problem, row_problem, text_problem
 from .unstorable import record as record_unstorable
-from .upsert import DB_CHUNK, upsert
+from .upsert import DB_CHUNK, datetime_writer, db_datetime, upsert
 
 _FULL_UPDATE_FIELDS = [
     "key",
@@ -59,18 +59,36 @@ class _Existing:
     invalid_json: list[str]
 
 
+_EXISTING_COLUMNS = ("id", "prefix", "queue", "job_id", "state", "parent_key", "root_key")
+
+
 def _fetch_existing(keys: list[str]) -> dict[tuple[str, str, str], _Existing]:
+    # Plain SQL: the ORM's per-row conversions cost more than the query here.
+    quote = connection.ops.quote_name
+    field = JobRecord._meta.get_field
+    columns = ", ".join(quote(field(name).column) for name in (*_EXISTING_COLUMNS, "invalid_json"))
+    table = quote(JobRecord._meta.db_table)
     existing: dict[tuple[str, str, str], _Existing] = {}
-    for start in range(0, len(keys), DB_CHUNK):
-        chunk = keys[start : start + DB_CHUNK]
-        rows = JobRecord.objects.filter(key__in=chunk).values_list(
-            "pk", "prefix", "queue", "job_id", "state", "parent_key", "root_key", "invalid_json"
-        )
-        for pk, prefix, queue, job_id, state, parent_key, root_key, invalid in rows:
-            existing[(prefix, queue, job_id)] = _Existing(
-                pk, state, parent_key, root_key, list(invalid or [])
+    with connection.cursor() as cursor:
+        for start in range(0, len(keys), DB_CHUNK):
+            chunk = keys[start : start + DB_CHUNK]
+            cursor.execute(
+                f"SELECT {columns} FROM {table} WHERE {quote(field('key').column)} IN "
+                f"({', '.join(['%s'] * len(chunk))})",
+                chunk,
             )
+            for pk, prefix, queue, job_id, state, parent_key, root_key, invalid in cursor:
+                existing[(prefix, queue, job_id)] = _Existing(
+                    pk, state, parent_key, root_key, _json_list(invalid)
+                )
     return existing
+
+
+def _json_list(stored: Any) -> list[str]:
+    """invalid_json as the database returns it (JSON text, or already decoded)."""
+    if stored is None or stored == "[]":
+        return []
+    return list(json.loads(stored) if isinstance(stored, str) else stored)
 
 
 def _lookup_states(
@@ -181,6 +199,8 @@ def _write(
 
     built: list[tuple[Observation, dict[str, Any]]] = []
     parent_of: dict[str, str] = {}
+    write_datetime = datetime_writer()
+    synced_at = db_datetime(now)
     for obs in present:
         ident = (obs.prefix, obs.queue, obs.job_id)
         before = existing.get(ident)
@@ -188,7 +208,7 @@ def _write(
             obs.state = before.state if before else looked_up.get(ident, JobState.UNKNOWN)
         elif obs.maybe_prioritized and to_int(obs.fields.get("priority")) > 0:
             obs.state = JobState.PRIORITIZED
-        row = row_from_hash(obs, now)
+        row = row_from_hash(obs, synced_at, write_datetime)
         built.append((obs, row))
         parent_of[row["key"]] = row["parent_key"]
     for obs in gone:
@@ -221,9 +241,9 @@ def _write(
     for obs in gone:
         ident = (obs.prefix, obs.queue, obs.job_id)
         before = existing.get(ident)
-        values = event_values(obs, before.invalid_json if before else [])
+        values = event_values(obs, before.invalid_json if before else [], write_datetime)
         values["in_redis"] = False
-        values["synced_at"] = now
+        values["synced_at"] = synced_at
         if before is None:
             values.setdefault("state", JobState.UNKNOWN)
         row = {
@@ -249,28 +269,50 @@ def _write(
 
 
 def _refresh_children_counts(keys: set[str]) -> None:
-    if not keys:
-        return
-    count = (
-        JobRecord.objects.filter(parent_key=OuterRef("key"))
-        .order_by()
-        .values("parent_key")
-        .annotate(total=Count("pk"))
-        .values("total")
-    )
+    """Set children_count of the rows ``keys`` names to their number of child rows.
+
+    One GROUP BY finds the keys that have children; only those rows, and rows of the
+    others that do not hold 0 already, are updated (most new jobs have no children).
+    """
     pending = sorted(keys)
     for start in range(0, len(pending), DB_CHUNK):
         chunk = pending[start : start + DB_CHUNK]
-        JobRecord.objects.filter(key__in=chunk).update(
-            children_count=Coalesce(Subquery(count), Value(0))
+        totals = dict(
+            JobRecord.objects.filter(parent_key__in=chunk)
+            .order_by()
+            .values("parent_key")
+            .annotate(total=Count("pk"))
+            .values_list("parent_key", "total")
         )
+        childless = [key for key in chunk if key not in totals]
+        JobRecord.objects.filter(key__in=childless).exclude(children_count=0).update(
+            children_count=0
+        )
+        by_total: dict[int, list[str]] = {}
+        for key, total in totals.items():
+            by_total.setdefault(total, []).append(key)
+        for total, parents in by_total.items():
+            JobRecord.objects.filter(key__in=parents).exclude(children_count=total).update(
+                children_count=total
+            )
+
+
+# HGETALL of every key, in one reply: a pipeline's per-command cost in the client was
+# the larger part of reading the hashes. A job's keys share its queue's slot (a cluster
+# prefix holds a hash tag), and 500 small hashes keep Redis busy well under a millisecond.
+_HGETALL_MANY = """
+local replies = {}
+for i, key in ipairs(KEYS) do replies[i] = redis.call('HGETALL', key) end
+return replies
+"""
+_HASHES_PER_CALL = 500
 
 
 def read_hashes(client: redis.Redis, observations: list[Observation]) -> None:
-    for start in range(0, len(observations), 1000):
-        chunk = observations[start : start + 1000]
-        pipe = client.pipeline(transaction=False)
-        for obs in chunk:
-            pipe.hgetall(obs.key)
-        for obs, fields in zip(chunk, pipe.execute(), strict=True):
-            obs.fields = fields or None
+    """Set each observation's ``fields`` to its job hash (None when Redis has none)."""
+    for start in range(0, len(observations), _HASHES_PER_CALL):
+        chunk = observations[start : start + _HASHES_PER_CALL]
+        # EVAL, not EVALSHA: CLIENT LIST then tells this read from the lease's scripts.
+        replies = client.eval(_HGETALL_MANY, len(chunk), *[obs.key for obs in chunk])
+        for obs, flat in zip(chunk, replies, strict=True):
+            obs.fields = dict(zip(flat[::2], flat[1::2], strict=True)) if flat else None

@@ -1,21 +1,111 @@
-"""INSERT ... ON CONFLICT for the mirror's rows, written per database."""
+"""INSERT ... ON CONFLICT for the mirror's rows, written per database.
+
+Rows hold database values, made once by the code that builds them: JSON columns as
+JSON text (see ``parsing.json_text``), datetimes as ``datetime_writer`` and
+``db_datetime`` write them. The statements then pass them on untouched.
+"""
 
 from __future__ import annotations
 
+import datetime
 import json
+from collections.abc import Callable
+from operator import itemgetter
 from typing import Any
 
+from django.conf import settings as django_settings
 from django.db import connection
+from django.utils import timezone
 
 from ..models import JobRecord
+from .parsing import timestamp_ms, utc_moment
 
 DB_CHUNK = 500
 
+_FIELDS = [f for f in JobRecord._meta.concrete_fields if not f.primary_key]
+_COLUMN_NAMES = [f.attname for f in _FIELDS]
+JSON_COLUMNS = frozenset(f.attname for f in _FIELDS if f.get_internal_type() == "JSONField")
 
-def _column_defaults() -> dict[str, Any]:
-    return {
-        f.attname: f.get_default() for f in JobRecord._meta.concrete_fields if not f.primary_key
-    }
+
+def _database_defaults() -> dict[str, Any]:
+    """Each column's default, as the database value a row would carry."""
+    defaults = {}
+    for f in _FIELDS:
+        value = f.get_default()
+        if f.attname in JSON_COLUMNS and value is not None:
+            value = json.dumps(value)
+        defaults[f.attname] = value
+    return defaults
+
+
+_DEFAULTS = _database_defaults()
+
+
+def datetime_writer() -> Callable[[Any], Any]:
+    """A function: millisecond timestamp -> the value this connection's DateTimeFields take.
+
+    The value the ORM would write for ``parsing.to_datetime(ms)``: on SQLite the text
+    its adapter makes (naive, in the connection's zone, or the default zone without
+    USE_TZ), elsewhere the datetime itself. Settings are read once, here.
+    """
+    use_tz = django_settings.USE_TZ
+    as_text = connection.vendor == "sqlite"
+    if use_tz:
+        zone = connection.timezone if as_text else None
+    else:
+        zone = timezone.get_default_timezone()
+    to_utc = zone is not None and str(zone) == "UTC"  # datetime.UTC or ZoneInfo("UTC")
+    if as_text and to_utc:
+        return _utc_text_writer()
+
+    def write(ms: Any) -> Any:
+        moment = utc_moment(ms)
+        if moment is None or zone is None:
+            return moment
+        if to_utc:
+            moment = moment.replace(tzinfo=None)
+        else:
+            moment = moment.astimezone(zone).replace(tzinfo=None)
+        return str(moment) if as_text else moment
+
+    return write
+
+
+# Below this many ms (year 2242) a timestamp's float seconds round to its exact microsecond,
+# so the text can be built from the integer: the same text str(datetime) gives.
+_EXACT_MS_LIMIT = 2**33 * 1000
+
+
+def _utc_text_writer() -> Callable[[Any], Any]:
+    """``datetime_writer`` for SQLite in UTC: the text of each second is made once."""
+    seconds_text: dict[int, str] = {}
+
+    def write(ms: Any) -> Any:
+        value = timestamp_ms(ms)
+        if value is None:
+            return None
+        if value >= _EXACT_MS_LIMIT:
+            moment = utc_moment(value)
+            return str(moment.replace(tzinfo=None))
+        seconds, millis = divmod(value, 1000)
+        text = seconds_text.get(seconds)
+        if text is None:
+            if len(seconds_text) > 10_000:
+                seconds_text.clear()
+            text = seconds_text[seconds] = str(_EPOCH + datetime.timedelta(seconds=seconds))
+        return f"{text}.{millis:03d}000" if millis else text
+
+    return write
+
+
+_EPOCH = datetime.datetime(1970, 1, 1)
+
+
+def db_datetime(value: datetime.datetime) -> Any:
+    """A datetime as the row carries it (``timezone.now()`` for synced_at, say)."""
+    if connection.vendor == "sqlite":
+        return connection.ops.adapt_datetimefield_value(value)
+    return value
 
 
 def upsert(rows: list[dict[str, Any]], update_fields: list[str]) -> None:
@@ -28,55 +118,42 @@ def upsert(rows: list[dict[str, Any]], update_fields: list[str]) -> None:
     if not rows:
         return
     if connection.vendor not in ("sqlite", "postgresql"):
-        JobRecord.objects.bulk_create(
-            [JobRecord(**{**_column_defaults(), **row}) for row in rows],
-            batch_size=DB_CHUNK,
-            update_conflicts=True,
-            unique_fields=["prefix", "queue", "job_id"],
-            update_fields=update_fields,
-        )
+        _bulk_create(rows, update_fields)
         return
-    fields = [f for f in JobRecord._meta.concrete_fields if not f.primary_key]
-    defaults = _column_defaults()
     quote = connection.ops.quote_name
     table = quote(JobRecord._meta.db_table)
-    columns = ", ".join(quote(f.column) for f in fields)
+    columns = ", ".join(quote(f.column) for f in _FIELDS)
     updates = ", ".join(
         f"{quote(JobRecord._meta.get_field(name).column)} = EXCLUDED."
         f"{quote(JobRecord._meta.get_field(name).column)}"
         for name in update_fields
     )
     conflict = f"ON CONFLICT ({', '.join(map(quote, ('prefix', 'queue', 'job_id')))})"
-    adapters = [_adapter(f) for f in fields]
     # A stable order: concurrent writers (projector, `syncjobs --once`) then lock rows
     # in the same order and cannot deadlock each other.
-    rows = sorted(rows, key=lambda row: (row["prefix"], row["queue"], row["job_id"]))
-    values = [
-        [
-            adapt(value) if adapt is not None and value is not None else value
-            for value, adapt in (
-                (row[f.attname] if f.attname in row else defaults[f.attname], adapt)
-                for f, adapt in zip(fields, adapters, strict=True)
-            )
-        ]
-        for row in rows
-    ]
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            # One array parameter per column: the statement stays small whatever the
-            # batch size (a VALUES list of thousands of placeholders is slow to bind).
-            casts = ", ".join(f"%s::{_pg_array_type(f)}" for f in fields)
-            sql = (
-                f"INSERT INTO {table} ({columns}) SELECT * FROM unnest({casts}) "
-                f"{conflict} DO UPDATE SET {updates}"
-            )
+    rows = sorted(rows, key=itemgetter("prefix", "queue", "job_id"))
+    in_column_order = itemgetter(*_COLUMN_NAMES)
+    values = [in_column_order({**_DEFAULTS, **row}) for row in rows]
+    if connection.vendor == "postgresql":
+        # One array parameter per column: the statement stays small whatever the
+        # batch size (a VALUES list of thousands of placeholders is slow to bind).
+        casts = ", ".join(f"%s::{_pg_array_type(f)}" for f in _FIELDS)
+        sql = (
+            f"INSERT INTO {table} ({columns}) SELECT * FROM unnest({casts}) "
+            f"{conflict} DO UPDATE SET {updates}"
+        )
+        with connection.cursor() as cursor:
             for start in range(0, len(values), 2000):
                 chunk = values[start : start + 2000]
                 cursor.execute(sql, [list(column) for column in zip(*chunk, strict=True)])
-            return
-        max_params = connection.features.max_query_params or 999
-        per_statement = max(1, min(DB_CHUNK, max_params // len(fields)))
-        placeholder = "(" + ", ".join(["%s"] * len(fields)) + ")"
+        return
+    max_params = connection.features.max_query_params or 999
+    per_statement = max(1, min(DB_CHUNK, max_params // len(_FIELDS)))
+    placeholder = "(" + ", ".join(["?"] * len(_FIELDS)) + ")"
+    # The DB-API connection with ? placeholders: Django's cursor would rewrite %s in
+    # every (long) statement. Its errors are still Django's (wrap_database_errors).
+    connection.ensure_connection()
+    with connection.wrap_database_errors:
         for start in range(0, len(values), per_statement):
             chunk = values[start : start + per_statement]
             sql = (
@@ -84,19 +161,25 @@ def upsert(rows: list[dict[str, Any]], update_fields: list[str]) -> None:
                 + ", ".join([placeholder] * len(chunk))
                 + f" {conflict} DO UPDATE SET {updates}"
             )
-            cursor.execute(sql, [value for row in chunk for value in row])
+            connection.connection.execute(sql, [value for row in chunk for value in row])
 
 
-def _adapter(f: Any) -> Any:
-    """How to turn a Python value of field ``f`` into a database parameter."""
-    kind = f.get_internal_type()
-    if kind == "JSONField":
-        if connection.vendor == "postgresql":
-            return lambda value: json.dumps(value, cls=f.encoder)  # cast to jsonb in SQL
-        return lambda value: connection.ops.adapt_json_value(value, f.encoder)
-    if kind == "DateTimeField":
-        return connection.ops.adapt_datetimefield_value
-    return None
+def _bulk_create(rows: list[dict[str, Any]], update_fields: list[str]) -> None:
+    """The ORM's way, for other databases: JSON text decoded back to the Python value."""
+    models = []
+    for row in rows:
+        values = {**_DEFAULTS, **row}
+        for name in JSON_COLUMNS:
+            if values[name] is not None:
+                values[name] = json.loads(values[name])
+        models.append(JobRecord(**values))
+    JobRecord.objects.bulk_create(
+        models,
+        batch_size=DB_CHUNK,
+        update_conflicts=True,
+        unique_fields=["prefix", "queue", "job_id"],
+        update_fields=update_fields,
+    )
 
 
 def _pg_array_type(f: Any) -> str:

@@ -64,6 +64,7 @@ _SPEC: dict[str, tuple[str, Any]] = {
     "MIRROR": ("bool", True),
     "CHECK_REDIS": ("bool", True),
     "SHUTDOWN_TIMEOUT": ("optional_seconds", None),
+    "SERVICES_NICENESS": ("count", 10),
 }
 DEFAULTS: Mapping[str, Any] = MappingProxyType({k: v[1] for k, v in _SPEC.items()})
 
@@ -126,6 +127,7 @@ class FlowJobsSettings:
     MIRROR: bool
     CHECK_REDIS: bool
     SHUTDOWN_TIMEOUT: float | None
+    SERVICES_NICENESS: int
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def queue(self, name: str) -> QueueSettings:

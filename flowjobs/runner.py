@@ -383,9 +383,16 @@ def run_services(names: list[str]) -> int:
     if os.getppid() != parent:
         runner_logger.warning("runworker: parent is gone; not starting background services")
         return EXIT_OK
+    # The services (the mirror above all) yield the CPU to the workers: when the machine
+    # is busy, processing jobs comes first and the mirror catches up afterwards.
+    with contextlib.suppress(OSError):
+        os.nice(conf.settings().SERVICES_NICENESS)
     running = _RunningServices(names)
     runner_logger.info(
-        "runworker: background services %s (pid %s)", ", ".join(names) or "none", os.getpid()
+        "runworker: background services %s (pid %s, niceness %d)",
+        ", ".join(names) or "none",
+        os.getpid(),
+        os.nice(0),
     )
     try:
         while not signals.event.wait(POLL_S * 5):

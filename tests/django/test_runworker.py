@@ -254,3 +254,25 @@ def test_a_services_process_whose_runworker_died_before_it_started_does_not_run(
     )
     assert services.wait() == 0, services.output()
     assert "parent is gone; not starting background services" in services.output()
+
+
+def _niceness(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[16])
+
+
+@pytest.mark.parametrize("configured", [None, "0", "5"])
+def test_the_services_process_runs_below_the_workers(start_worker, configured):
+    """The mirror must not take the CPU the workers need: SERVICES_NICENESS (default 10)."""
+    env = {"FLOWJOBS_MIRROR": "true"}
+    if configured is not None:
+        env["FLOWJOBS_SERVICES_NICENESS"] = configured
+    worker = start_worker("fj-echo", env=env)
+    found = wait_for(
+        lambda: re.search(r"started background services process (\d+)", worker.output()),
+        timeout=20,
+        message=worker.output(),
+    )
+    wait_for(lambda: "background services mirror" in worker.output(), timeout=20)
+    expected = 10 if configured is None else int(configured)
+    assert _niceness(int(found.group(1))) == _niceness(worker.pid) + expected

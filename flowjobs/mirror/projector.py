@@ -164,7 +164,7 @@ class Projector:
             return compare_ids(last_generated, stream.last_id) > 0
         return compare_ids(first[0], stream.last_id) > 0 and stream.last_id != "0-0"
 
-    def _reconcile(self, stream: _Stream) -> None:
+    def _reconcile(self, stream: _Stream, changed_only: bool = False) -> None:
         reconcile_queue(
             self.client,
             stream.prefix,
@@ -172,6 +172,7 @@ class Projector:
             resolver=self.resolver,
             heartbeat=self._heartbeat,
             atomic=self._transaction,
+            changed_only=changed_only,
         )
 
     def _recover(self, lost: list[_Stream]) -> None:
@@ -183,7 +184,9 @@ class Projector:
                 stream.queue,
             )
             tail = stream_tail(self.client, stream.prefix, stream.queue) or ("0-0", 0)
-            self._reconcile(stream)
+            # only what changed: a full rewrite of the history would take longer than the
+            # stream holds at the rate that trimmed it, and trim past us again
+            self._reconcile(stream, changed_only=True)
             stream.last_id, stream.entries_read = tail
             with self._transaction():
                 save_positions({(stream.prefix, stream.queue): tail})

@@ -12,7 +12,7 @@ import redis
 from django.db import transaction
 from django.utils import timezone
 
-from ..models import JobRecord
+from ..models import JobRecord, JobState
 from .client import redis_client
 from .discovery import discover_queues, mirrorable_queues
 from .observation import STATE_STRUCTURES, Observation
@@ -31,19 +31,59 @@ class ReconcileResult:
     per_queue: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
-def _iter_structure(client: redis.Redis, key: str, kind: str, page: int) -> Iterator[list[str]]:
+def _iter_structure(
+    client: redis.Redis, key: str, kind: str, page: int
+) -> Iterator[list[tuple[str, float | None]]]:
+    """Pages of (job id, score) of a state structure (score None for a list)."""
     start = 0
     while True:
         if kind == "zset":
-            ids = client.zrange(key, start, start + page - 1)
+            members = client.zrange(key, start, start + page - 1, withscores=True)
         else:
-            ids = client.lrange(key, start, start + page - 1)
-        if not ids:
+            members = [(job_id, None) for job_id in client.lrange(key, start, start + page - 1)]
+        if not members:
             return
-        yield [job_id for job_id in ids if not job_id.startswith("0:")]
-        if len(ids) < page:
+        yield [(job_id, score) for job_id, score in members if not job_id.startswith("0:")]
+        if len(members) < page:
             return
         start += page
+
+
+# States whose structure's score is the job's finishedOn (ms): a row in that state with
+# another finish time is a job that ran again since.
+_SCORED_BY_FINISH = ("completed", "failed")
+
+
+def _already_mirrored(
+    prefix: str, queue: str, state: str, members: list[tuple[str, float | None]]
+) -> set[str]:
+    """Ids of `members` whose row is in Redis and in `state` (for a finished job, with the
+    same finish time): a changed-only reconcile leaves those rows alone."""
+    rows = JobRecord.objects.filter(
+        prefix=prefix, queue=queue, job_id__in=[job_id for job_id, _ in members], state=state
+    ).filter(in_redis=True)
+    if state not in _SCORED_BY_FINISH:
+        return set(rows.values_list("job_id", flat=True))
+    finished = dict(members)
+    same = set()
+    for job_id, finished_at in rows.values_list("job_id", "finished_at"):
+        if finished_at is None:
+            continue
+        if timezone.is_naive(finished_at):
+            finished_at = timezone.make_aware(finished_at)
+        if round(finished_at.timestamp() * 1000) == finished[job_id]:
+            same.add(job_id)
+    return same
+
+
+def _with_hash(client: redis.Redis, base: str, ids: list[str]) -> list[str]:
+    """The ids whose job hash exists (an id left in a list without its job is not)."""
+    if not ids:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.exists(base + job_id)
+    return [job_id for job_id, exists in zip(ids, pipe.execute(), strict=True) if exists]
 
 
 def reconcile_queue(
@@ -55,28 +95,45 @@ def reconcile_queue(
     heartbeat: Callable[[], None] | None = None,
     atomic: Callable[[], AbstractContextManager[Any]] = transaction.atomic,
     page: int = 1000,
+    changed_only: bool = False,
 ) -> dict[str, int]:
     """Repair one queue's rows from Redis: new, changed and vanished jobs.
 
     ``atomic`` makes each transaction (the projector's checks its lease's fence).
+    ``changed_only`` rewrites only the rows whose state (or finish time) differs from
+    Redis, and the active jobs', and checks for vanished jobs only the rows the scan did
+    not see: what the projector does after its events stream was trimmed past it, at a
+    cost that grows with what changed rather than with the whole history. A change that
+    moved no job (new data of a waiting job) waits for the job's next event or the next
+    full reconcile.
     """
     resolver = resolver or RootResolver(client)
     started = timezone.now()
     base = f"{prefix}:{queue}:"
     upserted = unstorable = 0
+    seen: set[str] | None = set() if changed_only else None
     for suffix, kind, state in STATE_STRUCTURES:
-        for ids in _iter_structure(client, base + suffix, kind, page):
+        for members in _iter_structure(client, base + suffix, kind, page):
             if heartbeat:
                 heartbeat()
+            ids = [job_id for job_id, _ in members]
+            if seen is not None and state != JobState.ACTIVE:
+                unchanged = _already_mirrored(prefix, queue, state, members)
+                ids = [job_id for job_id in ids if job_id not in unchanged]
+                seen.update(_with_hash(client, base, sorted(unchanged)))
             observations = [Observation(prefix, queue, job_id, state=state) for job_id in ids]
             read_hashes(client, observations)
             # A job that vanished between the two reads is handled by the sweep below.
             observations = [obs for obs in observations if obs.fields]
+            if seen is not None:
+                seen.update(obs.job_id for obs in observations)
             with atomic():
                 stored = store(client, observations, resolver)
             upserted += stored.written
             unstorable += stored.unstorable
-    missing = _sweep_missing(client, prefix, queue, started, heartbeat=heartbeat, atomic=atomic)
+    missing = _sweep_missing(
+        client, prefix, queue, started, heartbeat=heartbeat, atomic=atomic, seen=seen
+    )
     return {"upserted": upserted, "marked_missing": missing, "unstorable": unstorable}
 
 
@@ -88,24 +145,34 @@ def _sweep_missing(
     *,
     heartbeat: Callable[[], None] | None = None,
     atomic: Callable[[], AbstractContextManager[Any]] = transaction.atomic,
+    seen: set[str] | None = None,
 ) -> int:
-    """Mark rows the scan did not refresh whose job hash no longer exists."""
+    """Mark rows the scan did not refresh whose job hash no longer exists (`seen`: ids
+    the scan found in a state structure, which need no check)."""
     marked = 0
     last_pk = 0
     stale = JobRecord.objects.filter(
         prefix=prefix, queue=queue, in_redis=True, synced_at__lt=started
     ).order_by("pk")
     while True:
-        chunk = list(stale.filter(pk__gt=last_pk).values_list("pk", "key")[:1000])
+        chunk = list(stale.filter(pk__gt=last_pk).values_list("pk", "key", "job_id")[:1000])
         if not chunk:
             return marked
         if heartbeat:
             heartbeat()
         last_pk = chunk[-1][0]
+        if seen is not None:
+            chunk = [row for row in chunk if row[2] not in seen]
+            if not chunk:
+                continue
         pipe = client.pipeline(transaction=False)
-        for _pk, key in chunk:
+        for _pk, key, _job_id in chunk:
             pipe.exists(key)
-        gone = [pk for (pk, _key), exists in zip(chunk, pipe.execute(), strict=True) if not exists]
+        gone = [
+            pk
+            for (pk, _key, _job_id), exists in zip(chunk, pipe.execute(), strict=True)
+            if not exists
+        ]
         if gone:
             with atomic():
                 marked += JobRecord.objects.filter(pk__in=gone).update(

@@ -303,3 +303,43 @@ def test_foreign_returnvalue_from_event_when_hash_is_gone(make_projector, rclien
         False,
     )
     assert row.finished_at is not None
+
+
+def test_after_a_trim_only_what_changed_is_rewritten(
+    make_queue, make_worker, make_projector, rclient, prefix
+):
+    """Trim recovery costs what changed, not the whole history: rows whose job is still
+    in the same state keep their sync time; moved, vanished and re-run jobs are fixed."""
+    queue = make_queue("q")
+    done = [queue.add("done", {"i": i}) for i in range(6)]
+    worker = make_worker("q", lambda job: job.data["i"])
+    wait_for(lambda: queue.get_job_counts("completed")["completed"] == 6)
+    worker.close()
+    waiting = [queue.add("waiting", {"i": i}) for i in range(4)]
+    make_projector().catch_up()
+    synced = dict(JobRecord.objects.filter(queue="q").values_list("job_id", "synced_at"))
+
+    # Behind the mirror's back, then the stream is trimmed past its position:
+    rclient.delete(waiting[0].key)  # gone without an event
+    rclient.lrem(queue.keys.key("wait"), 0, waiting[0].id)
+    queue.get_job(done[1].id).retry("completed")  # re-run: completes again, later
+    worker = make_worker("q", lambda job: job.data["i"] * 10)
+    wait_for(lambda: queue.get_job(done[1].id).returnvalue == 10)
+    worker.close()
+    # the wait list was drained by that worker too: those jobs moved on
+    for i in range(3):
+        queue.add("late", {"i": i})
+    rclient.xtrim(f"{prefix}:q:events", maxlen=2, approximate=False)
+
+    projector = make_projector()
+    projector.catch_up()
+
+    assert projector.reconciles == 1
+    rows = {row.job_id: row for row in JobRecord.objects.filter(queue="q")}
+    assert rows[waiting[0].id].in_redis is False
+    assert rows[done[1].id].returnvalue == 10
+    for job in waiting[1:]:
+        assert rows[job.id].state == "completed"
+    untouched = [job.id for job in done if job.id != done[1].id]
+    assert all(rows[job_id].synced_at == synced[job_id] for job_id in untouched)
+    assert JobRecord.objects.filter(queue="q", name="late", state="waiting").count() == 3

@@ -266,15 +266,15 @@ def main() -> int:
 @contextmanager
 def django_site() -> Iterator[str]:
     """The bench site set up (its SQLite file in a temp dir) on a Redis; yields its URL."""
-    site_dir = tempfile.mkdtemp(prefix="flowjobs-bench-mirror-")
-    os.environ.setdefault("BENCH_SITE_DIR", site_dir)
-    os.environ["DJANGO_SETTINGS_MODULE"] = "bench_site.settings"
-    with bench_redis() as (url, _given):
-        os.environ["REDIS_URL"] = url
-        import django
+    with tempfile.TemporaryDirectory(prefix="flowjobs-bench-mirror-") as site_dir:
+        os.environ.setdefault("BENCH_SITE_DIR", site_dir)
+        os.environ["DJANGO_SETTINGS_MODULE"] = "bench_site.settings"
+        with bench_redis() as (url, _given):
+            os.environ["REDIS_URL"] = url
+            import django
 
-        django.setup()
-        yield url
+            django.setup()
+            yield url
 
 
 def main_live() -> int:

@@ -9,12 +9,9 @@ server that lost its script cache (restart, SCRIPT FLUSH) gets them again.
 from __future__ import annotations
 
 import asyncio
-import collections
 import hashlib
 import math
-import os
 import re
-import weakref
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
@@ -83,57 +80,26 @@ def out_of_memory(name: str, error: OutOfMemoryError) -> RedisOutOfMemory:
     )
 
 
-class _KeptConnections:
-    """Connections `_run_packed` took from a pool and keeps for its next calls: the
-    pool's checkout polls the socket for stray data (a syscall) and counts the
-    connection in and out, more than the rest of a small call costs. A connection is
-    kept only after a reply was read whole; one whose call broke goes back to the pool
-    disconnected. deque's pop and append are atomic, so threads share it safely; a
-    forked child starts with none (its parent's sockets are not its own)."""
-
-    def __init__(self) -> None:
-        self.pid = os.getpid()
-        self.idle: collections.deque[Any] = collections.deque()
-
-
-_kept: weakref.WeakKeyDictionary[Any, _KeptConnections] = weakref.WeakKeyDictionary()
-
-
-def _kept_for(pool: Any) -> _KeptConnections:
-    kept = _kept.get(pool)
-    if kept is None or kept.pid != os.getpid():
-        kept = _kept[pool] = _KeptConnections()
-    return kept
-
-
 def _run_packed(client: redis.Redis, name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
     """`run` on a pooled connection with the call packed by `pack_call` (redis-py's
     generic command path costs about as much as the round trip). A script call that
     may have reached Redis is never re-sent: a broken connection raises."""
     pool = client.connection_pool
-    kept = _kept_for(pool)
-    try:
-        connection = kept.idle.pop()
-    except IndexError:
-        connection = pool.get_connection()
+    connection = pool.get_connection()
     try:
         connection.send_packed_command([pack_call(name, keys, args)])
         try:
-            reply = connection.read_response()
+            return connection.read_response()
         except NoScriptError:
             connection.send_command("SCRIPT", "LOAD", source(name)[0])
             connection.read_response()
             connection.send_packed_command([pack_call(name, keys, args)])
-            reply = connection.read_response()
-    except ResponseError:
-        kept.idle.append(connection)  # an error reply, read whole: the connection is fine
-        raise
-    except BaseException:
+            return connection.read_response()
+    except (redis.ConnectionError, redis.TimeoutError):
         connection.disconnect()
-        pool.release(connection)
         raise
-    kept.idle.append(connection)
-    return reply
+    finally:
+        pool.release(connection)
 
 
 async def arun(

@@ -530,11 +530,13 @@ class Worker:
         retry_delay = 0.1
         while not self._closing:
             if not self._can_fetch() or self._free_slots() <= 0:
-                await self._wait_wake(
-                    self._limit_until - time.monotonic()
-                    if self._limit_until > time.monotonic()
-                    else None
-                )
+                # one reading of the clock: a rate limit that ran out between two readings
+                # used to leave an idle worker waiting for a wake-up that never came
+                remaining = self._limit_until - time.monotonic()
+                if remaining > 0:
+                    await self._wait_wake(remaining)
+                elif self._closing or self._paused or self._free_slots() <= 0:
+                    await self._wait_wake(None)
                 continue
             count = self._free_slots()
             tokens = [self._next_token() for _ in range(count)]

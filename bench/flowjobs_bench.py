@@ -492,6 +492,47 @@ def site_env(site_dir: str) -> dict[str, str]:
     )
 
 
+def mirror_position(site_dir: str, database_url: str | None, queue: str) -> str | None:
+    """The mirror's position in `queue`'s events stream, read from the site's database
+    (bench_site: its SQLite file, or DATABASE_URL)."""
+    sql = "SELECT last_id FROM flowjobs_streamposition WHERE prefix = {0} AND queue = {0}"
+    try:
+        if database_url:
+            import psycopg
+
+            with psycopg.connect(database_url) as db:
+                row = db.execute(sql.format("%s"), (PREFIX, queue)).fetchone()
+        else:
+            import sqlite3
+
+            with sqlite3.connect(os.path.join(site_dir, "bench.sqlite3")) as db:
+                row = db.execute(sql.format("?"), (PREFIX, queue)).fetchone()
+    except Exception:  # noqa: BLE001 - the table appears with the first position
+        return None
+    return row[0] if row else None
+
+
+def wait_for_mirror(r: redis.Redis, site_dir: str, env: dict[str, str], queue: str) -> None:
+    """Waits until runworker's mirror has applied every event of `queue` so far (the
+    prefill's): the drain then measures runworker as it runs after start-up, its services
+    process booted and the mirror following only the drain's own events."""
+    if env.get("FLOWJOBS_MIRROR", "true").lower() in ("false", "0", "no", "off"):
+        return
+    last = r.xrevrange(key("events", queue), count=1)
+    if not last:
+        return
+    target = last[0][0].decode() if isinstance(last[0][0], bytes) else last[0][0]
+    dl = Deadline()
+    while True:
+        position = mirror_position(site_dir, env.get("DATABASE_URL"), queue)
+        if position is not None and tuple(map(int, position.split("-"))) >= tuple(
+            map(int, target.split("-"))
+        ):
+            return
+        dl.check("waiting for the mirror to catch up with the prefill")
+        time.sleep(0.05)
+
+
 def worker_connections(r: redis.Redis) -> int:
     """runworker processes connected to the bench queue (named `<prefix>:<queue>:w:...`)."""
     return sum(":w:" in (c.get("name") or "") for c in r.client_list())
@@ -530,8 +571,8 @@ def runworker_drain(
     extra_env: dict[str, str] | None = None,
 ) -> None:
     """Fills `queue` with `count` jobs while it is paused, starts `manage.py runworker`
-    on bench_site, resumes the queue once the workers are connected, and stops runworker
-    when every job completed."""
+    on bench_site, resumes the queue once the workers are connected and the mirror has
+    applied the prefill's events, and stops runworker when every job completed."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="flowjobs-bench-site-") as site_dir:
@@ -558,6 +599,7 @@ def runworker_drain(
                         raise RuntimeError(f"runworker exited with {proc.returncode}")
                     dl.check("waiting for runworker")
                     time.sleep(0.02)
+                wait_for_mirror(r, site_dir, env, queue)
                 q.resume()
                 wait_completed(r, count, dl, queue)
             finally:

@@ -98,6 +98,26 @@ def _has_read_a_batch(rclient, name: str) -> bool:
     )
 
 
+def _stop_the_holder_in_its_window(rclient, key: str, by_pid: dict) -> WorkerProcess:
+    """SIGSTOPs the lease holder between reading a batch and committing it: the window in
+    which a projector without fencing commits what it read after losing the lease. The
+    table lock holds it there. When the holder's lease ran out before it read a batch
+    (a slow step on a loaded machine: the TTL is 1 s), every projector waits on the lock
+    for the database's fence instead and none reads: the lock is let go and the next
+    holder tried."""
+    for _attempt in range(10):
+        wait_for(lambda: _holder_pid(rclient, key) in by_pid, timeout=30, message="a holder")
+        holder = by_pid[_holder_pid(rclient, key)]
+        with _mirror_table_locked():
+            try:
+                wait_for(lambda h=holder: _has_read_a_batch(rclient, h.name), timeout=5)
+            except AssertionError:
+                continue
+            holder.proc.send_signal(signal.SIGSTOP)
+            return holder
+    raise AssertionError("no lease holder read a batch while the mirror's table was locked")
+
+
 @contextmanager
 def _mirror_table_locked() -> Iterator[None]:
     """Another database connection holds a lock that stops every reader and writer
@@ -163,18 +183,7 @@ def test_projectors_paused_past_their_lease_leave_the_mirror_equal_to_redis(
         wait_for(lambda: _holder_pid(rclient, key) in by_pid, timeout=30, message="a holder")
         producer.start()
         for _round in range(PAUSES):
-            wait_for(lambda: _holder_pid(rclient, key) in by_pid, timeout=30, message="holder")
-            holder = by_pid[_holder_pid(rclient, key)]
-            # Pause it between reading a batch and committing it: the window in which
-            # a projector without fencing commits what it read before losing the lease.
-            # The table lock holds it there until it is stopped.
-            with _mirror_table_locked():
-                wait_for(
-                    lambda h=holder: _has_read_a_batch(rclient, h.name),
-                    timeout=30,
-                    message="the holder read a batch",
-                )
-                holder.proc.send_signal(signal.SIGSTOP)
+            holder = _stop_the_holder_in_its_window(rclient, key, by_pid)
             pauses += 1
             # Stopped past its TTL: the other projector takes over and commits newer
             # states (its position moves) before the stopped one wakes up.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable
@@ -10,7 +11,14 @@ from typing import TypeVar
 from flowjobs.testing.server import delete_prefixed_keys
 from tests.redis_server import free_port
 
-__all__ = ["delete_prefixed_keys", "free_port", "new_prefix", "wait_for"]
+__all__ = [
+    "delete_prefixed_keys",
+    "free_port",
+    "new_prefix",
+    "until_cancelled",
+    "wait_for",
+    "work_for",
+]
 
 T = TypeVar("T")  # a TypeVar, not PEP 695: the floors stage runs the suite on Python 3.11
 
@@ -37,6 +45,19 @@ def wait_for(
             detail = f": {message}" if message else ""
             raise AssertionError(f"condition not met within {timeout}s{detail}")
         time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+
+
+def work_for(seconds: float) -> None:
+    """A job's own work taking `seconds`: the workload a test measures or overlaps (jobs
+    running side by side, one finishing after another, work in flight when a fault hits),
+    never a wait for something to happen. The one place test work passes time."""
+    time.sleep(seconds)
+
+
+async def until_cancelled(deadline: float) -> None:
+    """An async job's work that lasts until its task is cancelled; TimeoutError after
+    `deadline` seconds when nothing cancelled it."""
+    await asyncio.wait_for(asyncio.Event().wait(), deadline)
 
 
 def new_prefix() -> str:

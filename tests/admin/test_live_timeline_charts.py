@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import pytest
@@ -14,7 +13,7 @@ from flowjobs.admin_charts import minute_series
 from flowjobs.engine import Flow
 from flowjobs.mirror import reconcile
 from flowjobs.models import JobRecord
-from tests.helpers import wait_for
+from tests.helpers import wait_for, work_for
 
 pytestmark = pytest.mark.django_db
 
@@ -88,7 +87,7 @@ def test_timeline_spans_and_critical_path(
     )
 
     def part(job: Any) -> Any:
-        time.sleep(job.data["seconds"])  # the workload being measured, not a wait
+        work_for(job.data["seconds"])
         return job.name
 
     make_worker("parts", part, concurrency=2)
@@ -178,7 +177,7 @@ def test_a_stuck_flows_critical_path_leads_to_the_failure_holding_it(
     def step(job: Any) -> Any:
         if job.data and job.data.get("fail"):
             raise RuntimeError("card declined")
-        time.sleep(0.2)  # finishes after the failure: the latest end is not the culprit
+        work_for(0.2)  # finishes after the failure: the latest end is not the culprit
         return "packed"
 
     make_worker("steps", step, concurrency=2)

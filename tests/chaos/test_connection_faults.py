@@ -15,7 +15,7 @@ import pytest
 
 from flowjobs.engine import Queue, Worker
 from tests.faultproxy import FaultProxy
-from tests.helpers import wait_for
+from tests.helpers import until_cancelled, wait_for, work_for
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.chaos
@@ -58,7 +58,7 @@ def _run(
         with lock:
             executions[job.id] += 1
         if busy:
-            time.sleep(0.05)
+            work_for(0.05)
         return job.data["n"]
 
     worker = Worker("q", process, connection=proxy.url, prefix=prefix, concurrency=4)
@@ -175,13 +175,12 @@ def test_cancel_requests_arrive_again_after_a_half_open_cut(proxy, make_queue, p
     reaches the running job by the channel again, long before the next lock renewal
     (a 2-minute lock renews every minute) would find it in the job hash. When only the
     subscription's connection goes silent, the worker's probe finds out."""
-    import asyncio
 
     queue = make_queue("q")
 
     async def process(job):
         if job.name == "long":
-            await asyncio.sleep(120)
+            await until_cancelled(120)
         return "done"
 
     worker = Worker(

@@ -25,10 +25,10 @@ import os
 import signal
 import sys
 import threading
-import time
 from typing import Any
 
 from flowjobs.engine import Worker
+from tests.helpers import work_for
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -73,7 +73,7 @@ def make_processor(queue_name: str, recorder: Recorder, work_ms: int):
                 raise RuntimeError(f"parent {job.id} runs with {counts['unprocessed']} pending")
             return {"children": counts["processed"]}
         # The job's simulated work; the chaos driver kills processes in the middle of it.
-        time.sleep(work_ms / 1000)
+        work_for(work_ms / 1000)
         return {"n": job.data.get("n") if isinstance(job.data, dict) else None, "pid": pid}
 
     return process

@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from flowjobs.engine import JobNotFound
-from tests.helpers import wait_for
+from tests.helpers import until_cancelled, wait_for
 
 
 def test_a_sync_processor_sees_the_flag_and_the_job_fails(queue, make_worker):
@@ -38,7 +38,7 @@ def test_an_async_processor_is_interrupted(queue, make_worker):
     async def process(job):
         started.set()
         try:
-            await asyncio.sleep(30)
+            await until_cancelled(30)
         except asyncio.CancelledError:
             seen.append(job.is_cancelled())
             raise
@@ -197,7 +197,7 @@ def test_the_worker_answers_what_it_did(queue, make_queue, make_worker):
 
     async def async_process(job):
         async_started.set()
-        await asyncio.sleep(30)
+        await until_cancelled(30)
 
     job = async_queue.add("long")
     make_worker("aq", async_process)

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import threading
-import time
 
-from tests.helpers import wait_for
+from tests.helpers import wait_for, work_for
 
 
 def test_global_concurrency_caps_all_workers_together(queue, make_worker, redis_client, prefix):
@@ -20,7 +19,7 @@ def test_global_concurrency_caps_all_workers_together(queue, make_worker, redis_
         with lock:
             running += 1
             peak = max(peak, running)
-        time.sleep(0.03)
+        work_for(0.03)
         with lock:
             running -= 1
 
@@ -31,7 +30,7 @@ def test_global_concurrency_caps_all_workers_together(queue, make_worker, redis_
     def sample() -> None:
         while not stop.is_set():
             active_seen.append(redis_client.llen(f"{prefix}:q:active"))
-            time.sleep(0.002)
+            stop.wait(0.002)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()

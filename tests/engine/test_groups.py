@@ -9,7 +9,7 @@ from collections import defaultdict
 import pytest
 
 from flowjobs.engine import InvalidJobOptions
-from tests.helpers import wait_for
+from tests.helpers import wait_for, work_for
 
 
 def test_grouped_jobs_wait_in_their_group_not_in_wait(queue, redis_client, prefix):
@@ -65,7 +65,7 @@ def test_group_concurrency_holds_across_workers(queue, make_worker):
             running[group] += 1
             peak[group] = max(peak[group], running[group])
             overall_peak = max(overall_peak, sum(running.values()))
-        time.sleep(0.05)
+        work_for(0.05)
         with lock:
             running[group] -= 1
 

@@ -15,7 +15,7 @@ from flowjobs.engine import (
     UnrecoverableError,
     register_backoff,
 )
-from tests.helpers import wait_for
+from tests.helpers import wait_for, work_for
 
 
 def finished(queue, job_id: str, state: str = "completed"):
@@ -314,7 +314,6 @@ def test_an_async_processor_that_blocks_the_loop_is_named_in_a_warning(
     queue, make_worker, caplog, monkeypatch
 ):
     import logging
-    import time
 
     from flowjobs.engine import loopwatch
 
@@ -322,7 +321,7 @@ def test_an_async_processor_that_blocks_the_loop_is_named_in_a_warning(
     caplog.set_level(logging.WARNING, logger="flowjobs.worker")
 
     async def blocks(job):
-        time.sleep(0.8)  # the mistake: blocking code in an async processor
+        work_for(0.8)  # the mistake: blocking code in an async processor
         return "done"
 
     job = queue.add("resize", {})

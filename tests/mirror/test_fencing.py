@@ -11,7 +11,6 @@ import os
 import signal
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +21,7 @@ from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from flowjobs.lease import FencedLease, LeaseLost, check_fence, highest_fence
 from flowjobs.models import JobRecord, LeaseFence, StreamPosition
 from tests.django.conftest import WorkerProcess, database_url
-from tests.helpers import wait_for
+from tests.helpers import wait_for, work_for
 
 REPO = Path(__file__).resolve().parents[2]
 # The run: TTL 3 s, paused 4.5-6 s, 7 times at random. The same shape,
@@ -177,7 +176,7 @@ def test_projectors_paused_past_their_lease_leave_the_mirror_equal_to_redis(
             stop_load.wait(0.05)
 
     producer = threading.Thread(target=load, daemon=True)
-    make_worker("q", lambda job: time.sleep(0.005), concurrency=20)
+    make_worker("q", lambda job: work_for(0.005), concurrency=20)
     pauses = takeovers = 0
     try:
         wait_for(lambda: _holder_pid(rclient, key) in by_pid, timeout=30, message="a holder")

@@ -18,7 +18,7 @@ import redis
 
 from flowjobs.engine import Flow, FlowProducer, Queue, QueueEvents, Worker
 from flowjobs.engine.connection import describe
-from tests.helpers import wait_for
+from tests.helpers import wait_for, work_for
 from tests.scale.support import elapsed_since, sentinel_setup
 
 pytestmark = pytest.mark.chaos
@@ -60,7 +60,7 @@ def test_failover_mid_workload_finishes_the_workload(caplog, record_property) ->
         assert queue.client.wait(1, 5000) == 1
 
         def process(job):
-            time.sleep(WORK_SECONDS)  # the job's work: the failover catches jobs in flight
+            work_for(WORK_SECONDS)  # the job's work: the failover catches jobs in flight
             if job.name == "parent":
                 return len(job.get_children_values())
             return job.data["n"]

@@ -4,7 +4,6 @@ certificates fail with clear errors that never show the password."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import subprocess
 import threading
@@ -18,7 +17,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from flowjobs.engine import ConnectionFailed, Flow, FlowProducer, Queue, QueueEvents, Worker
-from tests.helpers import wait_for
+from tests.helpers import until_cancelled, wait_for
 from tests.redis_server import RedisServer
 
 ADMIN_PASSWORD = "admin-" + uuid.uuid4().hex
@@ -66,7 +65,7 @@ def cancel_a_running_job(connection: Any, prefix: str, **worker_options: Any) ->
 
     async def slow(job):
         started.set()
-        await asyncio.sleep(30)
+        await until_cancelled(30)
 
     worker = Worker("slow", slow, connection=connection, prefix=prefix, **worker_options)
     try:

@@ -169,8 +169,9 @@ def resolve_queues(requested: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(requested))
 
 
-class _Signals:
-    """SIGTERM/SIGINT handling: the first asks for a graceful stop, the second forces."""
+class StopSignals:
+    """SIGTERM/SIGINT handling: the first asks for a graceful stop (`event`), the second
+    forces (runworker; the relay and mirror commands stop on the first)."""
 
     def __init__(self) -> None:
         self.count = 0
@@ -377,7 +378,7 @@ SERVICES_PARENT_ENV = "FLOWJOBS_RUNWORKER_PID"
 def run_services(names: list[str]) -> int:
     """``runworker --services``: runs the named background services until SIGTERM or
     SIGINT, or until the runworker that started this process is gone."""
-    signals = _Signals()
+    signals = StopSignals()
     signals.install()
     parent = int(os.environ.get(SERVICES_PARENT_ENV) or os.getppid())
     if os.getppid() != parent:
@@ -412,7 +413,7 @@ class WorkerProcess:
         self.options = options
         self.workers: list[Worker] = []
         self.dispatchers: list[registry.Dispatcher] = []
-        self.signals = _Signals()
+        self.signals = StopSignals()
         self.stop_reason = ""
         self.services = ServicesChild([])
         self._parent_pid = os.getppid()
@@ -629,7 +630,7 @@ class Supervisor:
         self.child_argv = child_argv
         self.children: list[_Child] = []
         self.env: dict[str, str] = {}
-        self.signals = _Signals()
+        self.signals = StopSignals()
         self.failures = 0
 
     def _spawn(self) -> _Child:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import signal
-import threading
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from flowjobs import outbox
+from flowjobs.runner import StopSignals
 
 
 class Command(BaseCommand):
@@ -47,16 +46,14 @@ class Command(BaseCommand):
                 self.stdout.write(f"{alias}: {count} entr(ies) left{oldest}")
             self.stdout.write(self.style.SUCCESS(f"pushed {pushed} outbox entr(ies)"))
             return
-        stop = threading.Event()
-
-        def request_stop(signum: int, frame: Any) -> None:
-            stop.set()
-
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, request_stop)
+        signals = StopSignals()
+        signals.install()
         self.stdout.write(
             f"relaying the outbox of {', '.join(relay.databases)} to Redis "
             f"(lock {relay.lock.key}); Ctrl+C to stop"
         )
-        relay.run(stop)
+        try:
+            relay.run(signals.event)
+        finally:
+            signals.restore()
         self.stdout.write(f"relay stopped after pushing {relay.pushed} entr(ies)")

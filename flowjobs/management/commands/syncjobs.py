@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import signal
-import threading
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
 from flowjobs import mirror
+from flowjobs.runner import StopSignals
 
 
 class Command(BaseCommand):
@@ -53,13 +52,8 @@ class Command(BaseCommand):
                 )
             )
             return
-        stop = threading.Event()
-
-        def request_stop(signum: int, frame: Any) -> None:
-            stop.set()
-
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, request_stop)
+        signals = StopSignals()
+        signals.install()
         config = mirror.mirror_settings()
         self.stdout.write(
             f"mirroring {config.prefix}:* into the database "
@@ -70,7 +64,10 @@ class Command(BaseCommand):
             if options["verbosity"] >= 1:
                 self.stdout.write(f"mirror: {state}")
 
-        mirror.run_mirror(stop, config=config, on_state=_once_per_change(on_state))
+        try:
+            mirror.run_mirror(signals.event, config=config, on_state=_once_per_change(on_state))
+        finally:
+            signals.restore()
 
 
 def _once_per_change(callback: Any) -> Any:

@@ -19,7 +19,7 @@ from .client import redis_client
 from .discovery import discover_queues, mirrorable_queues
 from .history import prune_history
 from .observation import Observation
-from .parsing import compare_ids
+from .parsing import compare_ids, entry_ms
 from .positions import save_positions, stream_tail
 from .reconcile import reconcile_queue
 from .roots import RootResolver
@@ -164,7 +164,9 @@ class Projector:
             return compare_ids(last_generated, stream.last_id) > 0
         return compare_ids(first[0], stream.last_id) > 0 and stream.last_id != "0-0"
 
-    def _reconcile(self, stream: _Stream, changed_only: bool = False) -> None:
+    def _reconcile(
+        self, stream: _Stream, changed_only: bool = False, since_ms: int | None = None
+    ) -> None:
         reconcile_queue(
             self.client,
             stream.prefix,
@@ -173,6 +175,7 @@ class Projector:
             heartbeat=self._heartbeat,
             atomic=self._transaction,
             changed_only=changed_only,
+            since_ms=since_ms,
         )
 
     def _recover(self, lost: list[_Stream]) -> None:
@@ -184,9 +187,11 @@ class Projector:
                 stream.queue,
             )
             tail = stream_tail(self.client, stream.prefix, stream.queue) or ("0-0", 0)
-            # only what changed: a full rewrite of the history would take longer than the
-            # stream holds at the rate that trimmed it, and trim past us again
-            self._reconcile(stream, changed_only=True)
+            # only what changed since the last event applied: a rewrite of the history
+            # would take longer than the stream holds at the rate that trimmed it, and
+            # trim past us again
+            since = entry_ms(stream.last_id) if stream.last_id != "0-0" else None
+            self._reconcile(stream, changed_only=True, since_ms=since)
             stream.last_id, stream.entries_read = tail
             with self._transaction():
                 save_positions({(stream.prefix, stream.queue): tail})

@@ -10,6 +10,7 @@ from typing import Any
 
 import redis
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from ..models import JobRecord, JobState
@@ -32,12 +33,17 @@ class ReconcileResult:
 
 
 def _iter_structure(
-    client: redis.Redis, key: str, kind: str, page: int
+    client: redis.Redis, key: str, kind: str, page: int, min_score: int | None = None
 ) -> Iterator[list[tuple[str, float | None]]]:
-    """Pages of (job id, score) of a state structure (score None for a list)."""
+    """Pages of (job id, score) of a state structure (score None for a list); of a sorted
+    set, only the members scored ``min_score`` or more when it is given."""
     start = 0
     while True:
-        if kind == "zset":
+        if kind == "zset" and min_score is not None:
+            members = client.zrangebyscore(
+                key, min_score, "+inf", start=start, num=page, withscores=True
+            )
+        elif kind == "zset":
             members = client.zrange(key, start, start + page - 1, withscores=True)
         else:
             members = [(job_id, None) for job_id in client.lrange(key, start, start + page - 1)]
@@ -52,6 +58,9 @@ def _iter_structure(
 # States whose structure's score is the job's finishedOn (ms): a row in that state with
 # another finish time is a job that ran again since.
 _SCORED_BY_FINISH = ("completed", "failed")
+# How much earlier than the mirror's position (Redis' clock) a job that finished after it
+# may say it finished: finishedOn comes from the clock of the worker that recorded it.
+CLOCK_SKEW_MS = 10_000
 
 
 def _already_mirrored(
@@ -96,6 +105,7 @@ def reconcile_queue(
     atomic: Callable[[], AbstractContextManager[Any]] = transaction.atomic,
     page: int = 1000,
     changed_only: bool = False,
+    since_ms: int | None = None,
 ) -> dict[str, int]:
     """Repair one queue's rows from Redis: new, changed and vanished jobs.
 
@@ -106,14 +116,23 @@ def reconcile_queue(
     cost that grows with what changed rather than with the whole history. A change that
     moved no job (new data of a waiting job) waits for the job's next event or the next
     full reconcile.
+
+    ``since_ms`` (Redis time, ms: when the events the projector lost began) narrows that
+    further: finished jobs are read only if they finished since (less CLOCK_SKEW_MS), and
+    only those and the unfinished rows are checked for vanished jobs. A job that finished
+    earlier and was removed in the lost window keeps its row as it was until the next
+    full reconcile (MIRROR_RECONCILE_INTERVAL), as a job trimmed by its queue's retention
+    does.
     """
     resolver = resolver or RootResolver(client)
     started = timezone.now()
     base = f"{prefix}:{queue}:"
     upserted = unstorable = 0
-    seen: set[str] | None = set() if changed_only else None
+    seen: set[str] | None = set() if changed_only or since_ms is not None else None
+    finished_since = None if since_ms is None else max(since_ms - CLOCK_SKEW_MS, 0)
     for suffix, kind, state in STATE_STRUCTURES:
-        for members in _iter_structure(client, base + suffix, kind, page):
+        min_score = finished_since if state in _SCORED_BY_FINISH else None
+        for members in _iter_structure(client, base + suffix, kind, page, min_score):
             if heartbeat:
                 heartbeat()
             ids = [job_id for job_id, _ in members]
@@ -132,7 +151,14 @@ def reconcile_queue(
             upserted += stored.written
             unstorable += stored.unstorable
     missing = _sweep_missing(
-        client, prefix, queue, started, heartbeat=heartbeat, atomic=atomic, seen=seen
+        client,
+        prefix,
+        queue,
+        started,
+        heartbeat=heartbeat,
+        atomic=atomic,
+        seen=seen,
+        finished_since=finished_since,
     )
     return {"upserted": upserted, "marked_missing": missing, "unstorable": unstorable}
 
@@ -146,14 +172,23 @@ def _sweep_missing(
     heartbeat: Callable[[], None] | None = None,
     atomic: Callable[[], AbstractContextManager[Any]] = transaction.atomic,
     seen: set[str] | None = None,
+    finished_since: int | None = None,
 ) -> int:
     """Mark rows the scan did not refresh whose job hash no longer exists (`seen`: ids
-    the scan found in a state structure, which need no check)."""
+    the scan found in a state structure, which need no check; `finished_since`: rows of
+    jobs that finished before it (ms) are not checked)."""
     marked = 0
     last_pk = 0
     stale = JobRecord.objects.filter(
         prefix=prefix, queue=queue, in_redis=True, synced_at__lt=started
     ).order_by("pk")
+    if finished_since is not None:
+        since = datetime.datetime.fromtimestamp(finished_since / 1000, tz=datetime.UTC)
+        stale = stale.filter(
+            ~Q(state__in=_SCORED_BY_FINISH)
+            | Q(finished_at__isnull=True)
+            | Q(finished_at__gte=since)
+        )
     while True:
         chunk = list(stale.filter(pk__gt=last_pk).values_list("pk", "key", "job_id")[:1000])
         if not chunk:

@@ -343,3 +343,54 @@ def test_after_a_trim_only_what_changed_is_rewritten(
     untouched = [job.id for job in done if job.id != done[1].id]
     assert all(rows[job_id].synced_at == synced[job_id] for job_id in untouched)
     assert JobRecord.objects.filter(queue="q", name="late", state="waiting").count() == 3
+
+
+def _command_calls(rclient, command: str) -> int:
+    stats = rclient.info("commandstats").get(f"cmdstat_{command}")
+    return int(stats["calls"]) if stats else 0
+
+
+def test_trim_recovery_reads_the_lost_window_not_the_history(
+    make_queue, make_worker, make_projector, rclient, prefix
+):
+    """After a trim, jobs that finished before the projector's position are not read again
+    (nor checked one by one): a queue that keeps a long history of finished jobs would
+    otherwise be scanned whole every time a burst trims the stream, and never catch up."""
+    queue = make_queue("q")
+    history = 1500  # more than one page of the scan
+    queue.add_bulk([{"name": "old", "data": {"i": i}} for i in range(history)])
+    worker = make_worker("q", lambda job: job.data["i"], concurrency=50)
+    wait_for(lambda: queue.get_job_counts("completed")["completed"] == history, timeout=60)
+    worker.close()
+    # They finished an hour ago (well before any clock skew the recovery allows for).
+    hour_ago = rclient.time()[0] * 1000 - 3_600_000
+    pipe = rclient.pipeline()
+    for job_id in rclient.zrange(queue.keys.key("completed"), 0, -1):
+        pipe.zadd(queue.keys.key("completed"), {job_id: hour_ago})
+        pipe.hset(queue.keys.key(job_id), "finishedOn", hour_ago)
+    pipe.execute()
+    gone = queue.add("gone", {})
+    make_projector().catch_up()
+    assert JobRecord.objects.filter(queue="q", state="completed").count() == history
+
+    # The lost window: new jobs run, one is removed without an event, the stream is trimmed.
+    fresh = [queue.add("new", {"i": i}) for i in range(5)]
+    rclient.lrem(queue.keys.key("wait"), 0, gone.id)  # not for the worker: removed below
+    worker = make_worker("q", lambda job: job.data["i"] * 10)
+    wait_for(lambda: queue.get_job_counts("completed")["completed"] == history + 5)
+    worker.close()
+    rclient.delete(gone.key)
+    rclient.xtrim(f"{prefix}:q:events", maxlen=1, approximate=False)
+
+    rclient.config_resetstat()
+    projector = make_projector()
+    projector.catch_up()
+
+    assert projector.reconciles == 1
+    rows = _rows()
+    assert all(rows[job.id].state == "completed" for job in fresh)
+    assert [rows[job.id].returnvalue for job in fresh] == [0, 10, 20, 30, 40]
+    assert rows[gone.id].in_redis is False
+    # Read back: the window's jobs, a page or so of the history at most, never all of it.
+    hashes_checked = _command_calls(rclient, "exists") + _command_calls(rclient, "hgetall")
+    assert hashes_checked < 200, {k: v["calls"] for k, v in rclient.info("commandstats").items()}

@@ -9,7 +9,7 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from flowjobs.mirror import prune_history, reconcile
-from flowjobs.models import JobRecord
+from flowjobs.models import JobRecord, UnstorableJob
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.django_db
@@ -77,6 +77,34 @@ def test_prune_by_age_and_count_keeps_live_rows():
         "b0",
         "b1",
     }
+
+
+def _unstorable(queue: str, job_id: str, seen_days_ago: float) -> None:
+    seen = timezone.now() - datetime.timedelta(days=seen_days_ago)
+    UnstorableJob.objects.create(
+        digest=f"{queue}:{job_id}",
+        prefix="p",
+        queue=queue,
+        job_id=job_id,
+        reason="the job id holds a NUL character",
+        first_seen=seen,
+        last_seen=seen,
+    )
+
+
+def test_prune_bounds_the_unstorable_jobs_too():
+    """A producer writing bad ids keeps adding UnstorableJob rows: the history bounds
+    apply to them (by when the mirror last saw them), or the table grows for ever."""
+    for i in range(4):
+        _unstorable("a", f"old{i}", seen_days_ago=10 + i)
+        _unstorable("a", f"new{i}", seen_days_ago=i * 0.1)
+        _unstorable("b", f"b{i}", seen_days_ago=i * 0.1)
+
+    assert prune_history(age=7 * 24 * 3600) == 4
+    assert not UnstorableJob.objects.filter(job_id__startswith="old").exists()
+
+    assert prune_history(count=1) == 6  # 3 per queue
+    assert set(UnstorableJob.objects.values_list("job_id", flat=True)) == {"new0", "b0"}
 
 
 def test_prunejobs_command_reads_the_history_setting(settings, flowjobs_settings):

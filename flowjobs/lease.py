@@ -42,10 +42,12 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import redis
 
-__all__ = ["FencedLease", "LeaseLost", "check_fence", "highest_fence"]
+__all__ = ["FencedLease", "LeaseLost", "check_fence", "fenced_atomic", "highest_fence"]
 
 # KEYS: lease key, fence counter. ARGV: token, ttl ms, floor.
 # Returns this holder's fence, or 0 when another holder has the lease.
@@ -173,3 +175,15 @@ def check_fence(name: str, fence: int) -> None:
     raise LeaseLost(
         f"lease {name}: fence {fence} is older than {highest_fence(name)}, which has written"
     )
+
+
+@contextmanager
+def fenced_atomic(lease: FencedLease | None) -> Iterator[None]:
+    """``transaction.atomic()`` that commits only while ``lease`` is the newest holder
+    to write (``check_fence`` last); no check when ``lease`` is None."""
+    from django.db import transaction
+
+    with transaction.atomic():
+        yield
+        if lease is not None:
+            check_fence(lease.key, lease.fence)

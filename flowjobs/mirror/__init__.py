@@ -20,7 +20,8 @@ Modules: ``settings``, ``client`` (Redis), ``parsing`` (decoding Redis text),
 ``observation`` (a job seen in a batch -> a row), ``roots`` (flow roots),
 ``upsert`` (per-database INSERT ... ON CONFLICT), ``store`` (a batch -> rows),
 ``unstorable``, ``discovery``, ``positions`` (stream positions), ``reconcile``,
-``history`` (pruning), ``projector``, ``service`` (run, stand by, start in a worker).
+``history`` (pruning), ``projector``, ``repair`` (``syncjobs --once`` under the lease),
+``service`` (run, stand by, start in a worker).
 The lease itself is ``flowjobs.lease``.
 """
 

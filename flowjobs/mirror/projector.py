@@ -5,15 +5,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 import redis
-from django.db import close_old_connections, transaction
+from django.db import close_old_connections
 
-from ..lease import FencedLease, check_fence
+from ..lease import FencedLease, fenced_atomic
 from ..models import StreamPosition
 from .client import redis_client
 from .discovery import discover_queues, mirrorable_queues
@@ -22,6 +21,7 @@ from .observation import Observation
 from .parsing import compare_ids, entry_ms
 from .positions import save_positions, stream_tail
 from .reconcile import reconcile_queue
+from .repair import answer_reconcile_requests
 from .roots import RootResolver
 from .settings import MirrorSettings, mirror_settings
 from .store import read_hashes, store
@@ -68,6 +68,7 @@ class Projector:
         self._discovered_at = -1e18
         self._reconciled_at = time.monotonic()
         self._pruned_at = -1e18
+        self._requests_checked_at = -1e18
         self.events_applied = 0
         self.batches_applied = 0
         self.reconciles = 0
@@ -80,13 +81,9 @@ class Projector:
         if self.lease is not None:
             self.lease.keep()
 
-    @contextmanager
-    def _transaction(self) -> Iterator[None]:
+    def _transaction(self) -> AbstractContextManager[None]:
         """A transaction that commits only while this projector's lease is the newest."""
-        with transaction.atomic():
-            yield
-            if self.lease is not None:
-                check_fence(self.lease.key, self.lease.fence)
+        return fenced_atomic(self.lease)
 
     def load_positions(self) -> None:
         """(Re)load every queue's position from the database."""
@@ -240,13 +237,23 @@ class Projector:
         return applied
 
     def housekeeping(self) -> None:
-        """Periodic full reconcile (drain/obliterate emit no events) and history pruning."""
+        """Periodic full reconcile (drain/obliterate emit no events), the reconciles asked
+        for (``syncjobs --once`` while this projector holds the lease), history pruning."""
         interval = self.config.reconcile_interval
         if interval is not None and time.monotonic() - self._reconciled_at >= interval:
             self._reconciled_at = time.monotonic()
             for stream in list(self.streams.values()):
                 self._heartbeat()
                 self._reconcile(stream)
+        if self.lease is not None and time.monotonic() - self._requests_checked_at >= 1.0:
+            self._requests_checked_at = time.monotonic()
+            answer_reconcile_requests(
+                self.client,
+                self.lease,
+                self.prefix,
+                heartbeat=self._heartbeat,
+                atomic=self._transaction,
+            )
         bounded = self.config.history_age is not None or self.config.history_count is not None
         if bounded and time.monotonic() - self._pruned_at >= self.config.prune_interval:
             self._pruned_at = time.monotonic()

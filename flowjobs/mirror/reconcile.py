@@ -221,13 +221,17 @@ def reconcile(
     queues: Iterable[str] | None = None,
     *,
     store_positions: bool = True,
+    heartbeat: Callable[[], None] | None = None,
+    atomic: Callable[[], AbstractContextManager[Any]] = transaction.atomic,
 ) -> ReconcileResult:
     """Scan Redis and repair the mirror for every queue (or the given ones).
 
     Rows of jobs Redis no longer has get ``in_redis=False``; rows are never
     deleted here. With ``store_positions`` each queue's stream position is set to
     the stream's end as it was before the scan, so a projector started afterwards
-    replays only what changed during and after the scan.
+    replays only what changed during and after the scan. ``atomic`` and ``heartbeat``
+    as for ``reconcile_queue`` (the holder of the mirror's lease passes its fenced
+    transaction and its lease's renewal).
     """
     current = mirror_settings()
     client = client or redis_client(current.redis_url)
@@ -243,9 +247,12 @@ def reconcile(
     resolver = RootResolver(client)
     for queue in names:
         tail = stream_tail(client, prefix, queue)
-        counts = reconcile_queue(client, prefix, queue, resolver=resolver)
+        counts = reconcile_queue(
+            client, prefix, queue, resolver=resolver, heartbeat=heartbeat, atomic=atomic
+        )
         if store_positions and tail is not None:
-            save_positions({(prefix, queue): tail})
+            with atomic():
+                save_positions({(prefix, queue): tail})
         result.queues += 1
         result.upserted += counts["upserted"]
         result.marked_missing += counts["marked_missing"]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import threading
+from io import StringIO
 
 import pytest
+from django.core.management import CommandError, call_command
 
 from flowjobs import mirror
-from flowjobs.models import JobRecord
+from flowjobs.models import JobRecord, LeaseFence
 from tests.helpers import wait_for
 
 
@@ -112,3 +114,62 @@ def test_start_in_worker_follows_the_mirror_setting(settings, flowjobs_settings)
     stop.set()
     thread.join(10)
     assert not thread.is_alive()
+
+
+def _fast(config_overrides: dict | None = None) -> mirror.MirrorSettings:
+    return mirror.MirrorSettings(
+        **{
+            **mirror.mirror_settings().__dict__,
+            "lock_ttl_ms": 900,
+            "block_ms": 100,
+            "discover_interval": 0.2,
+            **(config_overrides or {}),
+        }
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_syncjobs_once_beside_a_projector_has_the_projector_reconcile(
+    flowjobs_settings, make_queue, rclient
+):
+    """A second writer beside the lease holder could commit a row it read before the
+    projector committed a newer state (and stay wrong until the next full reconcile):
+    `syncjobs --once` asks the holder to reconcile, fenced, and reports its counts."""
+    holder = _Contender(_fast(), rclient)
+    try:
+        wait_for(lambda: holder.state == "projecting", message="a projector holds the lease")
+        queue = make_queue("q")
+        jobs = [queue.add("n", {"i": i}) for i in range(3)]
+        wait_for(lambda: JobRecord.objects.filter(queue="q").count() == 3, message="mirrored")
+        rclient.hset(jobs[0].key, "name", "renamed")  # no event: only a reconcile sees it
+
+        out = StringIO()
+        call_command("syncjobs", "--once", stdout=out)
+
+        assert JobRecord.objects.get(queue="q", job_id=jobs[0].id).name == "renamed"
+        assert "q: 3 job(s) mirrored" in out.getvalue()
+        assert "reconciled by the projector holding the lease" in out.getvalue()
+    finally:
+        holder.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_syncjobs_once_without_a_projector_holds_the_lease_itself(
+    flowjobs_settings, make_queue, rclient, prefix
+):
+    queue = make_queue("q")
+    queue.add("n", {})
+    key = f"{prefix}:flowjobs:mirror-lock"
+    call_command("syncjobs", "--once", verbosity=0)
+    assert JobRecord.objects.filter(queue="q").count() == 1
+    assert LeaseFence.objects.get(name=key).fence >= 1  # its writes were fenced
+    assert not rclient.exists(key)  # and it let the lease go
+
+
+@pytest.mark.django_db(transaction=True)
+def test_syncjobs_once_names_a_holder_that_does_not_answer(flowjobs_settings, rclient, prefix):
+    key = f"{prefix}:flowjobs:mirror-lock"
+    rclient.set(key, "elsewhere:4242:abc", px=60_000)  # a holder that never reconciles
+    with pytest.raises(CommandError, match=r"elsewhere:4242:abc.*did not reconcile within 1"):
+        call_command("syncjobs", "--once", "--timeout", "1", verbosity=0)
+    assert not rclient.llen(f"{key}:reconcile")  # the unanswered request was taken back

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from flowjobs import mirror
+from flowjobs.mirror.repair import ReconcileNotAnswered, reconcile_with_lease
 from flowjobs.runner import StopSignals
 
 
@@ -30,10 +31,31 @@ class Command(BaseCommand):
             metavar="NAME",
             help="with --once: only this queue (repeatable)",
         )
+        parser.add_argument(
+            "--timeout",
+            type=float,
+            default=900.0,
+            metavar="SECONDS",
+            help="with --once: how long to wait for the projector holding the mirror's lease "
+            "to reconcile (default 900)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["once"]:
-            result = mirror.reconcile(queues=options["queues"])
+            # Under the mirror's lease: done here when no projector holds it, else by the
+            # holder (a second writer beside it could commit rows older than its own).
+            config = mirror.mirror_settings()
+            try:
+                result, holder = reconcile_with_lease(
+                    mirror.redis_client(config.redis_url),
+                    config,
+                    options["queues"],
+                    timeout=options["timeout"],
+                )
+            except ReconcileNotAnswered as error:
+                raise CommandError(f"{error}; try again, or with a longer --timeout") from None
+            if holder:
+                self.stdout.write(f"reconciled by the projector holding the lease ({holder})")
             for queue, counts in sorted(result.per_queue.items()):
                 self.stdout.write(
                     f"{queue}: {counts['upserted']} job(s) mirrored, "

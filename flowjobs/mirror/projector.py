@@ -35,6 +35,10 @@ class _Stream:
     queue: str
     last_id: str = "0-0"
     entries_read: int | None = 0
+    # Recoveries (after a trim) since the projector last read to the stream's end, and
+    # until when the stream is held off because the last one was outrun (monotonic s).
+    recoveries: int = 0
+    held_until: float = 0.0
 
     @property
     def key(self) -> str:
@@ -74,6 +78,9 @@ class Projector:
         self.reconciles = 0
         # Whether events arrive slower than batches fill: then run() lets them gather.
         self.trickling = False
+        # Whether a queue whose stream outran a recovery is held off before the next
+        # (run() does; catch_up(), which must reach the end, does not).
+        self.hold_off = False
 
     # -- bookkeeping ------------------------------------------------------------
 
@@ -108,9 +115,10 @@ class Projector:
         """Apply the next batch; block up to ``block_ms`` when idle. Returns events applied."""
         self._heartbeat()
         self.discover()
-        if not self.streams:
+        now = time.monotonic()
+        streams = [stream for stream in self.streams.values() if stream.held_until <= now]
+        if not streams:
             return 0
-        streams = list(self.streams.values())
         pipe = self.client.pipeline(transaction=True)
         for stream in streams:
             pipe.xinfo_stream(stream.key)
@@ -128,6 +136,9 @@ class Projector:
             return 0
 
         entries_by_key = _entries_by_stream(read)
+        for stream in streams:
+            if len(entries_by_key.get(stream.key, ())) < self.config.batch_size:
+                stream.recoveries = 0  # read to its end: caught up
         if not entries_by_key:
             wait = self.config.block_ms if block_ms is None else block_ms
             if wait > 0:
@@ -177,6 +188,21 @@ class Projector:
 
     def _recover(self, lost: list[_Stream]) -> None:
         for stream in lost:
+            if self.hold_off and stream.recoveries and not stream.held_until:
+                # Trimmed past again before the last recovery caught up: the queue's
+                # events come faster than this projector applies them, and a reconcile
+                # now would be outrun as well, for CPU and Redis time the workers need.
+                # Hold the queue off (0.5 s, doubling up to 8 s), then reconcile.
+                hold = min(0.5 * 2 ** (stream.recoveries - 1), 8.0)
+                stream.held_until = time.monotonic() + hold
+                logger.info(
+                    "events stream %s was trimmed past %s again: holding off %.1f s",
+                    stream.key,
+                    stream.last_id,
+                    hold,
+                )
+                continue
+            stream.held_until = 0.0
             logger.info(
                 "events stream %s was trimmed past %s: reconciling queue %s",
                 stream.key,
@@ -193,6 +219,7 @@ class Projector:
             with self._transaction():
                 save_positions({(stream.prefix, stream.queue): tail})
             self.reconciles += 1
+            stream.recoveries += 1
 
     def _apply(self, streams: list[_Stream], entries_by_key: dict[str, list[Any]]) -> int:
         observations: dict[tuple[str, str, str], Observation] = {}
@@ -261,6 +288,14 @@ class Projector:
             if pruned:
                 logger.info("pruned %d mirrored jobs beyond the history bounds", pruned)
 
+    def held_for(self) -> float:
+        """Seconds until a held-off stream (see ``_recover``) is read again, when every
+        stream is held off; else 0."""
+        if not self.streams:
+            return 0.0
+        first = min(stream.held_until for stream in self.streams.values())
+        return max(first - time.monotonic(), 0.0)
+
     def catch_up(self, max_steps: int = 1_000_000) -> int:
         """Apply events until every stream is read to its end (no blocking)."""
         total = 0
@@ -287,12 +322,16 @@ class Projector:
     def run(self, stop_event: threading.Event) -> None:
         """Project until ``stop_event`` is set (or the lease is lost)."""
         self.load_positions()
+        self.hold_off = True
         coalesce = self.config.coalesce_ms / 1000
         while not stop_event.is_set():
             close_old_connections()
             self.step()
             self.housekeeping()
-            if coalesce and self.trickling:
+            held = self.held_for()
+            if held > 0:
+                stop_event.wait(held)
+            elif coalesce and self.trickling:
                 # Events trickle in a job at a time at low rates: letting them gather
                 # turns one transaction (and HGETALL) per event into one per batch,
                 # and the next read still goes through step()'s trim check.

@@ -394,3 +394,37 @@ def test_trim_recovery_reads_the_lost_window_not_the_history(
     # Read back: the window's jobs, a page or so of the history at most, never all of it.
     hashes_checked = _command_calls(rclient, "exists") + _command_calls(rclient, "hgetall")
     assert hashes_checked < 200, {k: v["calls"] for k, v in rclient.info("commandstats").items()}
+
+
+def test_a_queue_whose_stream_outran_a_recovery_is_held_off_before_the_next(
+    make_queue, make_projector, rclient, prefix
+):
+    """Events faster than the projector applies them trim the stream past it again
+    before a recovery caught up: reconciling at once would be outrun again, for CPU
+    and Redis time the workers need. The queue is held off a moment, then reconciled."""
+    queue = make_queue("q")
+    queue.add("first", {})
+    projector = make_projector()
+    projector.hold_off = True  # as run() does
+    projector.catch_up()
+
+    def trimmed_past() -> list:
+        jobs = [queue.add("later", {}) for _ in range(3)]
+        rclient.xtrim(f"{prefix}:q:events", maxlen=1, approximate=False)
+        return jobs
+
+    trimmed_past()
+    projector.step(block_ms=0)
+    assert projector.reconciles == 1
+    outran = trimmed_past()  # again, before the projector read to the stream's end
+    projector.step(block_ms=0)
+    assert projector.reconciles == 1
+    assert 0 < projector.held_for() <= 0.5
+    assert not JobRecord.objects.filter(job_id__in=[job.id for job in outran]).exists()
+
+    wait_for(lambda: projector.step(block_ms=0) == 0 and projector.reconciles == 2, timeout=5)
+    assert JobRecord.objects.filter(job_id__in=[job.id for job in outran]).count() == 3
+    projector.catch_up()  # it reads to the end: caught up, no hold next time
+    trimmed_past()
+    projector.step(block_ms=0)
+    assert projector.reconciles == 3 and projector.held_for() == 0

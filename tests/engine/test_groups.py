@@ -27,7 +27,8 @@ def test_grouped_jobs_wait_in_their_group_not_in_wait(queue, redis_client, prefi
 
 def test_a_big_group_does_not_starve_a_small_one(queue, make_worker):
     order: list[str] = []
-    queue.add_bulk([{"name": "big", "opts": {"group": {"id": "big"}}} for _ in range(1000)])
+    # big enough that a FIFO would run all of it first; small enough to finish on a loaded CI
+    queue.add_bulk([{"name": "big", "opts": {"group": {"id": "big"}}} for _ in range(200)])
     small = queue.add_bulk(
         [{"name": "small", "opts": {"group": {"id": "small"}}} for _ in range(10)]
     )
@@ -35,8 +36,8 @@ def test_a_big_group_does_not_starve_a_small_one(queue, make_worker):
     wait_for(lambda: order.count("small") == 10, message="the small group starved")
     last_small = max(i for i, name in enumerate(order) if name == "small")
     assert last_small < 25, order[:30]  # turns alternate: big, small, big, small, ...
-    wait_for(lambda: len(order) == 1010, timeout=20)
-    assert queue.get_job_counts("completed")["completed"] == 1010
+    wait_for(lambda: len(order) == 210, timeout=60)
+    assert queue.get_job_counts("completed")["completed"] == 210
     assert all(queue.get_job_state(job.id) == "completed" for job in small)
     assert queue.get_groups() == []
 

@@ -330,7 +330,8 @@ class Projector:
             self.housekeeping()
             held = self.held_for()
             if held > 0:
-                stop_event.wait(held)
+                # in slices that keep the lease (step() renews it)
+                stop_event.wait(min(held, self.config.lock_ttl_ms / 3000))
             elif coalesce and self.trickling:
                 # Events trickle in a job at a time at low rates: letting them gather
                 # turns one transaction (and HGETALL) per event into one per batch,

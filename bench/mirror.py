@@ -179,6 +179,7 @@ def live(url: str) -> list[tuple[str, ...]]:
     )
     projector = Projector(client, PREFIX)
     projector.load_positions()
+    projector.hold_off = True  # as run() does
     coalesce = mirror_settings().coalesce_ms / 1000
     events_key = f"{PREFIX}:{QUEUE}:events"
     most_behind = 0
@@ -188,7 +189,10 @@ def live(url: str) -> list[tuple[str, ...]]:
             projector.discover(force=True)
         projector.step(block_ms=100)
         most_behind = max(most_behind, _behind_by(client, projector, events_key))
-        if coalesce and projector.trickling:
+        held = projector.held_for()
+        if held:
+            time.sleep(min(held, 0.1))  # as Projector.run() waits out a hold-off
+        elif coalesce and projector.trickling:
             time.sleep(coalesce)  # as Projector.run() lets events gather
     behind_at_end = _behind_by(client, projector, events_key)
     caught_up = time.perf_counter()

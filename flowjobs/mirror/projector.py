@@ -172,9 +172,7 @@ class Projector:
             return compare_ids(last_generated, stream.last_id) > 0
         return compare_ids(first[0], stream.last_id) > 0 and stream.last_id != "0-0"
 
-    def _reconcile(
-        self, stream: _Stream, changed_only: bool = False, since_ms: int | None = None
-    ) -> None:
+    def _reconcile(self, stream: _Stream, changed_since_ms: int | None = None) -> None:
         reconcile_queue(
             self.client,
             stream.prefix,
@@ -182,8 +180,7 @@ class Projector:
             resolver=self.resolver,
             heartbeat=self._heartbeat,
             atomic=self._transaction,
-            changed_only=changed_only,
-            since_ms=since_ms,
+            changed_since_ms=changed_since_ms,
         )
 
     def _recover(self, lost: list[_Stream]) -> None:
@@ -213,8 +210,7 @@ class Projector:
             # only what changed since the last event applied: a rewrite of the history
             # would take longer than the stream holds at the rate that trimmed it, and
             # trim past us again
-            since = entry_ms(stream.last_id) if stream.last_id != "0-0" else None
-            self._reconcile(stream, changed_only=True, since_ms=since)
+            self._reconcile(stream, changed_since_ms=entry_ms(stream.last_id))
             stream.last_id, stream.entries_read = tail
             with self._transaction():
                 save_positions({(stream.prefix, stream.queue): tail})

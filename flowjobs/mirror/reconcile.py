@@ -17,6 +17,7 @@ from ..models import JobRecord, JobState
 from .client import redis_client
 from .discovery import discover_queues, mirrorable_queues
 from .observation import STATE_STRUCTURES, Observation
+from .parsing import to_datetime
 from .positions import save_positions, stream_tail
 from .roots import RootResolver
 from .settings import mirror_settings
@@ -104,32 +105,29 @@ def reconcile_queue(
     heartbeat: Callable[[], None] | None = None,
     atomic: Callable[[], AbstractContextManager[Any]] = transaction.atomic,
     page: int = 1000,
-    changed_only: bool = False,
-    since_ms: int | None = None,
+    changed_since_ms: int | None = None,
 ) -> dict[str, int]:
     """Repair one queue's rows from Redis: new, changed and vanished jobs.
 
     ``atomic`` makes each transaction (the projector's checks its lease's fence).
-    ``changed_only`` rewrites only the rows whose state (or finish time) differs from
-    Redis, and the active jobs', and checks for vanished jobs only the rows the scan did
-    not see: what the projector does after its events stream was trimmed past it, at a
-    cost that grows with what changed rather than with the whole history. A change that
-    moved no job (new data of a waiting job) waits for the job's next event or the next
-    full reconcile.
-
-    ``since_ms`` (Redis time, ms: when the events the projector lost began) narrows that
-    further: finished jobs are read only if they finished since (less CLOCK_SKEW_MS), and
-    only those and the unfinished rows are checked for vanished jobs. A job that finished
-    earlier and was removed in the lost window keeps its row as it was until the next
-    full reconcile (MIRROR_RECONCILE_INTERVAL), as a job trimmed by its queue's retention
-    does.
+    ``changed_since_ms`` (Redis time, ms: where the events the projector lost began; 0
+    when it had read none) is for the projector after its events stream was trimmed past
+    it, at a cost that grows with what changed rather than with the whole history. Only
+    the rows whose state (or finish time) differs from Redis are rewritten, and the active
+    jobs'; finished jobs are read only if they finished since (less CLOCK_SKEW_MS); and
+    only the rows the scan did not see, unfinished or finished since, are checked for
+    vanished jobs. A change that moved no job (new data of a waiting job) waits for the
+    job's next event or the next full reconcile, and so does a job that finished earlier
+    and was removed in the lost window (MIRROR_RECONCILE_INTERVAL), as a job trimmed by
+    its queue's retention does.
     """
     resolver = resolver or RootResolver(client)
     started = timezone.now()
     base = f"{prefix}:{queue}:"
     upserted = unstorable = 0
-    seen: set[str] | None = set() if changed_only or since_ms is not None else None
-    finished_since = None if since_ms is None else max(since_ms - CLOCK_SKEW_MS, 0)
+    seen: set[str] | None = None if changed_since_ms is None else set()
+    # None: every finished job (a full reconcile, or one from the stream's start)
+    finished_since = max((changed_since_ms or 0) - CLOCK_SKEW_MS, 0) or None
     for suffix, kind, state in STATE_STRUCTURES:
         min_score = finished_since if state in _SCORED_BY_FINISH else None
         for members in _iter_structure(client, base + suffix, kind, page, min_score):
@@ -183,11 +181,10 @@ def _sweep_missing(
         prefix=prefix, queue=queue, in_redis=True, synced_at__lt=started
     ).order_by("pk")
     if finished_since is not None:
-        since = datetime.datetime.fromtimestamp(finished_since / 1000, tz=datetime.UTC)
         stale = stale.filter(
             ~Q(state__in=_SCORED_BY_FINISH)
             | Q(finished_at__isnull=True)
-            | Q(finished_at__gte=since)
+            | Q(finished_at__gte=to_datetime(finished_since))
         )
     while True:
         chunk = list(stale.filter(pk__gt=last_pk).values_list("pk", "key", "job_id")[:1000])

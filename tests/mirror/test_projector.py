@@ -350,12 +350,15 @@ def _command_calls(rclient, command: str) -> int:
     return int(stats["calls"]) if stats else 0
 
 
+@pytest.mark.parametrize("use_tz", [True, False])
 def test_trim_recovery_reads_the_lost_window_not_the_history(
-    make_queue, make_worker, make_projector, rclient, prefix
+    make_queue, make_worker, make_projector, rclient, prefix, settings, use_tz
 ):
     """After a trim, jobs that finished before the projector's position are not read again
     (nor checked one by one): a queue that keeps a long history of finished jobs would
-    otherwise be scanned whole every time a burst trims the stream, and never catch up."""
+    otherwise be scanned whole every time a burst trims the stream, and never catch up.
+    (With USE_TZ off too: the window's start is compared with naive finish times.)"""
+    settings.USE_TZ = use_tz
     queue = make_queue("q")
     history = 1500  # more than one page of the scan
     queue.add_bulk([{"name": "old", "data": {"i": i}} for i in range(history)])

@@ -270,13 +270,7 @@ class Projector:
                 self._reconcile(stream)
         if self.lease is not None and time.monotonic() - self._requests_checked_at >= 1.0:
             self._requests_checked_at = time.monotonic()
-            answer_reconcile_requests(
-                self.client,
-                self.lease,
-                self.prefix,
-                heartbeat=self._heartbeat,
-                atomic=self._transaction,
-            )
+            answer_reconcile_requests(self.lease, self.prefix)
         bounded = self.config.history_age is not None or self.config.history_count is not None
         if bounded and time.monotonic() - self._pruned_at >= self.config.prune_interval:
             self._pruned_at = time.monotonic()

@@ -17,9 +17,7 @@ import dataclasses
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager
-from typing import Any
+from collections.abc import Iterable
 
 import redis
 
@@ -69,7 +67,7 @@ def reconcile_with_lease(
             if lease.acquire(floor=highest_fence(lease.key)):
                 if asked:
                     client.lrem(_requests_key(lease.key), 0, request)  # the holder is gone
-                return _reconcile_holding(client, config, names, lease), None
+                return _reconcile_holding(lease, config.prefix, names), None
             if not asked:
                 client.rpush(_requests_key(lease.key), request)
                 asked = True
@@ -90,24 +88,26 @@ def reconcile_with_lease(
 
 
 def _reconcile_holding(
-    client: redis.Redis, config: MirrorSettings, queues: list[str] | None, lease: FencedLease
+    lease: FencedLease, prefix: str, queues: list[str] | None, store_positions: bool = True
 ) -> ReconcileResult:
+    """A full reconcile by the holder of ``lease``: fenced transactions, the lease renewed
+    as it goes."""
     return reconcile(
-        client, config.prefix, queues, heartbeat=lease.keep, atomic=lambda: fenced_atomic(lease)
+        lease.client,
+        prefix,
+        queues,
+        store_positions=store_positions,
+        heartbeat=lease.keep,
+        atomic=lambda: fenced_atomic(lease),
     )
 
 
-def answer_reconcile_requests(
-    client: redis.Redis,
-    lease: FencedLease,
-    prefix: str,
-    *,
-    heartbeat: Callable[[], None],
-    atomic: Callable[[], AbstractContextManager[Any]],
-) -> int:
+def answer_reconcile_requests(lease: FencedLease, prefix: str) -> int:
     """The lease holder's side: runs the reconciles asked for since the last call (a
     full one of the queues named, or of every queue) and answers each. Returns how
-    many it answered."""
+    many it answered. Stream positions stay as they are: the projector applies what
+    changed during the scan after it."""
+    client = lease.client
     answered = 0
     while raw := client.lpop(_requests_key(lease.key)):
         try:
@@ -116,9 +116,7 @@ def answer_reconcile_requests(
             queues = request.get("queues")
         except (ValueError, TypeError, KeyError):
             continue  # not a request of ours
-        result = reconcile(
-            client, prefix, queues, store_positions=False, heartbeat=heartbeat, atomic=atomic
-        )
+        result = _reconcile_holding(lease, prefix, queues, store_positions=False)
         answer = json.dumps({"result": dataclasses.asdict(result), "by": lease.token})
         pipe = client.pipeline(transaction=True)
         pipe.rpush(_answer_key(lease.key, request_id), answer)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import math
 import re
@@ -93,30 +94,24 @@ def json_text(raw: str | None) -> tuple[str | None, bool]:
     """
     if raw in _PLAIN_JSON:
         return raw, True
-    short = raw is not None and len(raw) <= _RECENT_TEXT_LIMIT
-    if short:
-        known = _recent_json.get(raw)
-        if known is not None:
-            return known
+    if raw is not None and len(raw) <= _RECENT_TEXT_LIMIT:
+        # a queue's jobs mostly share their options, and a job's data is read again at
+        # its later events: short texts checked lately are not checked again
+        return _recent_json_text(raw)
+    return _json_text(raw)
+
+
+def _json_text(raw: str | None) -> tuple[str | None, bool]:
     value, ok, text = _checked_json(raw)
     if value is None and ok:
-        stored: tuple[str | None, bool] = (None, True)  # JSON null is SQL NULL, as the ORM's
-    elif not ok or _EXPONENT.search(text) is not None:
-        stored = (json.dumps(value), ok)
-    else:
-        stored = (text, True)
-    if short:
-        if len(_recent_json) >= _RECENT_TEXTS:
-            _recent_json.clear()
-        _recent_json[raw] = stored
-    return stored
+        return None, True  # JSON null is stored as SQL NULL, as the ORM would
+    if not ok or _EXPONENT.search(text) is not None:
+        return json.dumps(value), ok
+    return text, True
 
 
-# Short texts checked lately, with what json_text made of them: a queue's jobs mostly share
-# their options, and a job's data is read again at its later events.
-_RECENT_TEXTS = 8192
 _RECENT_TEXT_LIMIT = 1024
-_recent_json: dict[str, tuple[str | None, bool]] = {}
+_recent_json_text = functools.lru_cache(maxsize=8192)(_json_text)
 
 
 def _checked_json(raw: str | None) -> tuple[Any, bool, str]:

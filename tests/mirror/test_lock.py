@@ -29,6 +29,18 @@ def test_lock_is_exclusive_renewable_and_released(rclient, prefix):
         first.keep()
 
 
+def _fast() -> mirror.MirrorSettings:
+    """Mirror settings with a short lease and short waits (takeovers within a second)."""
+    return mirror.MirrorSettings(
+        **{
+            **mirror.mirror_settings().__dict__,
+            "lock_ttl_ms": 900,
+            "block_ms": 100,
+            "discover_interval": 0.2,
+        }
+    )
+
+
 class _Contender:
     def __init__(self, config: mirror.MirrorSettings, rclient) -> None:
         self.stop = threading.Event()
@@ -53,14 +65,7 @@ class _Contender:
 
 @pytest.mark.django_db(transaction=True)
 def test_one_projector_runs_and_a_standby_takes_over(flowjobs_settings, make_queue, rclient):
-    config = mirror.MirrorSettings(
-        **{
-            **mirror.mirror_settings().__dict__,
-            "lock_ttl_ms": 900,
-            "block_ms": 100,
-            "discover_interval": 0.2,
-        }
-    )
+    config = _fast()
     first = _Contender(config, rclient)
     wait_for(lambda: first.state == "projecting", message="first projector running")
     second = _Contender(config, rclient)
@@ -114,18 +119,6 @@ def test_start_in_worker_follows_the_mirror_setting(settings, flowjobs_settings)
     stop.set()
     thread.join(10)
     assert not thread.is_alive()
-
-
-def _fast(config_overrides: dict | None = None) -> mirror.MirrorSettings:
-    return mirror.MirrorSettings(
-        **{
-            **mirror.mirror_settings().__dict__,
-            "lock_ttl_ms": 900,
-            "block_ms": 100,
-            "discover_interval": 0.2,
-            **(config_overrides or {}),
-        }
-    )
 
 
 @pytest.mark.django_db(transaction=True)

@@ -252,6 +252,17 @@ _ID_FOR_KIND = {
 }
 
 
+def as_bool(name: str, value: Any) -> bool:
+    """A boolean setting given as a bool or as text (true/false, 1/0, yes/no, on/off)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
 def mask_url(url: str) -> str:
     """``url`` with any password replaced by ``***`` (safe for logs and messages); the
     engine's rule, which also knows the Sentinel/Cluster forms and query passwords."""

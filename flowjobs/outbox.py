@@ -119,16 +119,6 @@ def _read(configured: dict[str, Any], name: str, default: Any) -> Any:
     return default if value in (None, "") else value
 
 
-def _boolean(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
-        return True
-    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{name} must be True or False, got {value!r}")
-
-
 def _seconds(name: str, value: Any) -> float:
     try:
         number = float(value)
@@ -156,7 +146,7 @@ def outbox_settings() -> OutboxSettings:
     configured = dict(conf.settings().extra)
     defaults = OutboxSettings()
     return OutboxSettings(
-        relay_in_worker=_boolean(
+        relay_in_worker=conf.as_bool(
             "OUTBOX_RELAY", _read(configured, "OUTBOX_RELAY", defaults.relay_in_worker)
         ),
         push_timeout=_seconds(

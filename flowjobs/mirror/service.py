@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -84,6 +85,26 @@ class _Outage:
             self.since = None
 
 
+def run_at_idle_priority() -> bool:
+    """Put the calling thread under Linux's SCHED_IDLE policy (True when it is).
+
+    The projector beside runworker's workers then runs only on CPU time no worker, and
+    no Redis on the same machine, wants: niceness alone still let it hold a core a woken
+    worker was waiting for. When the machine is busy it falls behind and catches up
+    later (a trimmed stream is recovered by a reconcile of the lost window); a holder
+    starved past its lease's TTL hands the mirror to a less busy runworker.
+    """
+    policy = getattr(os, "SCHED_IDLE", None)
+    if policy is None:  # not Linux
+        return False
+    try:
+        os.sched_setscheduler(0, policy, os.sched_param(0))  # 0: this thread, on Linux
+    except OSError as error:
+        logger.info("mirror: could not lower the projector's CPU priority (%s)", error)
+        return False
+    return True
+
+
 def start_in_worker(stop_event: threading.Event) -> threading.Thread | None:
     """Start the mirror in a daemon thread of ``runworker`` (unless MIRROR_IN_WORKER is off).
 
@@ -93,10 +114,14 @@ def start_in_worker(stop_event: threading.Event) -> threading.Thread | None:
     config = mirror_settings()
     if not config.in_worker:
         return None
+
+    def project() -> None:
+        if config.idle_priority:
+            run_at_idle_priority()
+        run_mirror(stop_event, config=config)
+
     thread = threading.Thread(
-        target=run_mirror,
-        args=(stop_event,),
-        kwargs={"config": config},
+        target=project,
         name="flowjobs-mirror",
         daemon=True,
     )

@@ -20,6 +20,8 @@ class MirrorSettings:
     redis_url: str = _DEFAULT_REDIS_URL
     prefix: str = _DEFAULT_PREFIX
     in_worker: bool = True
+    # runworker's projector thread takes only CPU time nothing else wants (SCHED_IDLE)
+    idle_priority: bool = True
     batch_size: int = 5000
     block_ms: int = 1000
     coalesce_ms: int = 200
@@ -71,10 +73,15 @@ def mirror_settings() -> MirrorSettings:
         history = json.loads(history)
     history = history or {}
     reconcile_interval = pick("MIRROR_RECONCILE_INTERVAL", 900.0)
+    from .. import conf
+
     return MirrorSettings(
         redis_url=redis_url,
         prefix=prefix,
         in_worker=in_worker,
+        idle_priority=conf.as_bool(
+            "MIRROR_IDLE_PRIORITY", pick("MIRROR_IDLE_PRIORITY", MirrorSettings.idle_priority)
+        ),
         batch_size=int(pick("MIRROR_BATCH_SIZE", MirrorSettings.batch_size)),
         block_ms=int(pick("MIRROR_BLOCK_MS", 1000)),
         coalesce_ms=int(pick("MIRROR_COALESCE_MS", 200)),

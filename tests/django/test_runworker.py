@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 
@@ -268,11 +269,42 @@ def test_the_services_process_runs_below_the_workers(start_worker, configured):
     if configured is not None:
         env["FLOWJOBS_SERVICES_NICENESS"] = configured
     worker = start_worker("fj-echo", env=env)
+    services = _services_pid(worker)
+    wait_for(lambda: "background services mirror" in worker.output(), timeout=20)
+    expected = 10 if configured is None else int(configured)
+    assert _niceness(services) == _niceness(worker.pid) + expected
+
+
+def _services_pid(worker) -> int:
+    """The pid of the background-services process ``worker`` (a runworker) started."""
     found = wait_for(
         lambda: re.search(r"started background services process (\d+)", worker.output()),
         timeout=20,
         message=worker.output(),
     )
-    wait_for(lambda: "background services mirror" in worker.output(), timeout=20)
-    expected = 10 if configured is None else int(configured)
-    assert _niceness(int(found.group(1))) == _niceness(worker.pid) + expected
+    return int(found.group(1))
+
+
+def _idle_threads(pid: int) -> list[int]:
+    """Thread ids of process ``pid`` under Linux's SCHED_IDLE policy."""
+    tids = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+    return [tid for tid in tids if os.sched_getscheduler(tid) == os.SCHED_IDLE]
+
+
+@pytest.mark.parametrize("configured", [None, "false"])
+def test_the_mirror_thread_only_takes_cpu_nothing_else_wants(start_worker, configured):
+    """Niceness alone left the projector taking a core from the worker and Redis in a
+    drain (a woken worker waited for it): its thread runs under SCHED_IDLE by default
+    (MIRROR_IDLE_PRIORITY), the services process's other threads do not."""
+    env = {"FLOWJOBS_MIRROR": "true"}
+    if configured is not None:
+        env["FLOWJOBS_MIRROR_IDLE_PRIORITY"] = configured
+    worker = start_worker("fj-echo", env=env)
+    services = _services_pid(worker)
+    wait_for(lambda: "mirror lease" in worker.output(), timeout=20, message=worker.output())
+    if configured is None:
+        idle = wait_for(lambda: _idle_threads(services), timeout=10, message=worker.output())
+        assert len(idle) == 1 and services not in idle
+    else:
+        assert _idle_threads(services) == []
+    assert _idle_threads(worker.pid) == []

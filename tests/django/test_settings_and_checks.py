@@ -165,11 +165,14 @@ def test_eviction_policy_is_a_warning(redis_server):
         client.config_set("maxmemory-policy", "noeviction")
 
 
-def test_bad_mirror_settings_are_errors(settings):
-    settings.FLOWJOBS = {**settings.FLOWJOBS, "MIRROR_BATCH_SIZE": 0}
+@pytest.mark.parametrize(
+    ("name", "value"), [("MIRROR_BATCH_SIZE", 0), ("MIRROR_IDLE_PRIORITY", "sometimes")]
+)
+def test_bad_mirror_settings_are_errors(settings, name, value):
+    settings.FLOWJOBS = {**settings.FLOWJOBS, name: value}
     messages = check_settings()
     assert _ids(messages) == ["flowjobs.E020"]
-    assert "MIRROR_BATCH_SIZE" in messages[0].msg
+    assert name in messages[0].msg
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,9 @@ local qk, jobId, now, token, target = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[
 local value = ARGV[6]
 local jobKey = qk .. ":" .. jobId
 
-if target == "completed" then
+-- (empty sets do not exist: one EXISTS answers for a job without children)
+if target == "completed"
+    and rcall("EXISTS", jobKey .. ":dependencies", jobKey .. ":unsuccessful") > 0 then
   if rcall("SCARD", jobKey .. ":dependencies") ~= 0 then
     return -4
   end
@@ -42,12 +44,12 @@ if taken ~= 0 then
 end
 setFieldsFromJson(jobKey, ARGV[12])
 
-local dedupId = rcall("HGET", jobKey, "deid")
-if dedupId then
-  finishDeduplicated(qk, dedupId, jobId, now)
+local fields = rcall("HMGET", jobKey, "deid", "parentKey", "parent")
+if fields[1] then
+  finishDeduplicated(qk, fields[1], jobId, now)
 end
 
-local parent = parentOf(jobKey)
+local parent = parentFrom(fields[2], fields[3])
 if parent then
   if target == "completed" then
     onChildCompleted(parent, jobKey, value, now)

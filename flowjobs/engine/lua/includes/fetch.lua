@@ -94,9 +94,14 @@ local function fetchJobs(qk, now, tokens, lockDuration, limiterMax, limiterDurat
   local jobs = {}
   local limits = groupLimits(meta[5], meta[6], meta[7])
   local reroute = limits.concurrency ~= nil or limits.max ~= nil
-  releaseLimitedGroups(qk, now)
-  local grouped = rcall("ZCARD", qk .. ":groups:ready") > 0
-    or rcall("EXISTS", qk .. ":groups:maxed") == 1
+  -- one EXISTS tells a queue that never had groups (the common case) from one that has
+  local grouped = rcall("EXISTS", qk .. ":groups:ready", qk .. ":groups:maxed",
+    qk .. ":groups:limited") > 0
+  if grouped then
+    releaseLimitedGroups(qk, now)
+    grouped = rcall("ZCARD", qk .. ":groups:ready") > 0
+      or rcall("EXISTS", qk .. ":groups:maxed") == 1
+  end
   local healed = false
   while #jobs < budget do
     local jobId

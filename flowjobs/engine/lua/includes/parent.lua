@@ -5,9 +5,8 @@
   that, derived from `parentKey`.
 ]]
 
-local function parentOf(jobKey)
-  local fields = rcall("HMGET", jobKey, "parentKey", "parent")
-  local parentKey, parentJson = fields[1], fields[2]
+-- The parent a job's parentKey and parent fields name, or nil.
+local function parentFrom(parentKey, parentJson)
   if not parentKey then
     return nil
   end
@@ -27,6 +26,12 @@ local function parentOf(jobKey)
     parent.qk, parent.id = splitJobKey(parentKey)
   end
   return parent
+end
+
+-- The parent of the job at jobKey, or nil.
+local function parentOf(jobKey)
+  local fields = rcall("HMGET", jobKey, "parentKey", "parent")
+  return parentFrom(fields[1], fields[2])
 end
 
 -- Moves a parent out of waiting-children (or delayed) into its queue,

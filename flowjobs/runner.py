@@ -41,6 +41,7 @@ import redis
 from . import conf, registry
 from .engine import Worker
 from .engine.connection import probe
+from .priority import StarvationWatch
 
 __all__ = [
     "EXIT_FATAL",
@@ -310,6 +311,7 @@ class ServicesChild:
     def __init__(self, names: list[str]) -> None:
         self.names = names
         self.process: subprocess.Popen | None = None
+        self.watch: StarvationWatch | None = None
         self.in_process: _RunningServices | None = None
         self.restart_at = 0.0
         self.env: dict[str, str] = {}
@@ -333,6 +335,10 @@ class ServicesChild:
         # otherwise look alive to the child for ever (the child's ppid is then 1 from the start)
         env = {**self.env, SERVICES_PARENT_ENV: str(os.getpid())}
         self.process = spawn_runworker(argv, env, "background services")
+        if "mirror" in self.names:
+            from .mirror.settings import mirror_settings
+
+            self.watch = StarvationWatch(self.process.pid, mirror_settings().idle_starved_s)
 
     def check(self) -> None:
         """Restarts the services process when it exited (at most once a second)."""
@@ -343,6 +349,18 @@ class ServicesChild:
             return
         code = self.process.poll()
         if code is None:
+            if self.watch is not None and self.watch.starved():
+                # A starved idle-priority thread cannot be raised again (that needs
+                # CAP_SYS_NICE): a new process catches up at SERVICES_NICENESS first.
+                runner_logger.warning(
+                    "runworker: the mirror in background services process %s got almost no "
+                    "CPU for %.0f s (the machine is busy); restarting it to catch up at "
+                    "SERVICES_NICENESS",
+                    self.process.pid,
+                    self.watch.window,
+                )
+                self.stop(wait_s=2.0)  # a starved thread would not stop in time anyway
+                self._spawn()
             return
         runner_logger.warning(
             "runworker: background services process %s exited with status %s; restarting it",
@@ -352,7 +370,7 @@ class ServicesChild:
         self.process = None
         self.restart_at = time.monotonic() + 1.0
 
-    def stop(self) -> None:
+    def stop(self, wait_s: float = SERVICE_STOP_TIMEOUT_S + 5) -> None:
         if self.in_process is not None:
             self.in_process.stop()
             self.in_process = None
@@ -362,7 +380,7 @@ class ServicesChild:
         with contextlib.suppress(ProcessLookupError):
             process.send_signal(signal.SIGTERM)
         try:
-            process.wait(SERVICE_STOP_TIMEOUT_S + 5)
+            process.wait(wait_s)
         except subprocess.TimeoutExpired:
             runner_logger.warning(
                 "runworker: background services process %s did not stop; killing it",

@@ -14,6 +14,7 @@ from django.db import close_old_connections
 
 from ..lease import FencedLease, fenced_atomic
 from ..models import StreamPosition
+from ..priority import lower_this_thread
 from .client import redis_client
 from .discovery import discover_queues, mirrorable_queues
 from .history import prune_history
@@ -81,6 +82,11 @@ class Projector:
         # Whether a queue whose stream outran a recovery is held off before the next
         # (run() does; catch_up(), which must reach the end, does not).
         self.hold_off = False
+        # Whether the last step read every stream to its end.
+        self.caught_up = False
+        # run(): lower this thread to idle CPU priority once caught up (runworker's
+        # services process; see flowjobs.priority).
+        self.idle_when_caught_up = False
 
     # -- bookkeeping ------------------------------------------------------------
 
@@ -117,6 +123,7 @@ class Projector:
         self.discover()
         now = time.monotonic()
         streams = [stream for stream in self.streams.values() if stream.held_until <= now]
+        self.caught_up = False
         if not streams:
             return 0
         pipe = self.client.pipeline(transaction=True)
@@ -136,9 +143,12 @@ class Projector:
             return 0
 
         entries_by_key = _entries_by_stream(read)
+        self.caught_up = len(streams) == len(self.streams)  # none held off
         for stream in streams:
             if len(entries_by_key.get(stream.key, ())) < self.config.batch_size:
                 stream.recoveries = 0  # read to its end: caught up
+            else:
+                self.caught_up = False
         if not entries_by_key:
             wait = self.config.block_ms if block_ms is None else block_ms
             if wait > 0:
@@ -317,6 +327,10 @@ class Projector:
         while not stop_event.is_set():
             close_old_connections()
             self.step()
+            if self.idle_when_caught_up and self.caught_up:
+                self.idle_when_caught_up = False
+                if lower_this_thread():
+                    logger.info("mirror caught up: its thread now runs at idle CPU priority")
             self.housekeeping()
             held = self.held_for()
             if held > 0:

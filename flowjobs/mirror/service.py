@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
 import threading
 import time
 from typing import Any
@@ -26,8 +25,11 @@ def run_mirror(
     config: MirrorSettings | None = None,
     client: redis.Redis | None = None,
     on_state: Any = None,
+    idle_when_caught_up: bool = False,
 ) -> None:
-    """Hold the deployment's mirror lease and project; stand by while someone else does."""
+    """Hold the deployment's mirror lease and project; stand by while someone else does.
+    ``idle_when_caught_up``: lower this thread to idle CPU priority once the projector
+    has read every stream to its end (see ``flowjobs.priority``)."""
     config = config or mirror_settings()
     client = client or redis_client(config.redis_url)
     lease = FencedLease(client, config.lock_key, config.lock_ttl_ms)
@@ -50,7 +52,9 @@ def run_mirror(
                     lease.token,
                     lease.fence,
                 )
-                Projector(client, config.prefix, config=config, lease=lease).run(stop_event)
+                projector = Projector(client, config.prefix, config=config, lease=lease)
+                projector.idle_when_caught_up = idle_when_caught_up
+                projector.run(stop_event)
             except LeaseLost as lost:
                 logger.warning("mirror lease lost (%s); standing by", lost)
             except (redis.ConnectionError, redis.TimeoutError) as error:
@@ -85,26 +89,6 @@ class _Outage:
             self.since = None
 
 
-def run_at_idle_priority() -> bool:
-    """Put the calling thread under Linux's SCHED_IDLE policy (True when it is).
-
-    The projector beside runworker's workers then runs only on CPU time no worker, and
-    no Redis on the same machine, wants: niceness alone still let it hold a core a woken
-    worker was waiting for. When the machine is busy it falls behind and catches up
-    later (a trimmed stream is recovered by a reconcile of the lost window); a holder
-    starved past its lease's TTL hands the mirror to a less busy runworker.
-    """
-    policy = getattr(os, "SCHED_IDLE", None)
-    if policy is None:  # not Linux
-        return False
-    try:
-        os.sched_setscheduler(0, policy, os.sched_param(0))  # 0: this thread, on Linux
-    except OSError as error:
-        logger.info("mirror: could not lower the projector's CPU priority (%s)", error)
-        return False
-    return True
-
-
 def start_in_worker(stop_event: threading.Event) -> threading.Thread | None:
     """Start the mirror in a daemon thread of ``runworker`` (unless MIRROR_IN_WORKER is off).
 
@@ -116,9 +100,7 @@ def start_in_worker(stop_event: threading.Event) -> threading.Thread | None:
         return None
 
     def project() -> None:
-        if config.idle_priority:
-            run_at_idle_priority()
-        run_mirror(stop_event, config=config)
+        run_mirror(stop_event, config=config, idle_when_caught_up=config.idle_priority)
 
     thread = threading.Thread(
         target=project,

@@ -20,8 +20,11 @@ class MirrorSettings:
     redis_url: str = _DEFAULT_REDIS_URL
     prefix: str = _DEFAULT_PREFIX
     in_worker: bool = True
-    # runworker's projector thread takes only CPU time nothing else wants (SCHED_IDLE)
+    # runworker's projector thread takes only CPU time nothing else wants (SCHED_IDLE),
+    # once it has caught up
     idle_priority: bool = True
+    # ... and its services process is restarted when that thread starved this long
+    idle_starved_s: float = 10.0
     batch_size: int = 5000
     block_ms: int = 1000
     coalesce_ms: int = 200
@@ -82,6 +85,7 @@ def mirror_settings() -> MirrorSettings:
         idle_priority=conf.as_bool(
             "MIRROR_IDLE_PRIORITY", pick("MIRROR_IDLE_PRIORITY", MirrorSettings.idle_priority)
         ),
+        idle_starved_s=float(pick("MIRROR_IDLE_STARVED_S", MirrorSettings.idle_starved_s)),
         batch_size=int(pick("MIRROR_BATCH_SIZE", MirrorSettings.batch_size)),
         block_ms=int(pick("MIRROR_BLOCK_MS", 1000)),
         coalesce_ms=int(pick("MIRROR_COALESCE_MS", 200)),
@@ -106,6 +110,8 @@ def check_settings() -> list[str]:
     for name in ("batch_size", "block_ms", "lock_ttl_ms"):
         if getattr(current, name) <= 0:
             problems.append(f"FLOWJOBS MIRROR_{name.upper()} must be > 0")
+    if current.idle_starved_s <= 0:
+        problems.append("FLOWJOBS MIRROR_IDLE_STARVED_S must be > 0")
     if current.coalesce_ms < 0:
         problems.append("FLOWJOBS MIRROR_COALESCE_MS must be >= 0")
     for name in ("history_age", "history_count"):

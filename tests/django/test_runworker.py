@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
+import sys
 
 import pytest
 import redis
@@ -308,3 +310,46 @@ def test_the_mirror_thread_only_takes_cpu_nothing_else_wants(start_worker, confi
     else:
         assert _idle_threads(services) == []
     assert _idle_threads(worker.pid) == []
+
+
+def test_a_mirror_starved_by_a_busy_machine_is_restarted_and_catches_up(start_worker):
+    """An idle-priority thread gets almost no CPU while the machine is busy, and cannot
+    raise itself again: without the watch the mirror never caught up (its lease lapsed
+    batch after batch). Runworker restarts the starved services process; the new one
+    catches up at SERVICES_NICENESS while the machine is still busy."""
+    from flowjobs.models import JobRecord
+
+    env = {
+        "FLOWJOBS_MIRROR": "true",
+        "FLOWJOBS_MIRROR_IDLE_STARVED_S": "1",
+        "FLOWJOBS_MIRROR_LOCK_TTL_MS": "3000",
+    }
+    worker = start_worker("fj-echo", env=env)
+    wait_for(lambda: "idle CPU priority" in worker.output(), timeout=30, message=worker.output())
+    hogs = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        for _ in range(os.cpu_count() or 2)
+    ]
+    try:
+        queue = conf.get_queue("fj-echo")
+        ids: list[str] = []
+
+        def restarted() -> bool:
+            # jobs keep coming, so the mirror always has work it cannot get the CPU for
+            ids.extend(job.id for job in queue.add_bulk([("n", {})] * 50))
+            return "got almost no CPU" in worker.output()
+
+        wait_for(restarted, timeout=60, interval=0.05, message=worker.output())
+        wait_for(
+            lambda: (
+                JobRecord.objects.filter(queue="fj-echo", job_id__in=ids, state="completed").count()
+                == len(ids)
+            ),
+            timeout=120,
+            interval=0.5,
+            message=worker.output(),
+        )
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()

@@ -1,0 +1,89 @@
+"""The CPU priority of runworker's mirror thread, and the watch that keeps it from
+starving: real threads, real CPU hogs (one busy process per core)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from flowjobs.priority import StarvationWatch
+from tests.helpers import wait_for
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling")
+
+# A process whose second thread lowers itself to SCHED_IDLE, says "ready", then either
+# spins (wants the CPU) or sleeps (does not).
+_IDLE_THREAD = """
+import sys, threading, time
+from flowjobs.priority import lower_this_thread
+def run():
+    assert lower_this_thread()
+    print("ready", flush=True)
+    if sys.argv[1] == "spin":
+        while True:
+            pass
+    time.sleep(600)
+threading.Thread(target=run, daemon=True).start()
+time.sleep(600)
+"""
+
+
+def _start(code: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True)
+
+
+def _hogs() -> list[subprocess.Popen]:
+    """One busy process per core, at normal priority: the machine is saturated."""
+    return [_start("while True: pass") for _ in range(os.cpu_count() or 2)]
+
+
+def _stop(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        process.kill()
+        process.wait()
+
+
+def test_an_idle_priority_thread_that_gets_no_cpu_is_seen_as_starved():
+    spinner = _start(_IDLE_THREAD, "spin")
+    hogs: list[subprocess.Popen] = []
+    try:
+        assert spinner.stdout.readline().strip() == "ready"
+        hogs = _hogs()
+        watch = StarvationWatch(spinner.pid, window=1.0)
+        wait_for(watch.starved, timeout=20, interval=0.1, message="never seen as starved")
+    finally:
+        _stop([spinner, *hogs])
+
+
+def test_an_idle_priority_thread_that_sleeps_is_not_starved():
+    """Waiting for work (blocked in XREAD, say) is not waiting for the CPU."""
+    sleeper = _start(_IDLE_THREAD, "sleep")
+    hogs: list[subprocess.Popen] = []
+    try:
+        assert sleeper.stdout.readline().strip() == "ready"
+        hogs = _hogs()
+        watch = StarvationWatch(sleeper.pid, window=0.5)
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            assert not watch.starved()
+            time.sleep(0.1)  # observing over several windows, not synchronising
+    finally:
+        _stop([sleeper, *hogs])
+
+
+def test_a_normal_thread_waiting_for_the_cpu_is_not_the_watch_s_business():
+    """Only idle-policy threads are watched: a thread at SERVICES_NICENESS gets its share."""
+    spinner = _start("while True: pass")
+    hogs = _hogs()
+    try:
+        watch = StarvationWatch(spinner.pid, window=0.5)
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            assert not watch.starved()
+            time.sleep(0.1)  # observing over several windows, not synchronising
+    finally:
+        _stop([spinner, *hogs])

@@ -47,6 +47,14 @@ def _stop(processes: list[subprocess.Popen]) -> None:
         process.wait()
 
 
+def _never_starved(watch: StarvationWatch, seconds: float = 2.0) -> None:
+    """Observes ``watch`` over several of its windows: it must never report starvation."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert not watch.starved()
+        time.sleep(0.1)  # observing over several windows, not synchronising
+
+
 def test_an_idle_priority_thread_that_gets_no_cpu_is_seen_as_starved():
     spinner = _start(_IDLE_THREAD, "spin")
     hogs: list[subprocess.Popen] = []
@@ -66,11 +74,7 @@ def test_an_idle_priority_thread_that_sleeps_is_not_starved():
     try:
         assert sleeper.stdout.readline().strip() == "ready"
         hogs = _hogs()
-        watch = StarvationWatch(sleeper.pid, window=0.5)
-        deadline = time.monotonic() + 2.0
-        while time.monotonic() < deadline:
-            assert not watch.starved()
-            time.sleep(0.1)  # observing over several windows, not synchronising
+        _never_starved(StarvationWatch(sleeper.pid, window=0.5))
     finally:
         _stop([sleeper, *hogs])
 
@@ -80,10 +84,6 @@ def test_a_normal_thread_waiting_for_the_cpu_is_not_the_watch_s_business():
     spinner = _start("while True: pass")
     hogs = _hogs()
     try:
-        watch = StarvationWatch(spinner.pid, window=0.5)
-        deadline = time.monotonic() + 2.0
-        while time.monotonic() < deadline:
-            assert not watch.starved()
-            time.sleep(0.1)  # observing over several windows, not synchronising
+        _never_starved(StarvationWatch(spinner.pid, window=0.5))
     finally:
         _stop([spinner, *hogs])

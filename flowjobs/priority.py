@@ -23,12 +23,24 @@ logger = logging.getLogger("flowjobs.runner")
 # An idle-policy thread that waited to run for this share of a window is starved.
 STARVED_SHARE = 0.9
 
+# Whether this process may lower a thread to SCHED_IDLE: only runworker's services
+# process, which its runworker watches. Elsewhere (services run as threads of a worker
+# process, say) a starved idle thread would go unseen, and while it waits for the CPU
+# holding Python's lock, the process's other threads wait with it.
+_idle_allowed = False
+
+
+def allow_idle_threads() -> None:
+    """Called by the process ``StarvationWatch`` watches (``runworker --services``)."""
+    global _idle_allowed
+    _idle_allowed = True
+
 
 def lower_this_thread() -> bool:
-    """Put the calling thread under ``SCHED_IDLE`` (True when it is). One way: an
-    unprivileged thread cannot leave that policy again."""
+    """Put the calling thread under ``SCHED_IDLE`` (True when it is), in a process that
+    allows it. One way: an unprivileged thread cannot leave that policy again."""
     policy = getattr(os, "SCHED_IDLE", None)
-    if policy is None:  # not Linux
+    if policy is None or not _idle_allowed:  # not Linux, or nobody would see it starve
         return False
     try:
         os.sched_setscheduler(0, policy, os.sched_param(0))  # 0: this thread, on Linux

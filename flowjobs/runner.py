@@ -41,7 +41,7 @@ import redis
 from . import conf, registry
 from .engine import Worker
 from .engine.connection import probe
-from .priority import StarvationWatch
+from .priority import StarvationWatch, allow_idle_threads
 
 __all__ = [
     "EXIT_FATAL",
@@ -406,6 +406,7 @@ def run_services(names: list[str]) -> int:
     # is busy, processing jobs comes first and the mirror catches up afterwards.
     with contextlib.suppress(OSError):
         os.nice(conf.settings().SERVICES_NICENESS)
+    allow_idle_threads()  # the runworker that started this process watches it
     running = _RunningServices(names)
     runner_logger.info(
         "runworker: background services %s (pid %s, niceness %d)",

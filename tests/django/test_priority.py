@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from flowjobs.priority import StarvationWatch
+from flowjobs.priority import StarvationWatch, lower_this_thread
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling")
@@ -19,7 +19,8 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux sch
 # spins (wants the CPU) or sleeps (does not).
 _IDLE_THREAD = """
 import sys, threading, time
-from flowjobs.priority import lower_this_thread
+from flowjobs.priority import allow_idle_threads, lower_this_thread
+allow_idle_threads()
 def run():
     assert lower_this_thread()
     print("ready", flush=True)
@@ -87,3 +88,11 @@ def test_a_normal_thread_waiting_for_the_cpu_is_not_the_watch_s_business():
         _never_starved(StarvationWatch(spinner.pid, window=0.5))
     finally:
         _stop([spinner, *hogs])
+
+
+def test_a_process_nobody_watches_never_lowers_a_thread():
+    """Services running as threads of a worker process (no settings module to start a
+    services process with): a starved idle thread there would go unseen, and hold up the
+    worker's own threads while it waits for the CPU holding Python's lock."""
+    assert not lower_this_thread()
+    assert os.sched_getscheduler(0) != os.SCHED_IDLE

@@ -54,6 +54,11 @@ def without_unused_functions(text: str) -> str:
     (about a sixth of a microsecond each); a script that pulls in 39 of them and calls
     a dozen paid for the rest on every job."""
     functions = {match.group(1): match for match in _FUNCTION.finditer(text)}
+    defined = len(re.findall(r"^local function ", text, re.MULTILINE))
+    if defined != len(functions) or any(
+        "\nlocal function " in match.group(0) for match in functions.values()
+    ):
+        raise ValueError("a top-level Lua helper must end with a line that is just `end`")
     rest = _FUNCTION.sub("", text)
     used: set[str] = set()
     pending = set(_WORD.findall(_COMMENT.sub("", rest)))

@@ -3,6 +3,8 @@ a script's whole text, every helper definition included, on every call)."""
 
 from __future__ import annotations
 
+import pytest
+
 from flowjobs.engine import scripts
 
 SCRIPT = """local rcall = redis.call
@@ -50,3 +52,12 @@ def test_adding_a_job_carries_only_the_helpers_it_calls(redis_client):
     for name in kept:  # each is called somewhere besides its own definition
         assert text.count(f"{name}(") >= 2, name
     assert redis_client.script_load(text) == sha
+
+
+def test_a_helper_not_closed_by_a_line_of_its_own_is_refused():
+    """Such a helper's text would run on to the next one's `end`: leaving it out could
+    take a helper that is called with it."""
+
+    text = "local function a()\n  return 1 end\nlocal function b()\n  return 2\nend\nreturn b()\n"
+    with pytest.raises(ValueError, match="must end with a line that is just `end`"):
+        scripts.without_unused_functions(text)

@@ -38,13 +38,13 @@ if target == "completed"
     return -9
   end
 end
-local taken = takeFromActive(qk, jobKey, jobId, token)
+local fields = rcall("HMGET", jobKey, "deid", "parentKey", "parent", "gid")
+local taken = takeFromActive(qk, jobKey, jobId, token, fields[4] or false)
 if taken ~= 0 then
   return taken
 end
 setFieldsFromJson(jobKey, ARGV[12])
 
-local fields = rcall("HMGET", jobKey, "deid", "parentKey", "parent")
 if fields[1] then
   finishDeduplicated(qk, fields[1], jobId, now)
 end

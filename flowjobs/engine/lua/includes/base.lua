@@ -144,8 +144,9 @@ local function releaseLock(qk, jobKey, jobId, token)
 end
 
 -- Every move out of active: the job exists, the caller holds its lock, and it is in
--- active. Returns 0 (lock released, job out of active) or the error code.
-local function takeFromActive(qk, jobKey, jobId, token)
+-- active. Returns 0 (lock released, job out of active) or the error code. gid: as
+-- groupJobLeftActive takes it.
+local function takeFromActive(qk, jobKey, jobId, token, gid)
   if rcall("EXISTS", jobKey) == 0 then
     return -1
   end
@@ -156,9 +157,11 @@ local function takeFromActive(qk, jobKey, jobId, token)
   if rcall("LREM", qk .. ":active", -1, jobId) == 0 then
     return -3
   end
-  groupJobLeftActive(qk, jobKey, jobId)
+  groupJobLeftActive(qk, jobKey, jobId, gid)
   -- a queue that was at its global concurrency wakes one idle worker for the freed slot
-  local meta = rcall("HMGET", qk .. ":meta", "concurrency", "paused")
+  local meta = rcall("HMGET", qk .. ":meta", "concurrency", "paused", "opts.maxLenEvents")
+  -- read here, the events this script emits need no HGET of their own
+  maxEventsOf[qk] = maxEventsOf[qk] or tonumber(meta[3])
   if meta[1] and not meta[2] and rcall("LLEN", qk .. ":active") + 1 == tonumber(meta[1]) then
     addWakeMarker(qk)
   end

@@ -54,9 +54,12 @@ local function enqueueGrouped(qk, jobId, gid, toFront)
   end
 end
 
--- A grouped job left active: its group may have a free slot again.
-local function groupJobLeftActive(qk, jobKey, jobId)
-  local gid = rcall("HGET", jobKey, "gid")
+-- A grouped job left active: its group may have a free slot again. gid: the job's gid
+-- field when the caller read it already (false: it has none), else nil.
+local function groupJobLeftActive(qk, jobKey, jobId, gid)
+  if gid == nil then
+    gid = rcall("HGET", jobKey, "gid")
+  end
   if not gid then
     return
   end

@@ -23,6 +23,20 @@ local function maxEvents(qk)
   return value
 end
 
+-- The queue's meta fields a move out of active and the fetch that follows it read, once
+-- per script run (nothing between them writes them); it seeds the events cap as well.
+local metaOf = {}
+local function queueMeta(qk)
+  local meta = metaOf[qk]
+  if not meta then
+    meta = rcall("HMGET", qk .. ":meta", "paused", "concurrency", "max", "duration",
+      "groupConcurrency", "groupMax", "groupDuration", "opts.maxLenEvents")
+    metaOf[qk] = meta
+    maxEventsOf[qk] = maxEventsOf[qk] or tonumber(meta[8])
+  end
+  return meta
+end
+
 local function emit(qk, event, ...)
   rcall("XADD", qk .. ":events", "MAXLEN", "~", maxEvents(qk), "*", "event", event, ...)
 end
@@ -159,10 +173,8 @@ local function takeFromActive(qk, jobKey, jobId, token, gid)
   end
   groupJobLeftActive(qk, jobKey, jobId, gid)
   -- a queue that was at its global concurrency wakes one idle worker for the freed slot
-  local meta = rcall("HMGET", qk .. ":meta", "concurrency", "paused", "opts.maxLenEvents")
-  -- read here, the events this script emits need no HGET of their own
-  maxEventsOf[qk] = maxEventsOf[qk] or tonumber(meta[3])
-  if meta[1] and not meta[2] and rcall("LLEN", qk .. ":active") + 1 == tonumber(meta[1]) then
+  local meta = queueMeta(qk)
+  if meta[2] and not meta[1] and rcall("LLEN", qk .. ":active") + 1 == tonumber(meta[2]) then
     addWakeMarker(qk)
   end
   return 0

@@ -64,8 +64,7 @@ local function takeFromRing(qk, limits, now, rerouteGrouped)
 end
 
 local function fetchJobs(qk, now, tokens, lockDuration, limiterMax, limiterDuration, workerName)
-  local meta = rcall("HMGET", qk .. ":meta", "paused", "concurrency", "max", "duration",
-    "groupConcurrency", "groupMax", "groupDuration")
+  local meta = queueMeta(qk)
   promoteDueJobs(qk, now)
 
   local budget = #tokens

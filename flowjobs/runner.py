@@ -335,10 +335,13 @@ class ServicesChild:
         # otherwise look alive to the child for ever (the child's ppid is then 1 from the start)
         env = {**self.env, SERVICES_PARENT_ENV: str(os.getpid())}
         self.process = spawn_runworker(argv, env, "background services")
+        self.watch = None
         if "mirror" in self.names:
             from .mirror.settings import mirror_settings
 
-            self.watch = StarvationWatch(self.process.pid, mirror_settings().idle_starved_s)
+            config = mirror_settings()
+            if config.idle_priority:  # else no thread of it runs at idle priority
+                self.watch = StarvationWatch(self.process.pid, config.idle_starved_s)
 
     def check(self) -> None:
         """Restarts the services process when it exited (at most once a second)."""

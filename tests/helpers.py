@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import subprocess
+import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from flowjobs.testing.server import delete_prefixed_keys
 from tests.redis_server import free_port
 
 __all__ = [
+    "cpu_hogs",
     "delete_prefixed_keys",
     "free_port",
     "new_prefix",
@@ -52,6 +57,22 @@ def work_for(seconds: float) -> None:
     running side by side, one finishing after another, work in flight when a fault hits),
     never a wait for something to happen. The one place test work passes time."""
     time.sleep(seconds)
+
+
+@contextlib.contextmanager
+def cpu_hogs() -> Iterator[None]:
+    """One busy process per core, at normal priority, for the block: the machine is
+    saturated (a fault, like a kill: tests using it are marked chaos)."""
+    hogs = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        for _ in range(os.cpu_count() or 2)
+    ]
+    try:
+        yield
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
 
 
 async def until_cancelled(deadline: float) -> None:

@@ -84,9 +84,6 @@ class Projector:
         self.hold_off = False
         # Whether the last step read every stream to its end.
         self.caught_up = False
-        # run(): lower this thread to idle CPU priority once caught up (runworker's
-        # services process; see flowjobs.priority).
-        self.idle_when_caught_up = False
 
     # -- bookkeeping ------------------------------------------------------------
 
@@ -319,16 +316,18 @@ class Projector:
                 return True
         return False
 
-    def run(self, stop_event: threading.Event) -> None:
-        """Project until ``stop_event`` is set (or the lease is lost)."""
+    def run(self, stop_event: threading.Event, idle_when_caught_up: bool = False) -> None:
+        """Project until ``stop_event`` is set (or the lease is lost). With
+        ``idle_when_caught_up``, lower this thread to idle CPU priority once every stream
+        was read to its end (runworker's services process; see flowjobs.priority)."""
         self.load_positions()
         self.hold_off = True
         coalesce = self.config.coalesce_ms / 1000
         while not stop_event.is_set():
             close_old_connections()
             self.step()
-            if self.idle_when_caught_up and self.caught_up:
-                self.idle_when_caught_up = False
+            if idle_when_caught_up and self.caught_up:
+                idle_when_caught_up = False
                 if lower_this_thread():
                     logger.info("mirror caught up: its thread now runs at idle CPU priority")
             self.housekeeping()

@@ -52,9 +52,9 @@ def run_mirror(
                     lease.token,
                     lease.fence,
                 )
-                projector = Projector(client, config.prefix, config=config, lease=lease)
-                projector.idle_when_caught_up = idle_when_caught_up
-                projector.run(stop_event)
+                Projector(client, config.prefix, config=config, lease=lease).run(
+                    stop_event, idle_when_caught_up
+                )
             except LeaseLost as lost:
                 logger.warning("mirror lease lost (%s); standing by", lost)
             except (redis.ConnectionError, redis.TimeoutError) as error:
@@ -98,12 +98,10 @@ def start_in_worker(stop_event: threading.Event) -> threading.Thread | None:
     config = mirror_settings()
     if not config.in_worker:
         return None
-
-    def project() -> None:
-        run_mirror(stop_event, config=config, idle_when_caught_up=config.idle_priority)
-
     thread = threading.Thread(
-        target=project,
+        target=run_mirror,
+        args=(stop_event,),
+        kwargs={"config": config, "idle_when_caught_up": config.idle_priority},
         name="flowjobs-mirror",
         daemon=True,
     )

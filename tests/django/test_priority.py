@@ -3,17 +3,22 @@ starving: real threads, real CPU hogs (one busy process per core)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import pytest
 
 from flowjobs.priority import StarvationWatch, lower_this_thread
-from tests.helpers import wait_for
+from tests.helpers import cpu_hogs, wait_for
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling")
+pytestmark = [
+    pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling"),
+    pytest.mark.chaos,  # saturates the CPU
+]
 
 # A process whose second thread lowers itself to SCHED_IDLE, says "ready", then either
 # spins (wants the CPU) or sleeps (does not).
@@ -33,17 +38,19 @@ time.sleep(600)
 """
 
 
-def _start(code: str, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True)
-
-
-def _hogs() -> list[subprocess.Popen]:
-    """One busy process per core, at normal priority: the machine is saturated."""
-    return [_start("while True: pass") for _ in range(os.cpu_count() or 2)]
-
-
-def _stop(processes: list[subprocess.Popen]) -> None:
-    for process in processes:
+@contextlib.contextmanager
+def _process(code: str, *args: str, ready: bool = False) -> Iterator[int]:
+    """A Python process running ``code`` (waited for to say "ready" when ``ready``), and
+    the machine saturated beside it; yields its pid."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        if ready:
+            assert process.stdout.readline().strip() == "ready"
+        with cpu_hogs():
+            yield process.pid
+    finally:
         process.kill()
         process.wait()
 
@@ -57,37 +64,21 @@ def _never_starved(watch: StarvationWatch, seconds: float = 2.0) -> None:
 
 
 def test_an_idle_priority_thread_that_gets_no_cpu_is_seen_as_starved():
-    spinner = _start(_IDLE_THREAD, "spin")
-    hogs: list[subprocess.Popen] = []
-    try:
-        assert spinner.stdout.readline().strip() == "ready"
-        hogs = _hogs()
-        watch = StarvationWatch(spinner.pid, window=1.0)
+    with _process(_IDLE_THREAD, "spin", ready=True) as pid:
+        watch = StarvationWatch(pid, window=1.0)
         wait_for(watch.starved, timeout=20, interval=0.1, message="never seen as starved")
-    finally:
-        _stop([spinner, *hogs])
 
 
 def test_an_idle_priority_thread_that_sleeps_is_not_starved():
     """Waiting for work (blocked in XREAD, say) is not waiting for the CPU."""
-    sleeper = _start(_IDLE_THREAD, "sleep")
-    hogs: list[subprocess.Popen] = []
-    try:
-        assert sleeper.stdout.readline().strip() == "ready"
-        hogs = _hogs()
-        _never_starved(StarvationWatch(sleeper.pid, window=0.5))
-    finally:
-        _stop([sleeper, *hogs])
+    with _process(_IDLE_THREAD, "sleep", ready=True) as pid:
+        _never_starved(StarvationWatch(pid, window=0.5))
 
 
 def test_a_normal_thread_waiting_for_the_cpu_is_not_the_watch_s_business():
     """Only idle-policy threads are watched: a thread at SERVICES_NICENESS gets its share."""
-    spinner = _start("while True: pass")
-    hogs = _hogs()
-    try:
-        _never_starved(StarvationWatch(spinner.pid, window=0.5))
-    finally:
-        _stop([spinner, *hogs])
+    with _process("while True: pass") as pid:
+        _never_starved(StarvationWatch(pid, window=0.5))
 
 
 def test_a_process_nobody_watches_never_lowers_a_thread():

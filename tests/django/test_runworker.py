@@ -5,14 +5,12 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
 
 import pytest
 import redis
 
 from flowjobs import conf
-from tests.helpers import free_port, wait_for
+from tests.helpers import cpu_hogs, free_port, wait_for
 from tests.testapp.models import Note
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -312,6 +310,7 @@ def test_the_mirror_thread_only_takes_cpu_nothing_else_wants(start_worker, confi
     assert _idle_threads(worker.pid) == []
 
 
+@pytest.mark.chaos
 def test_a_mirror_starved_by_a_busy_machine_is_restarted_and_catches_up(start_worker):
     """An idle-priority thread gets almost no CPU while the machine is busy, and cannot
     raise itself again: without the watch the mirror never caught up (its lease lapsed
@@ -326,11 +325,7 @@ def test_a_mirror_starved_by_a_busy_machine_is_restarted_and_catches_up(start_wo
     }
     worker = start_worker("fj-echo", env=env)
     wait_for(lambda: "idle CPU priority" in worker.output(), timeout=30, message=worker.output())
-    hogs = [
-        subprocess.Popen([sys.executable, "-c", "while True: pass"])
-        for _ in range(os.cpu_count() or 2)
-    ]
-    try:
+    with cpu_hogs():
         queue = conf.get_queue("fj-echo")
         ids: list[str] = []
 
@@ -349,7 +344,3 @@ def test_a_mirror_starved_by_a_busy_machine_is_restarted_and_catches_up(start_wo
             interval=0.5,
             message=worker.output(),
         )
-    finally:
-        for hog in hogs:
-            hog.kill()
-            hog.wait()

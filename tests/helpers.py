@@ -32,13 +32,15 @@ def wait_for(
     predicate: Callable[[], T],
     timeout: float = 10.0,
     interval: float = 0.005,
-    message: str = "",
+    message: str | Callable[[], str] = "",
 ) -> T:
     """Poll `predicate` until it returns something truthy, and return that value.
 
     Raises AssertionError (so the test fails with `message`) when the deadline passes;
     the predicate is always tried once more at the deadline, so a slow machine that
-    only gets to check late still sees a condition that has become true.
+    only gets to check late still sees a condition that has become true. `message` may
+    be a callable, read at the deadline (a process's output as it is then, not as it was
+    when the wait began).
     """
     deadline = time.monotonic() + timeout
     while True:
@@ -47,7 +49,8 @@ def wait_for(
         if value:
             return value
         if last_try:
-            detail = f": {message}" if message else ""
+            text = message() if callable(message) else message
+            detail = f": {text}" if text else ""
             raise AssertionError(f"condition not met within {timeout}s{detail}")
         time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
 

@@ -74,7 +74,7 @@ def _change(worker, watchers: int, app: Path, source: str, noticed) -> None:
     wait_for(
         lambda: worker.output().count("watching for file changes") >= watchers,
         timeout=20,
-        message=worker.output(),
+        message=worker.output,
     )
     for attempt in range(3):
         _write_processor(app, source + "\n" * attempt)
@@ -106,7 +106,7 @@ def test_changed_processor_runs_after_reload(worker_env, start_worker, reload_pr
         prefix = worker_env["FLOWJOBS_PREFIX"]
         assert client.blpop([f"{prefix}:started"], timeout=30)
         _change(worker, 1, app, PROCESSOR.format(version=2), lambda: restarts() == 1)
-        wait_for(lambda: "waiting for 1 active job(s)" in worker.output(), message=worker.output())
+        wait_for(lambda: "waiting for 1 active job(s)" in worker.output(), message=worker.output)
         client.rpush(f"{prefix}:release", "go")
     assert wait_for(lambda: _result(slow.id), timeout=30)["version"] == 1
     second = _run_one("after")
@@ -118,7 +118,7 @@ def test_changed_processor_runs_after_reload(worker_env, start_worker, reload_pr
     wait_for(
         lambda: "waiting for a file to change" in worker.output(),
         timeout=20,
-        message=worker.output(),
+        message=worker.output,
     )
     assert worker.proc.poll() is None, worker.output()
     _change(

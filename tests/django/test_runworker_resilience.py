@@ -49,7 +49,7 @@ def test_poison_jobs_fail_and_no_worker_process_dies(start_worker, redis_url, pr
             and all(queue.get_job_state(job_id.decode()) == "failed" for job_id in POISON)
         ),
         timeout=30,
-        message=worker.output(),
+        message=worker.output,
     )
     assert queue.get_job("bad-utf8").failed_reason.endswith(
         'field "data" is not valid UTF-8 (byte 0xff at offset 7)'
@@ -66,7 +66,7 @@ def test_worker_processes_consume_again_after_a_half_open_cut(start_worker, redi
     try:
         queue = conf.get_queue("fj-echo")
         worker = start_worker("fj-echo", "--processes", "2", env={"FLOWJOBS_REDIS_URL": proxy.url})
-        wait_for(lambda: len(queue.get_workers()) >= 2, timeout=30, message=worker.output())
+        wait_for(lambda: len(queue.get_workers()) >= 2, timeout=30, message=worker.output)
         warm = queue.add("hello", {"n": -1})
         wait_for(lambda: queue.get_job_state(warm.id) == "completed", timeout=20)
         proxy.hold()
@@ -77,7 +77,7 @@ def test_worker_processes_consume_again_after_a_half_open_cut(start_worker, redi
         wait_for(
             lambda: all(queue.get_job_state(job.id) == "completed" for job in jobs),
             timeout=25,
-            message=worker.output(),
+            message=worker.output,
         )
         assert time.monotonic() - restored < 15
         worker.signal(signal.SIGTERM)
@@ -106,12 +106,12 @@ def test_checkstalled_logs_an_outage_once_and_its_end_once(worker_env, redis_ser
     )
     try:
         output = lambda: Path(log.name).read_text()  # noqa: E731
-        wait_for(lambda: proxy.connections >= 1, timeout=20, message=output())
+        wait_for(lambda: proxy.connections >= 1, timeout=20, message=output)
         proxy.refuse()
         proxy.reset()
         threading.Event().wait(2.0)  # the outage: about 20 checks fail
         proxy.restore()
-        wait_for(lambda: "is back after" in output(), timeout=15, message=output())
+        wait_for(lambda: "is back after" in output(), timeout=15, message=output)
         process.send_signal(signal.SIGTERM)
         assert process.wait(20) == 0, output()
         assert output().count("lost Redis at") == 1, output()

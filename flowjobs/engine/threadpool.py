@@ -23,6 +23,15 @@ from typing import Any
 _STOP = None
 
 
+def carried(error: BaseException) -> BaseException:
+    """What a processor's thread hands on for `error`: StopIteration cannot travel
+    through a future (asyncio refuses it), so it becomes a RuntimeError naming it; the
+    direct lane, which needs no future, hands on the same, so a job fails alike there."""
+    if isinstance(error, StopIteration):
+        return RuntimeError(f"processor raised {error!r}")
+    return error
+
+
 class ThreadPool:
     """Up to `size` threads, started as jobs need them, serving one event loop."""
 
@@ -124,10 +133,7 @@ class ThreadPool:
             if ok:
                 future.set_result(value)
                 continue
-            try:
-                future.set_exception(value)
-            except TypeError:  # StopIteration cannot travel through a future
-                future.set_exception(RuntimeError(f"processor raised {value!r}"))
+            future.set_exception(carried(value))
 
     def shutdown(self, wait: bool = True) -> None:
         """Drops the jobs no thread has started, stops the threads as they finish their

@@ -8,6 +8,9 @@ worker, so it batches them while keeping BullMQ's per-job semantics:
 - finished jobs are recorded together in one pipeline (one script call per job,
   each atomic), followed by a fetch for the slots they freed;
 - the locks of all active jobs are renewed in one script call.
+At concurrency 1 with a synchronous processor one thread runs a job, records it and
+takes the next in the same script call, as Node's worker does on its one thread (see
+`_run_direct_lane`); the loop renews the lock and listens for cancel requests.
 An idle worker blocks on the queue's marker (BZPOPMIN), it does not poll.
 """
 
@@ -69,7 +72,7 @@ from .isolation import ProcessorTimedOut, ProcessPool, processor_path, resolve_p
 from .job import Job
 from .options import now_ms
 from .queue import Queue
-from .threadpool import ThreadPool
+from .threadpool import ThreadPool, carried
 from .worker_settings import check_worker_settings
 
 logger = logging.getLogger("flowjobs.worker")
@@ -197,6 +200,11 @@ class Worker:
         self._reserved = 0
         self._finished: list[tuple[Job, str, Any]] = []
         self._recording = 0
+        # concurrency 1 with a synchronous processor: one thread runs, records and takes
+        # the jobs (see _run_direct_lane) while this flag is set
+        self._direct = concurrency == 1 and not self._is_async and self._pool is None
+        self._in_direct_lane = False
+        self._maybe_recorded: set[str] = set()  # ids whose record the lane sent, unanswered
         self._batch_size = max(1, concurrency // 2)
         self._records_scheduled = False  # a _send_records call is queued on the loop
         self._lanes: list[Any] = []
@@ -213,7 +221,11 @@ class Worker:
     def on(self, event: str, listener: Callable[..., Any]) -> Worker:
         """Local events: active(job), completed(job, result), failed(job, error),
         error(exception), stalled(job_id), drained(), closed(),
-        locks_renewed({"count", "job_ids"}), lock_renewal_failed(job_ids)."""
+        locks_renewed({"count", "job_ids"}), lock_renewal_failed(job_ids).
+
+        Listeners run on the worker's event-loop thread, except that at concurrency 1
+        with a synchronous processor a job's active/completed/failed run on the thread
+        that runs the job (which records it too): keep them quick and thread-safe."""
         self._listeners.setdefault(event, []).append(listener)
         return self
 
@@ -385,7 +397,7 @@ class Worker:
         return jobs
 
     def _free_slots(self) -> int:
-        return self.concurrency - len(self._active) - self._reserved
+        return self.concurrency - len(self._active) - self._reserved - self._in_direct_lane
 
     def _can_fetch(self) -> bool:
         return not (self._closing or self._paused) and time.monotonic() >= self._limit_until
@@ -626,7 +638,11 @@ class Worker:
     def _start_jobs(self, jobs: list[Job]) -> None:
         for job in jobs:
             self._active[job.id] = job
-            self._loop.create_task(self._process(job))
+            if self._direct and not self._in_direct_lane:
+                self._in_direct_lane = True
+                self._loop.create_task(self._run_direct_lane(job))
+            else:
+                self._loop.create_task(self._process(job))
 
     async def _process(self, job: Job) -> None:
         self._emit("active", job)
@@ -634,29 +650,108 @@ class Worker:
         try:
             if job.repeat_job_key:
                 await self._advance_scheduler(job)
-            if job.deferred_failure:
-                raise UnrecoverableError(job.deferred_failure)
-            problem = job.decode_problem()
-            if problem:
-                raise UnrecoverableError(problem)
-            if not {"name", "data", "timestamp"} & job.raw.keys():
-                raise UnrecoverableError(
-                    f'job "{job.id}" of queue "{self.queue.name}" has no job hash: its id was '
-                    "queued without the job (removed, or pushed by a foreign producer)"
-                )
+            self._refuse_unprocessable(job)
             result = await self._run_processor(job)
             outcome, value = "completed", result
-        except MOVED_BY_PROCESSOR:
-            outcome, value = "moved", None
-        except RateLimitError as error:
-            outcome, value = "rate-limited", error
         except asyncio.CancelledError:
             self._active.pop(job.id, None)
             raise
         except BaseException as error:  # noqa: BLE001 - a processor may raise anything
-            outcome, value = "failed", error
+            outcome, value = _outcome_of(error)
         self._finished.append((job, outcome, value))
         self._schedule_records()
+
+    def _refuse_unprocessable(self, job: Job) -> None:
+        """Raises UnrecoverableError, naming the problem, for a job no processor can run."""
+        if job.deferred_failure:
+            raise UnrecoverableError(job.deferred_failure)
+        problem = job.decode_problem()
+        if problem:
+            raise UnrecoverableError(problem)
+        if not {"name", "data", "timestamp"} & job.raw.keys():
+            raise UnrecoverableError(
+                f'job "{job.id}" of queue "{self.queue.name}" has no job hash: its id was '
+                "queued without the job (removed, or pushed by a foreign producer)"
+            )
+
+    # --- the direct lane: concurrency 1 with a synchronous processor ----------------------
+    async def _run_direct_lane(self, job: Job) -> None:
+        """Runs `job` and the jobs after it in one thread that also records each and takes
+        the next in the same round trip (as Node's worker does on its one thread): no
+        hand-off between that thread and the loop per job. The loop meanwhile renews the
+        lock, listens for cancel requests and checks for stalled jobs. What the lane does
+        not record itself (a rate-limited job, a broken connection) comes back here and
+        takes the loop's path."""
+        try:
+            leftover = await self._threads.run(self._direct_lane, job)  # type: ignore[union-attr]
+        except Exception:  # a fault of the lane itself, not a processor's error
+            logger.exception("the worker thread of queue %s failed", self.queue.name)
+            leftover = None
+            self._active.clear()  # the stalled check gives its job another run
+        finally:
+            self._in_direct_lane = False
+        if leftover is not None:
+            self._finished.append(leftover)
+            self._schedule_records()  # which wakes the fetcher once it is recorded
+        else:
+            self._wake.set()  # the fetcher decides what to wait for
+
+    def _direct_lane(self, job: Job) -> tuple[Job, str, Any] | None:
+        """The lane's thread: process, record and take the next until there is none (the
+        queue is empty, or the worker is closing, paused or rate-limited)."""
+        while True:
+            outcome, value = self._process_here(job)
+            plan = self._record_plan(job, outcome, value)
+            if plan is None:  # moved by the processor itself: nothing to record
+                self._active.pop(job.id, None)
+                self._processed_since_drained = True
+                return None
+            call, recorded_as, value, retry_delay_ms = plan
+            if recorded_as == "rate-limited":
+                return job, outcome, value  # the loop gives it back and waits out the limit
+            # the lane's slot is its own (_in_direct_lane): its fetch reserves nothing
+            tokens = [self._next_token()] if self._can_fetch() else []
+            try:
+                results = scripts.run_calls(
+                    self.queue.client, self._with_fetch_next([call], tokens)
+                )
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+                # the loop's path sends it again once Redis answers; the first send may
+                # have recorded it, so a refusal then is no news (see _after_record)
+                self._outage.lost(error)
+                self._emit("error", error)
+                self._maybe_recorded.add(job.id)
+                return job, outcome, value
+            self._outage.back()
+            self._active.pop(job.id, None)
+            if self._after_record(job, recorded_as, value, call, results[0]):
+                joblog.recorded(job, self.queue.name, recorded_as, value, retry_delay_ms)
+            self._processed_since_drained = True
+            taken = self._taken(results[-1], tokens) if tokens else []
+            if not taken:
+                return None
+            job = taken[0]
+            self._active[job.id] = job
+
+    def _process_here(self, job: Job) -> tuple[str, Any]:
+        """`_process` in the calling thread: the job's outcome and its value."""
+        self._emit("active", job)
+        joblog.started(job, self.queue.name)
+        try:
+            if job.repeat_job_key:
+                try:
+                    schedulers.advance(self.queue, job)
+                except (redis.RedisError, FlowJobsError) as error:
+                    self._scheduler_not_advanced(job, error)
+            self._refuse_unprocessable(job)
+        except BaseException as error:  # noqa: BLE001
+            return _outcome_of(error)
+        try:
+            with telemetry.process_span(job, self.queue.name):
+                args = _processor_args(job, self._pass_token, self._pass_signal)
+                return "completed", self.processor(*args)  # type: ignore[misc]
+        except BaseException as error:  # noqa: BLE001 - a processor may raise anything
+            return _outcome_of(_cancelled_instead(job, carried(error)))
 
     async def _run_processor(self, job: Job) -> Any:
         """Runs the processor (in a child process, on the loop or in a thread), under the
@@ -684,13 +779,12 @@ class Worker:
                 return await self._threads.run(  # type: ignore[union-attr]
                     telemetry.in_context(self.processor), *args
                 )
-        except (*MOVED_BY_PROCESSOR, RateLimitError):
-            raise
         except BaseException as error:
             if isinstance(error, JobCancelled) and self._pool is not None:
                 self._answer_cancel(job, cancellation.KILLED)  # the pool killed the child
-            if job.cancel_reason is not None and not isinstance(error, JobCancelled):
-                raise job.cancelled_error() from error
+            cancelled = _cancelled_instead(job, error)
+            if cancelled is not error:
+                raise cancelled from error
             raise
 
     def _cancel(self, job: Job, reason: str) -> None:
@@ -810,8 +904,11 @@ class Worker:
         try:
             await schedulers.aadvance(self.queue, job, self._aclient)
         except (redis.RedisError, FlowJobsError) as error:
-            logger.warning("job %s: could not schedule the next run: %s", job.id, error)
-            self._emit("error", error)
+            self._scheduler_not_advanced(job, error)
+
+    def _scheduler_not_advanced(self, job: Job, error: Exception) -> None:
+        logger.warning("job %s: could not schedule the next run: %s", job.id, error)
+        self._emit("error", error)
 
     def _schedule_records(self) -> None:
         """Records finished jobs at the end of this round of the event loop, so that the
@@ -849,12 +946,7 @@ class Worker:
         plans: list[tuple[Job, str, Any, scripts.Call, int]] = []
         for job, outcome, value in batch:
             self._active.pop(job.id, None)
-            try:
-                call = self._outcome_call(job, outcome, value)
-                if call is None:  # moved by the processor itself: nothing to record
-                    joblog.recorded(job, self.queue.name, outcome, value)
-            except Exception as error:  # noqa: BLE001 - one job must not stop the batch
-                call = self._unrecordable_call(job, outcome, value, error)
+            call = self._record_plan(job, outcome, value)
             if call is not None:
                 calls.append(call[0])
                 plans.append((job, call[1], call[2], call[0], call[3]))
@@ -869,13 +961,7 @@ class Worker:
         ):
             fetch_tokens = [self._next_token() for _ in range(self._free_slots())]
             self._reserved += len(fetch_tokens)
-            if calls and calls[-1][0] == "move_to_finished":
-                # fetch-next inside the last finish: one script call less per batch
-                calls[-1] = (calls[-1][0], calls[-1][1], [*calls[-1][2], *fetch_tokens])
-            else:
-                calls.append(
-                    ("move_to_active", [self.queue.keys.meta], self._fetch_args(fetch_tokens))
-                )
+            calls = self._with_fetch_next(calls, fetch_tokens)
         delay = 0.1
         resent = False
         while True:
@@ -893,24 +979,51 @@ class Worker:
         for (job, outcome, value, call, retry_delay_ms), result in zip(
             plans, results, strict=False
         ):
-            if self._after_record(job, outcome, value, call, result, resent):
+            sent_before = resent or job.id in self._maybe_recorded
+            self._maybe_recorded.discard(job.id)
+            if self._after_record(job, outcome, value, call, result, sent_before):
                 joblog.recorded(job, self.queue.name, outcome, value, retry_delay_ms)
         self._processed_since_drained = True
         if fetch_tokens:
-            result = results[-1]
-            if result == 0:
-                pass  # the last finish fetched nothing: the queue is empty
-            elif isinstance(result, list):
-                fetched, rate_delay, _ = result
-                if fetched:
-                    self._start_jobs(self._jobs_from(fetched, fetch_tokens))
-                elif rate_delay > 0:
-                    self._rate_limited(rate_delay)
-            elif isinstance(result, BaseException):
-                self._emit("error", result)
+            self._start_jobs(self._taken(results[-1], fetch_tokens))
         if self._free_slots() > 0:
             # slots this batch could not fill: the fetcher decides what to wait for
             self._wake.set()
+
+    def _record_plan(
+        self, job: Job, outcome: str, value: Any
+    ) -> tuple[scripts.Call, str, Any, int] | None:
+        """`_outcome_call`, or the failure of a job whose outcome cannot be recorded;
+        None when there is nothing to record (a job the processor moved)."""
+        try:
+            call = self._outcome_call(job, outcome, value)
+            if call is None:
+                joblog.recorded(job, self.queue.name, outcome, value)
+            return call
+        except Exception as error:  # noqa: BLE001 - one job must not stop the others
+            return self._unrecordable_call(job, outcome, value, error)
+
+    def _with_fetch_next(self, calls: list[scripts.Call], tokens: list[str]) -> list[scripts.Call]:
+        """`calls` followed by a fetch of one job per token: inside the last finish when
+        there is one (one script call less per round trip)."""
+        if not tokens:
+            return calls
+        if calls and calls[-1][0] == "move_to_finished":
+            name, keys, args = calls[-1]
+            return [*calls[:-1], (name, keys, [*args, *tokens])]
+        return [*calls, ("move_to_active", [self.queue.keys.meta], self._fetch_args(tokens))]
+
+    def _taken(self, result: Any, tokens: list[str]) -> list[Job]:
+        """The jobs a fetch (or a finish's fetch-next) answered with `result` took."""
+        if isinstance(result, list):
+            fetched, rate_delay, _ = result
+            if fetched:
+                return self._jobs_from(fetched, tokens)
+            if rate_delay > 0:
+                self._rate_limited(rate_delay)
+        elif isinstance(result, BaseException):
+            self._emit("error", result)
+        return []  # (0: the last finish fetched nothing, the queue is empty)
 
     def _outcome_call(
         self, job: Job, outcome: str, value: Any
@@ -1024,18 +1137,21 @@ class Worker:
             logger.warning("could not record %s of job %s: %s", outcome, printable(job.id), error)
             self._emit("error", error)
             return False
-        self.jobs_processed += 1
         if outcome == "rate-limited":
             if isinstance(result, int) and result > 0:
                 self._rate_limited(result)
-            return True
-        note_outcome(job, call, outcome, value)
-        self._emit(outcome if outcome == "completed" else "failed", job, value)
+        else:
+            note_outcome(job, call, outcome, value)
+            self._emit(outcome if outcome == "completed" else "failed", job, value)
+        # counted after its listeners ran: a count reached means their work is done
+        self.jobs_processed += 1
         return True
 
     async def _drain_active(self) -> None:
         """Graceful close: wait for running jobs and record them."""
-        while (self._active or self._finished or self._recording) and not self._force:
+        while (
+            self._active or self._finished or self._recording or self._in_direct_lane
+        ) and not self._force:
             self._schedule_records()
             await asyncio.sleep(0.005)
 
@@ -1120,6 +1236,27 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     except ImportError:
         return None
     return uvloop.new_event_loop
+
+
+def _outcome_of(error: BaseException) -> tuple[str, Any]:
+    """The outcome of a job whose processing raised `error`, and its value."""
+    if isinstance(error, MOVED_BY_PROCESSOR):
+        return "moved", None
+    if isinstance(error, RateLimitError):
+        return "rate-limited", error
+    return "failed", error
+
+
+def _cancelled_instead(job: Job, error: BaseException) -> BaseException:
+    """A processor that raised after its job was cancelled failed because of the cancel
+    (what it raised becomes the cause); the job's moves and rate limits stand."""
+    if job.cancel_reason is None or isinstance(
+        error, (JobCancelled, *MOVED_BY_PROCESSOR, RateLimitError)
+    ):
+        return error
+    cancelled = job.cancelled_error()
+    cancelled.__cause__ = error
+    return cancelled
 
 
 def _processor_args(job: Job, pass_token: bool, pass_signal: bool) -> tuple[Any, ...]:

@@ -55,6 +55,7 @@ def _run(
     busy: bool,
     prefix: str,
     outage_s: float = OUTAGE_S,
+    concurrency: int = 4,
 ):
     """Runs a default-settings worker through the proxy, injects `fault` while it is idle
     (or busy), restores the network and returns (executions, seconds to recover)."""
@@ -68,7 +69,7 @@ def _run(
             work_for(0.05)
         return job.data["n"]
 
-    worker = Worker("q", process, connection=proxy.url, prefix=prefix, concurrency=4)
+    worker = Worker("q", process, connection=proxy.url, prefix=prefix, concurrency=concurrency)
     try:
         first = queue.add("warm-up", {"n": -1})
         wait_for(lambda: queue.get_job_state(first.id) == "completed", timeout=10)
@@ -126,12 +127,16 @@ def test_an_idle_worker_consumes_again_after_a_network_fault(
     assert len(back) == 1, back
 
 
+# at concurrency 1 the job's own thread records it and takes the next (the direct lane)
+@pytest.mark.parametrize("concurrency", [4, 1])
 def test_a_busy_worker_finishes_its_jobs_after_a_half_open_cut(
-    proxy, make_queue, prefix, caplog, report
+    proxy, make_queue, prefix, caplog, report, concurrency
 ):
     caplog.set_level(logging.INFO, logger="flowjobs")
     queue = make_queue("q")
-    executions, recovered, batch = _run(proxy, queue, "half-open", 40, True, prefix)
+    executions, recovered, batch = _run(
+        proxy, queue, "half-open", 40, True, prefix, concurrency=concurrency
+    )
     duplicated = sum(executions[job.id] - 1 for job in batch)
     report("faults", 1)
     report("jobs", len(batch))

@@ -59,3 +59,32 @@ def test_quick_sync_jobs_do_not_wake_a_thread_each(queue, make_worker):
     wait_for(lambda: queue.get_job_counts("completed")["completed"] == 1000, timeout=30)
     assert len(names) < 25, f"{len(names)} threads ran 1000 no-op jobs"
     assert worker._threads.wakeups < 250
+
+
+def test_at_concurrency_1_one_thread_runs_records_and_takes_the_jobs(
+    queue, make_worker, redis_client
+):
+    """Node's worker runs a job, records it and takes the next on its one thread. A
+    sync worker at concurrency 1 did that in two: the loop took the job, woke a thread
+    to run it, and was woken back to record it, two thread wake-ups a job (a futex call,
+    a context switch, a wait for the GIL each). Its one thread now records each job and
+    takes the next in the same round trip, and the loop stays free for lock renewal."""
+    count = 300
+    names: set[str] = set()
+
+    def process(job):
+        names.add(threading.current_thread().name)
+        return job.data["n"]
+
+    jobs = queue.add_bulk([{"name": "x", "data": {"n": n}} for n in range(count)])
+    before = redis_client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+    worker = make_worker("q", process)
+    wait_for(lambda: worker.jobs_processed == count, timeout=30)
+    calls = redis_client.info("commandstats")["cmdstat_evalsha"]["calls"] - before
+    assert [queue.get_job(job.id).returnvalue for job in jobs[:: count // 10]] == list(
+        range(0, count, count // 10)
+    )
+    assert len(names) == 1, names
+    assert worker._threads.wakeups <= 2, f"{worker._threads.wakeups} wake-ups for {count} jobs"
+    # one script call a job (finish it and take the next), and a few to start
+    assert calls <= count + 5, f"{calls} script calls for {count} jobs"

@@ -88,9 +88,14 @@ def _is_noscript(error: BaseException) -> bool:
     )
 
 
+def _plain(client: Any) -> bool:
+    """A standalone client on a connection pool (not a cluster, not single-connection)."""
+    return type(client) is redis.Redis and client.connection is None
+
+
 def run(client: redis.Redis, name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
     try:
-        if type(client) is redis.Redis and client.connection is None:
+        if _plain(client):
             return _run_packed(client, name, keys, args)
         text, sha = source(name)
         try:
@@ -112,10 +117,18 @@ def out_of_memory(name: str, error: OutOfMemoryError) -> RedisOutOfMemory:
 
 def _run_packed(client: redis.Redis, name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
     """`run` on a pooled connection with the call packed by `pack_call` (redis-py's
-    generic command path costs about as much as the round trip). A script call that
-    may have reached Redis is never re-sent: a broken connection raises."""
+    generic command path costs about as much as the round trip)."""
     pool = client.connection_pool
     connection = pool.get_connection()
+    try:
+        return _run_on(connection, name, keys, args)
+    finally:
+        pool.release(connection)
+
+
+def _run_on(connection: Any, name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+    """One packed script call on a sync connection. A call that may have reached Redis
+    is never re-sent: a broken connection is closed and the error raised."""
     try:
         connection.send_packed_command([pack_call(name, keys, args)])
         try:
@@ -128,8 +141,39 @@ def _run_packed(client: redis.Redis, name: str, keys: Sequence[str], args: Seque
     except (redis.ConnectionError, redis.TimeoutError):
         connection.disconnect()
         raise
-    finally:
-        pool.release(connection)
+
+
+class SyncLane:
+    """A thread's run of script calls on one pooled connection it holds until
+    `release` (taking one from the pool and giving it back costs about a tenth of a
+    call); errors come back as exception objects, a broken connection raises. Calls
+    that are not single, or a client that is not a plain pooled one, go through
+    `run_calls`."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self.connection: Any = None
+
+    def run_calls(self, calls: Sequence[Call]) -> list[Any]:
+        if len(calls) != 1 or not _plain(self.client):
+            return run_calls(self.client, calls)
+        name, keys, args = calls[0]
+        if self.connection is None:
+            self.connection = self.client.connection_pool.get_connection()
+        try:
+            return [_run_on(self.connection, name, keys, args)]
+        except OutOfMemoryError as error:
+            return [out_of_memory(name, error)]
+        except ResponseError as error:
+            return [error]
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        if self.connection is not None:
+            connection, self.connection = self.connection, None
+            self.client.connection_pool.release(connection)
 
 
 async def arun(

@@ -699,6 +699,13 @@ class Worker:
     def _direct_lane(self, job: Job) -> tuple[Job, str, Any] | None:
         """The lane's thread: process, record and take the next until there is none (the
         queue is empty, or the worker is closing, paused or rate-limited)."""
+        lane = scripts.SyncLane(self.queue.client)
+        try:
+            return self._run_jobs_on(lane, job)
+        finally:
+            lane.release()
+
+    def _run_jobs_on(self, lane: scripts.SyncLane, job: Job) -> tuple[Job, str, Any] | None:
         while True:
             outcome, value = self._process_here(job)
             plan = self._record_plan(job, outcome, value)
@@ -712,9 +719,7 @@ class Worker:
             # the lane's slot is its own (_in_direct_lane): its fetch reserves nothing
             tokens = [self._next_token()] if self._can_fetch() else []
             try:
-                results = scripts.run_calls(
-                    self.queue.client, self._with_fetch_next([call], tokens)
-                )
+                results = lane.run_calls(self._with_fetch_next([call], tokens))
             except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
                 # the loop's path sends it again once Redis answers; the first send may
                 # have recorded it, so a refusal then is no news (see _after_record)

@@ -514,7 +514,7 @@ class WorkerProcess:
             if self.signals.event.wait(POLL_S):
                 return self._shutdown("signal received")
             self.services.check()
-            dead = [w for w in self.workers if not w.is_running()]
+            dead = stopped_workers(self.workers)
             if dead:
                 names = ", ".join(w.queue.name for w in dead)
                 runner_logger.error("worker for queue(s) %s stopped unexpectedly", names)
@@ -605,6 +605,13 @@ class WorkerProcess:
                 worker.close(force=force, timeout=5)
             except Exception:  # noqa: BLE001 - stopping anyway
                 runner_logger.exception("closing the worker of %s failed", worker.queue.name)
+
+
+def stopped_workers(workers: Sequence[Any]) -> list[Any]:
+    """The workers whose run ended. One still making its first connection (Redis
+    unreachable, or silent, as it started) is not among them: it keeps trying and logs
+    the outage once; runworker must not stop for it."""
+    return [worker for worker in workers if worker.wait_until_closed(0)]
 
 
 def queue_is_drained(queue: Any) -> bool:

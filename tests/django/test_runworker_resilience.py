@@ -121,3 +121,28 @@ def test_checkstalled_logs_an_outage_once_and_its_end_once(worker_env, redis_ser
             process.kill()
         proxy.close()
         Path(log.name).unlink()
+
+
+@pytest.mark.chaos
+def test_a_worker_still_connecting_is_not_taken_for_dead(redis_server, prefix):
+    """runworker took a worker for dead once its start gave up waiting (10 s) for the
+    first connection: a half-open cut while a worker process started made runworker stop
+    with an error (CI saw it). Such a worker keeps trying; only one whose run ended is
+    stopped."""
+    from flowjobs.engine import Worker
+    from flowjobs.runner import stopped_workers
+
+    proxy = FaultProxy("127.0.0.1", redis_server.port)
+    proxy.hold()
+    worker = Worker("fj-echo", lambda job: None, connection=proxy.url, prefix=prefix)
+    try:
+        worker.start()  # gives up waiting for the connection after 10 s
+        assert not worker.is_running()
+        assert stopped_workers([worker]) == []
+        proxy.restore()
+        wait_for(worker.is_running, timeout=40)
+        worker.close(timeout=10)
+        assert stopped_workers([worker]) == [worker]
+    finally:
+        worker.close(force=True, timeout=5)
+        proxy.close()

@@ -192,17 +192,19 @@ class Projector:
 
     def _recover(self, lost: list[_Stream]) -> None:
         for stream in lost:
-            if self.hold_off and stream.recoveries and not stream.held_until:
-                # Trimmed past again before the last recovery caught up: the queue's
-                # events come faster than this projector applies them, and a reconcile
-                # now would be outrun as well, for CPU and Redis time the workers need.
-                # Hold the queue off (0.5 s, doubling up to 8 s), then reconcile.
-                hold = min(0.5 * 2 ** (stream.recoveries - 1), 8.0)
+            if self.hold_off and not stream.held_until:
+                # Trimmed past: the queue's events came faster than this projector
+                # applied them (a burst, workers draining a backlog). A reconcile now
+                # would read job hashes in the middle of it, for CPU and Redis time the
+                # workers need, and be outrun again. Hold the queue off (0.5 s, doubling
+                # up to 8 s while recoveries keep being outrun), then reconcile.
+                hold = min(0.5 * 2**stream.recoveries, 8.0)
                 stream.held_until = time.monotonic() + hold
                 logger.info(
-                    "events stream %s was trimmed past %s again: holding off %.1f s",
+                    "events stream %s was trimmed past %s%s: holding off %.1f s",
                     stream.key,
                     stream.last_id,
+                    " again" if stream.recoveries else "",
                     hold,
                 )
                 continue

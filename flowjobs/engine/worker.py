@@ -659,7 +659,12 @@ class Worker:
         except BaseException as error:  # noqa: BLE001 - a processor may raise anything
             outcome, value = _outcome_of(error)
         self._finished.append((job, outcome, value))
-        self._schedule_records()
+        if self.concurrency == 1:
+            # no other job can finish in this round to share the batch: send it now,
+            # not one turn of the event loop (a poll of its sockets) later
+            self._send_records()
+        else:
+            self._schedule_records()
 
     def _refuse_unprocessable(self, job: Job) -> None:
         """Raises UnrecoverableError, naming the problem, for a job no processor can run."""

@@ -718,7 +718,9 @@ class Worker:
                 self._active.pop(job.id, None)
                 self._processed_since_drained = True
                 return None
-            call, recorded_as, value, retry_delay_ms = plan
+            # (recorded as what the plan says: a result that is not JSON fails the job;
+            # what goes back to the loop is the outcome as the processor left it)
+            call, recorded_as, recorded_value, retry_delay_ms = plan
             if recorded_as == "rate-limited":
                 return job, outcome, value  # the loop gives it back and waits out the limit
             # the lane's slot is its own (_in_direct_lane): its fetch reserves nothing
@@ -734,8 +736,8 @@ class Worker:
                 return job, outcome, value
             self._outage.back()
             self._active.pop(job.id, None)
-            if self._after_record(job, recorded_as, value, call, results[0]):
-                joblog.recorded(job, self.queue.name, recorded_as, value, retry_delay_ms)
+            if self._after_record(job, recorded_as, recorded_value, call, results[0]):
+                joblog.recorded(job, self.queue.name, recorded_as, recorded_value, retry_delay_ms)
             self._processed_since_drained = True
             taken = self._taken(results[-1], tokens) if tokens else []
             if not taken:

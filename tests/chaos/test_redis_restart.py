@@ -79,8 +79,13 @@ class Producer(threading.Thread):
         self.flows.close()
 
 
-@pytest.mark.parametrize("outage", ["shutdown", "sigkill"])
-def test_workload_survives_a_redis_restart(outage: str, tmp_path: Path, caplog, report) -> None:
+# concurrency 1: each job's own thread records it and takes the next (the direct lane)
+@pytest.mark.parametrize(
+    ("outage", "concurrency"), [("shutdown", 4), ("sigkill", 4), ("sigkill", 1)]
+)
+def test_workload_survives_a_redis_restart(
+    outage: str, concurrency: int, tmp_path: Path, caplog, report
+) -> None:
     caplog.set_level(logging.WARNING, logger="flowjobs")
     prefix = "chaos" + uuid.uuid4().hex[:8]
     record_dir = tmp_path / "records"
@@ -91,7 +96,14 @@ def test_workload_survives_a_redis_restart(outage: str, tmp_path: Path, caplog, 
         events = QueueEvents("jobs", connection=server.url, prefix=prefix)
         events.on("completed", lambda event: completed_events.append(event["jobId"]))
         workers = [
-            WorkerProcess(server.url, prefix, ["jobs"], record_dir, tmp_path, **WORKER_OPTIONS)
+            WorkerProcess(
+                server.url,
+                prefix,
+                ["jobs"],
+                record_dir,
+                tmp_path,
+                **{**WORKER_OPTIONS, "concurrency": concurrency},
+            )
             for _ in range(2)
         ]
         producer = Producer(server.url, prefix)

@@ -22,12 +22,9 @@ pytestmark = pytest.mark.chaos
 FLOWS = 200
 CHILDREN = 10
 WORKERS = 3
-CONCURRENCY = 2  # per queue, and each process runs a worker for both queues
-SLOTS_PER_PROCESS = 2 * CONCURRENCY
 WORK_MS = 50
 CLOCK_SLACK_MS = 50
 WORKER_OPTIONS = {
-    "concurrency": CONCURRENCY,
     "lock_duration": 2000,
     "stalled_interval": 1000,
     "max_stalled_count": 1000,
@@ -60,7 +57,11 @@ def add_flows(url: str, prefix: str) -> list[tuple[str, list[tuple[str, str]]]]:
     return flows
 
 
-def test_random_worker_kills_lose_nothing(tmp_path: Path, report) -> None:
+# per queue, and each process runs a worker for both queues; at concurrency 1 each job's
+# own thread records it and takes the next (the direct lane)
+@pytest.mark.parametrize("concurrency", [2, 1])
+def test_random_worker_kills_lose_nothing(concurrency: int, tmp_path: Path, report) -> None:
+    slots_per_process = 2 * concurrency
     rng = random.Random()
     seed = rng.randrange(2**32)
     rng.seed(seed)
@@ -77,7 +78,13 @@ def test_random_worker_kills_lose_nothing(tmp_path: Path, report) -> None:
 
         def spawn() -> WorkerProcess:
             return WorkerProcess(
-                server.url, prefix, ["alpha", "beta"], record_dir, log_dir, **WORKER_OPTIONS
+                server.url,
+                prefix,
+                ["alpha", "beta"],
+                record_dir,
+                log_dir,
+                **WORKER_OPTIONS,
+                concurrency=concurrency,
             )
 
         workers = [spawn() for _ in range(WORKERS)]
@@ -160,9 +167,9 @@ def test_random_worker_kills_lose_nothing(tmp_path: Path, report) -> None:
         report("duplicates_without_a_kill", unexplained)
         report("seconds", round(elapsed, 1))
         assert kills >= 4, f"only {kills} kills: the workload finished too fast to mean much"
-        assert duplicate_count <= kills * SLOTS_PER_PROCESS, (
+        assert duplicate_count <= kills * slots_per_process, (
             f"{duplicate_count} duplicate executions for {kills} kills of "
-            f"{SLOTS_PER_PROCESS} slots each"
+            f"{slots_per_process} slots each"
         )
         alpha.close()
         beta.close()

@@ -50,6 +50,9 @@ class ThreadPool:
         self._finished: list[tuple[asyncio.Future, bool, Any]] = []  # under _lock
         self._wakeup_pending = False  # under _lock
 
+    def owns(self, thread: threading.Thread) -> bool:
+        return thread in self._threads
+
     def run(self, function: Callable[..., Any], *args: Any) -> asyncio.Future:
         """Runs `function(*args)` on a thread; the future resolves on the loop."""
         future = self._loop.create_future()

@@ -261,7 +261,7 @@ class Worker:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._wake.set)
                 loop.call_soon_threadsafe(self._cancel_blocking)
-        if self._thread is not None and self._thread is not threading.current_thread():
+        if self._thread is not None and not self._is_own_thread(threading.current_thread()):
             if force and timeout is None:
                 # a forced close leaves active jobs behind: it must not wait for ever on a
                 # loop that does not wind down
@@ -278,6 +278,11 @@ class Worker:
                 )
         elif self._thread is None and loop is not None:
             self._stopped.wait(timeout)
+
+    def _is_own_thread(self, thread: threading.Thread) -> bool:
+        """The loop's thread or one running a job: a close() from there (a listener, a
+        processor) must not wait for the worker to wind down, which waits for it."""
+        return thread is self._thread or (self._threads is not None and self._threads.owns(thread))
 
     def pause(self) -> None:
         """Stops this worker (only) from taking new jobs."""

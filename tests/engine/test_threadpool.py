@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from tests.helpers import wait_for
 
 
@@ -88,3 +90,43 @@ def test_at_concurrency_1_one_thread_runs_records_and_takes_the_jobs(
     assert worker._threads.wakeups <= 2, f"{worker._threads.wakeups} wake-ups for {count} jobs"
     # one script call a job (finish it and take the next), and a few to start
     assert calls <= count + 5, f"{calls} script calls for {count} jobs"
+
+
+def test_a_listener_on_the_job_s_thread_may_close_the_worker(queue, make_worker):
+    """At concurrency 1 a sync worker's completed listeners run on the job's thread.
+    close() from there must not wait for that thread (it would wait for itself)."""
+    queue.add_bulk([{"name": "x", "data": {"n": n}} for n in range(5)])
+    worker = make_worker("q", lambda job: job.data["n"])
+    closed = threading.Event()
+
+    def on_completed(job, result):
+        if result == 0:
+            worker.close()
+            closed.set()
+
+    worker.on("completed", on_completed)
+    worker.start()
+    assert closed.wait(20), "close() from a listener did not return"
+    assert worker.wait_until_closed(20)
+    assert queue.get_job_counts("completed")["completed"] >= 1
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_a_sync_processor_may_close_its_worker(queue, make_worker, concurrency):
+    """close() from a processor's thread returns at once: waiting for the worker to wind
+    down would wait for that same processor to return."""
+    job = queue.add("x", {})
+    holder: list = []
+    returned = threading.Event()
+
+    def process(job):
+        holder[0].close()
+        returned.set()
+        return "closed"
+
+    worker = make_worker("q", process, concurrency=concurrency)
+    holder.append(worker)
+    worker.start()
+    assert returned.wait(20), "close() from the processor did not return"
+    assert worker.wait_until_closed(20)
+    assert queue.get_job(job.id).returnvalue == "closed"

@@ -190,7 +190,8 @@ class Worker:
         self._executor: ThreadPoolExecutor | None = None
         self._threads: ThreadPool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._thread: threading.Thread | None = None  # start()'s; run() uses the caller's
+        self._loop_thread: threading.Thread | None = None
         self._stopped = threading.Event()
         self._started = threading.Event()
         self._closing = False
@@ -261,7 +262,9 @@ class Worker:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._wake.set)
                 loop.call_soon_threadsafe(self._cancel_blocking)
-        if self._thread is not None and not self._is_own_thread(threading.current_thread()):
+        if self._is_own_thread(threading.current_thread()):
+            return  # the worker winds down once this thread is done
+        if self._thread is not None:
             if force and timeout is None:
                 # a forced close leaves active jobs behind: it must not wait for ever on a
                 # loop that does not wind down
@@ -276,13 +279,15 @@ class Worker:
                     self.queue.keys.qualified,
                     timeout,
                 )
-        elif self._thread is None and loop is not None:
+        elif loop is not None:
             self._stopped.wait(timeout)
 
     def _is_own_thread(self, thread: threading.Thread) -> bool:
         """The loop's thread or one running a job: a close() from there (a listener, a
         processor) must not wait for the worker to wind down, which waits for it."""
-        return thread is self._thread or (self._threads is not None and self._threads.owns(thread))
+        return thread is self._loop_thread or (
+            self._threads is not None and self._threads.owns(thread)
+        )
 
     def pause(self) -> None:
         """Stops this worker (only) from taking new jobs."""
@@ -409,6 +414,7 @@ class Worker:
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.current_thread()
         # A processor runs at once, up to its first real wait: quick jobs cost no
         # scheduling round of the event loop. Eager tasks exist from Python 3.12 on.
         if _EAGER_TASKS:

@@ -130,3 +130,18 @@ def test_a_sync_processor_may_close_its_worker(queue, make_worker, concurrency):
     assert returned.wait(20), "close() from the processor did not return"
     assert worker.wait_until_closed(20)
     assert queue.get_job(job.id).returnvalue == "closed"
+
+
+def test_a_listener_of_a_worker_run_in_the_caller_s_thread_may_close_it(queue, make_worker):
+    """run() runs the loop in the caller's thread; close() from a listener there
+    returned only when the worker had stopped, which waited for that listener."""
+    queue.add("x", {})
+
+    async def process(job):
+        return "ok"
+
+    worker = make_worker("q", process, autorun=False)
+    worker.on("completed", lambda job, result: worker.close())
+    done = threading.Event()
+    threading.Thread(target=lambda: (worker.run(), done.set()), daemon=True).start()
+    assert done.wait(20), "run() did not return after close() from a listener"

@@ -218,7 +218,9 @@ class _Session:
             for name in self.result.queues:
                 self.workers.append(self._start_worker(name))
             while True:
-                if self._pump():
+                # the deadline is checked between jobs too: a queue that never empties
+                # keeps the pump busy, and was only timed out once the pump waited
+                if self._pump() and time.monotonic() < deadline:
                     continue
                 if self._idle():
                     break

@@ -609,10 +609,13 @@ class Worker:
         out its socket timeout on one of them; then wait `delay` before trying again."""
         self._outage.lost(error)
         self._emit("error", error)
+        await self._drop_connections()
+        await self._wait_wake(delay)
+
+    async def _drop_connections(self) -> None:
         if not is_cluster(self._aclient):
             with contextlib.suppress(Exception):
                 await self._aclient.connection_pool.disconnect()
-        await self._wait_wake(delay)
 
     def _rate_limited(self, delay_ms: int) -> None:
         self._limit_until = time.monotonic() + min(delay_ms, MAXIMUM_RATE_LIMIT_DELAY_MS) / 1000
@@ -707,6 +710,11 @@ class Worker:
         finally:
             self._in_direct_lane = False
         if leftover is not None:
+            if leftover[0].id in self._maybe_recorded:
+                # the lane's connection broke: the loop's went the same way, most likely
+                # (see _connection_lost); a lock renewal must not meet one of them later
+                # and wait out its timeout
+                await self._drop_connections()
             self._finished.append(leftover)
             self._schedule_records()  # which wakes the fetcher once it is recorded
         else:

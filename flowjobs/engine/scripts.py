@@ -94,10 +94,10 @@ def _plain(client: Any) -> bool:
 
 
 def run(client: redis.Redis, name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+    if _plain(client):
+        return _run_packed(client, name, keys, args)
+    text, sha = source(name)
     try:
-        if _plain(client):
-            return _run_packed(client, name, keys, args)
-        text, sha = source(name)
         try:
             return client.evalsha(sha, len(keys), *keys, *args)
         except NoScriptError:
@@ -138,6 +138,8 @@ def _run_on(connection: Any, name: str, keys: Sequence[str], args: Sequence[Arg]
             connection.read_response()
             connection.send_packed_command([pack_call(name, keys, args)])
             return connection.read_response()
+    except OutOfMemoryError as error:
+        raise out_of_memory(name, error) from error
     except (redis.ConnectionError, redis.TimeoutError):
         connection.disconnect()
         raise
@@ -146,29 +148,33 @@ def _run_on(connection: Any, name: str, keys: Sequence[str], args: Sequence[Arg]
 class SyncLane:
     """A thread's run of script calls on one pooled connection it holds until
     `release` (taking one from the pool and giving it back costs about a tenth of a
-    call); errors come back as exception objects, a broken connection raises. Calls
-    that are not single, or a client that is not a plain pooled one, go through
-    `run_calls`."""
+    call); errors come back as exception objects, a broken connection raises. Several
+    calls go in one round trip (`run_many`); a client that is not a plain pooled one
+    (a cluster, where pipelines refuse EVALSHA) runs them one by one with `run`."""
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
         self.connection: Any = None
 
     def run_calls(self, calls: Sequence[Call]) -> list[Any]:
-        if len(calls) != 1 or not _plain(self.client):
-            return run_calls(self.client, calls)
-        name, keys, args = calls[0]
-        if self.connection is None:
-            self.connection = self.client.connection_pool.get_connection()
-        try:
-            return [_run_on(self.connection, name, keys, args)]
-        except OutOfMemoryError as error:
-            return [out_of_memory(name, error)]
-        except ResponseError as error:
-            return [error]
-        except BaseException:
-            self.release()
-            raise
+        plain = _plain(self.client)
+        if len(calls) != 1 and plain:
+            return run_many(self.client, calls)
+        results: list[Any] = []
+        for name, keys, args in calls:
+            if plain and self.connection is None:
+                self.connection = self.client.connection_pool.get_connection()
+            try:
+                if plain:
+                    results.append(_run_on(self.connection, name, keys, args))
+                else:
+                    results.append(run(self.client, name, keys, args))
+            except ResponseError as error:  # an answer (RedisOutOfMemory is one)
+                results.append(error)
+            except BaseException:
+                self.release()
+                raise
+        return results
 
     def release(self) -> None:
         if self.connection is not None:
@@ -223,17 +229,6 @@ def run_many(client: redis.Redis, calls: Sequence[Call]) -> list[Any]:
         for i, value in zip(retry, _pipeline(client, [calls[i] for i in retry]), strict=True):
             results[i] = value
     return results
-
-
-def run_calls(client: redis.Redis, calls: Sequence[Call]) -> list[Any]:
-    """`run_many`, with a single call sent the quick way (`run`); errors come back as
-    exception objects, a broken connection raises."""
-    if len(calls) != 1:
-        return run_many(client, calls)
-    try:
-        return [run(client, *calls[0])]
-    except ResponseError as error:  # (RedisOutOfMemory is one)
-        return [error]
 
 
 def _pipeline(client: redis.Redis, calls: Sequence[Call]) -> list[Any]:

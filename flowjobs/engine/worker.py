@@ -607,10 +607,13 @@ class Worker:
         """Logged once per outage. The pool's other connections went the same way as
         this one (a dead server, a half-open cut): drop them all, so that no call waits
         out its socket timeout on one of them; then wait `delay` before trying again."""
-        self._outage.lost(error)
-        self._emit("error", error)
+        self._lost(error)
         await self._drop_connections()
         await self._wait_wake(delay)
+
+    def _lost(self, error: BaseException) -> None:
+        self._outage.lost(error)
+        self._emit("error", error)
 
     async def _drop_connections(self) -> None:
         if not is_cluster(self._aclient):
@@ -749,8 +752,7 @@ class Worker:
             except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
                 # the loop's path sends it again once Redis answers; the first send may
                 # have recorded it, so a refusal then is no news (see _after_record)
-                self._outage.lost(error)
-                self._emit("error", error)
+                self._lost(error)
                 self._maybe_recorded.add(job.id)
                 return job, outcome, value
             self._outage.back()

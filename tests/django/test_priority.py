@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from flowjobs.priority import StarvationWatch, lower_this_thread
+from flowjobs.priority import StarvationWatch, _idle_threads_waits, lower_this_thread
 from tests.helpers import cpu_hogs, wait_for
 
 pytestmark = [
@@ -40,19 +40,45 @@ time.sleep(600)
 
 @contextlib.contextmanager
 def _process(code: str, *args: str, ready: bool = False) -> Iterator[int]:
-    """A Python process running ``code`` (waited for to say "ready" when ``ready``), and
-    the machine saturated beside it; yields its pid."""
+    """A Python process running ``code`` (waited for to say "ready" when ``ready``, and
+    for its idle thread to fall asleep when that is what it does next), and the machine
+    saturated beside it; yields its pid."""
     process = subprocess.Popen(
         [sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True
     )
     try:
         if ready:
             assert process.stdout.readline().strip() == "ready"
+            if "sleep" in args:
+                _wait_asleep(process.pid)
         with cpu_hogs():
             yield process.pid
     finally:
         process.kill()
         process.wait()
+
+
+def _wait_asleep(pid: int) -> None:
+    """Waits until the idle thread of ``pid`` that said "ready" sleeps. Between its
+    "ready" and its sleep it still wants the CPU for a moment, and hogs started then
+    would starve it there, for real (CI saw it)."""
+    (tid,) = _idle_threads_waits(pid)
+    task = f"/proc/{pid}/task/{tid}"
+
+    def state_and_run_time() -> tuple[str, int]:
+        with open(f"{task}/stat") as stat:
+            state = stat.read().rsplit(")", 1)[1].split()[0]
+        with open(f"{task}/schedstat") as schedstat:
+            return state, int(schedstat.read().split()[0])
+
+    seen = [state_and_run_time()]
+
+    def asleep() -> bool:
+        seen.append(state_and_run_time())
+        (_, before), (state, after) = seen[-2:]
+        return state == "S" and before == after  # off the CPU, and it ran no more
+
+    wait_for(asleep, timeout=10, interval=0.05, message="the idle thread never slept")
 
 
 def _never_starved(watch: StarvationWatch, seconds: float = 2.0) -> None:

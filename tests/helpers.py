@@ -10,7 +10,9 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import redis
 
 from flowjobs.testing.server import delete_prefixed_keys
 from tests.redis_server import free_port
@@ -87,3 +89,12 @@ async def until_cancelled(deadline: float) -> None:
 def new_prefix() -> str:
     """A BullMQ key prefix no other test uses: keys are `<prefix>:<queue>:...`."""
     return "fj" + uuid.uuid4().hex[:10]
+
+
+def client_id_of(admin: redis.Redis, connection: Any) -> int:
+    """The server's id of a redis-py connection (for CLIENT KILL), found by its port."""
+    port = connection._sock.getsockname()[1]
+    for entry in admin.client_list():
+        if entry["addr"].endswith(f":{port}"):
+            return int(entry["id"])
+    raise AssertionError(f"no client on port {port}")

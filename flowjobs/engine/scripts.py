@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
+import os
 import re
 from collections.abc import Sequence
 from functools import cache
@@ -118,12 +119,67 @@ def out_of_memory(name: str, error: OutOfMemoryError) -> RedisOutOfMemory:
 def _run_packed(client: redis.Redis, name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
     """`run` on a pooled connection with the call packed by `pack_call` (redis-py's
     generic command path costs about as much as the round trip)."""
-    pool = client.connection_pool
-    connection = pool.get_connection()
+    spare = SpareConnections.of(client.connection_pool)
+    connection = spare.take()
     try:
-        return _run_on(connection, name, keys, args)
-    finally:
-        pool.release(connection)
+        result = _run_on(connection, name, keys, args)
+    except ResponseError:  # an answer: the connection is ready for the next call
+        spare.give_back(connection)
+        raise
+    except BaseException:  # interrupted mid-call, say: what is left unread is garbage
+        connection.disconnect()
+        spare.give_back(connection)
+        raise
+    spare.give_back(connection)
+    return result
+
+
+class SpareConnections:
+    """Connections of one pool kept aside for script calls. Taking a connection from a
+    redis-py 8 pool and giving it back (its lock, its state checks, its metrics) cost
+    a third of a whole Queue.add; here it is a list's pop and append, plus the pool's
+    own check that the server has not closed the connection meanwhile (a restart).
+
+    Kept connections stay in use as far as the pool knows, so at most a quarter of its
+    `max_connections` are kept; past that they go back to it. A forked child starts
+    with none: the parent's sockets are not its to use. Only a plain `ConnectionPool`
+    has connections kept: a blocking pool's waiters, or a Sentinel pool that moves its
+    connections to a new master, need every connection back."""
+
+    _ATTRIBUTE = "_flowjobs_spare_connections"
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self.pid = os.getpid()
+        self.idle: list[Any] = []
+        self.limit = max(1, pool.max_connections // 4) if type(pool) is redis.ConnectionPool else 0
+
+    @classmethod
+    def of(cls, pool: Any) -> SpareConnections:
+        spare = getattr(pool, cls._ATTRIBUTE, None)
+        if spare is None or spare.pid != os.getpid():
+            spare = cls(pool)
+            setattr(pool, cls._ATTRIBUTE, spare)
+        return spare
+
+    def take(self) -> Any:
+        try:
+            connection = self.idle.pop()
+        except IndexError:
+            return self.pool.get_connection()  # connected and checked by the pool
+        try:
+            closed = connection.can_read()  # unread bytes here: the server hung up
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            closed = True
+        if closed:
+            connection.disconnect()  # the call reconnects it
+        return connection
+
+    def give_back(self, connection: Any) -> None:
+        if len(self.idle) < self.limit and self.pid == os.getpid():
+            self.idle.append(connection)
+        else:
+            self.pool.release(connection)
 
 
 def _run_on(connection: Any, name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
@@ -163,7 +219,7 @@ class SyncLane:
         results: list[Any] = []
         for name, keys, args in calls:
             if plain and self.connection is None:
-                self.connection = self.client.connection_pool.get_connection()
+                self.connection = SpareConnections.of(self.client.connection_pool).take()
             try:
                 if plain:
                     results.append(_run_on(self.connection, name, keys, args))
@@ -179,7 +235,7 @@ class SyncLane:
     def release(self) -> None:
         if self.connection is not None:
             connection, self.connection = self.connection, None
-            self.client.connection_pool.release(connection)
+            SpareConnections.of(self.client.connection_pool).give_back(connection)
 
 
 async def arun(

@@ -8,6 +8,7 @@ import redis
 
 from flowjobs.engine import scripts
 from flowjobs.engine.connection import sync_client
+from tests.helpers import client_id_of
 
 
 def _fetch(queue) -> scripts.Call:
@@ -32,7 +33,8 @@ def test_a_lane_holds_one_connection_until_released(queue, redis_url):
         assert lane.connection is held
     finally:
         lane.release()
-    assert lane.connection is None and held in pool._available_connections
+    # given back as a spare script connection (test_spare_connections.py)
+    assert lane.connection is None and held in scripts.SpareConnections.of(pool).idle
     client.close()
 
 
@@ -41,20 +43,11 @@ def test_a_broken_connection_is_given_back_and_raised(queue, redis_url, redis_cl
     lane = scripts.SyncLane(client)
     lane.run_calls([_fetch(queue)])
     held = lane.connection
-    redis_client.client_kill_filter(_id=_client_id(redis_client, held))
+    redis_client.client_kill_filter(_id=client_id_of(redis_client, held))
     with pytest.raises(redis.ConnectionError):
         lane.run_calls([_fetch(queue)])
-    assert lane.connection is None
-    assert held not in client.connection_pool._in_use_connections
-    # the next call takes a new connection
+    assert lane.connection is None and held._sock is None  # closed, not kept open
+    # the next call runs on a live connection
     assert lane.run_calls([_fetch(queue)])[0][0] == []
     lane.release()
     client.close()
-
-
-def _client_id(admin: redis.Redis, connection) -> int:
-    port = connection._sock.getsockname()[1]
-    for entry in admin.client_list():
-        if entry["addr"].endswith(f":{port}"):
-            return int(entry["id"])
-    raise AssertionError(f"no client on port {port}")

@@ -73,18 +73,58 @@ def json_too_deep(text: str) -> bool:
     return False
 
 
+# json.loads's own C scanner, called directly: json.loads spends as long again around
+# it (type checks, two whitespace matches) as the scanner takes for a 200-byte job.
+_SCAN = json.JSONDecoder().scan_once
+
+
 def loads(text: str) -> Any:
     """json.loads within MAX_JSON_DEPTH; raises ValueError (the reason) otherwise."""
     if len(text) > MAX_JSON_DEPTH and json_too_deep(text):  # shorter text cannot be
         raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels (MAX_JSON_DEPTH)")
     try:
-        return json.loads(text)
+        try:
+            value, end = _SCAN(text, 0)
+        except StopIteration:
+            end = -1
+        if end == len(text):
+            return value
+        return json.loads(text)  # whitespace around it, or not JSON: json.loads says
     except RecursionError:
         raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels (MAX_JSON_DEPTH)") from None
 
 
 # One encoder for every dumps(): json.dumps with options builds a new one per call.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _c_encoder() -> Any:
+    """The C encoder _ENCODER.encode makes anew on every call (as long as a small value
+    takes to encode), made once. Without the circular-reference check, which needs
+    state of its own per call: a circular value ends in RecursionError, and then
+    _ENCODER, which checks, names the problem."""
+    try:
+        from json.encoder import c_encode_basestring, c_make_encoder
+
+        return c_make_encoder(
+            None, _ENCODER.default, c_encode_basestring, None, ":", ",", False, False, False
+        )
+    except (ImportError, TypeError):  # another Python, or another signature
+        return None
+
+
+_C_ENCODER = _c_encoder()
+
+
+def _encode(value: Any) -> str:
+    if _C_ENCODER is not None:
+        try:
+            return "".join(_C_ENCODER(value, 0))
+        except RecursionError:
+            pass  # circular, or too deep: _ENCODER tells which
+    return _ENCODER.encode(value)
+
+
 _CONTAINERS = (dict, list, tuple)  # a tuple: isinstance with one is faster than with a union
 
 
@@ -94,7 +134,7 @@ def dumps(value: Any, what: str = "data", *, nested: bool = True) -> str:
     nesting deeper than MAX_JSON_DEPTH. `nested=False` is for a value this module built
     itself (str keys, two levels at most): only the checks of its values run."""
     try:
-        text = _ENCODER.encode(value)
+        text = _encode(value)
     except (TypeError, ValueError) as error:
         raise InvalidJobData(f"{what} must be JSON-serialisable: {error}") from None
     except RecursionError:

@@ -67,6 +67,31 @@ def test_non_json_data_raises_and_writes_nothing(queue, redis_client, prefix, da
     assert keys_under(redis_client, prefix) == set()
 
 
+def test_circular_data_is_named_as_such_and_writes_nothing(queue, redis_client, prefix):
+    data: dict = {"a": [1]}
+    data["a"].append(data)
+    with pytest.raises(InvalidJobData, match="Circular reference"):
+        queue.add("bad", data)
+    assert keys_under(redis_client, prefix) == set()
+    assert queue.add("fine", {"a": [1, {"b": 2}]}).data == {"a": [1, {"b": 2}]}
+
+
+@pytest.mark.parametrize(
+    ("stored", "data", "problem"),
+    [
+        (' {"n": 1}\n', {"n": 1}, None),  # another producer's spacing: JSON all the same
+        ('{"n": 1} x', '{"n": 1} x', "Extra data"),
+        ("", "", "Expecting value"),
+        ("[1, 2", "[1, 2", "Expecting"),
+    ],
+)
+def test_data_is_read_as_json_reads_it(queue, stored, data, problem):
+    queue.client.hset(queue.keys.job("foreign"), mapping={"name": "f", "data": stored})
+    job = queue.get_job("foreign")
+    assert job.data == data
+    assert (job.data_error is None) if problem is None else (problem in job.data_error)
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

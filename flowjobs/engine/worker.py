@@ -690,7 +690,7 @@ class Worker:
         problem = job.decode_problem()
         if problem:
             raise UnrecoverableError(problem)
-        if not {"name", "data", "timestamp"} & job.raw.keys():
+        if _JOB_HASH_FIELDS.isdisjoint(job.raw):
             raise UnrecoverableError(
                 f'job "{job.id}" of queue "{self.queue.name}" has no job hash: its id was '
                 "queued without the job (removed, or pushed by a foreign producer)"
@@ -1247,6 +1247,8 @@ class Worker:
 
 
 _EAGER_TASKS = sys.version_info >= (3, 12)
+# A job hash holds at least one of these (a bare id in a list holds none).
+_JOB_HASH_FIELDS = frozenset(("name", "data", "timestamp"))
 # How long close(force=True) waits for the worker's thread when given no timeout.
 FORCED_CLOSE_WAIT_S = 10.0
 

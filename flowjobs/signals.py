@@ -7,8 +7,8 @@
   ``job.finished_on`` is set only when it failed for good, else it will be retried).
 
 They hang on the engine Worker's local events (``active``, ``completed``, ``failed``),
-which fire on the worker's event loop (or, at concurrency 1 with a sync processor, on
-the thread running the job). Receivers must be free to use the ORM, so the
+which fire on the worker's event loop (or, up to concurrency 4 with a sync processor,
+on the thread running the job). Receivers must be free to use the ORM, so the
 signals are sent from one sender thread per process instead, in the order the events
 happened, with ``close_old_connections()`` around each (as around a request). A
 receiver that raises is logged and does not affect the job or the other receivers.

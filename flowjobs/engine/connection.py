@@ -25,6 +25,7 @@ from __future__ import annotations
 import inspect
 import logging
 import socket
+import threading
 import time
 from functools import cache
 from typing import Any
@@ -130,8 +131,13 @@ class OutageLog:
         self.quiet = False  # the current loss continues an outage already reported
         self.first_since: float | None = None
         self.back_at: float | None = None
+        self._lock = threading.Lock()
 
     def lost(self, error: BaseException) -> None:
+        with self._lock:  # a worker's lanes lose their connections at the same moment
+            self._lost(error)
+
+    def _lost(self, error: BaseException) -> None:
         now = time.monotonic()
         if self.since is not None:
             if self.quiet and now - self.since >= self.settle_s:
@@ -153,7 +159,12 @@ class OutageLog:
 
     def back(self) -> None:
         if self.since is None:
-            return
+            return  # the common case, without the lock
+        with self._lock:
+            if self.since is not None:
+                self._back()
+
+    def _back(self) -> None:
         now = time.monotonic()
         if not self.quiet:
             self.logger.info(

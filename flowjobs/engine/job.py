@@ -169,6 +169,8 @@ class Job:
     # True while a thread runs this job's processor (set by whoever hands it to the
     # thread): a cancel can then only signal it, never interrupt it
     runs_in_thread: bool = False
+    # True while a worker's direct lane owns this job (set on the loop or by the lane)
+    in_lane: bool = False
     _cancellation: threading.Event | None = None
     _cancel_listeners: list[Callable[[], Any]] | None = None
 

@@ -127,8 +127,9 @@ def test_an_idle_worker_consumes_again_after_a_network_fault(
     assert len(back) == 1, back
 
 
-# at concurrency 1 the job's own thread records it and takes the next (the direct lane)
-@pytest.mark.parametrize("concurrency", [4, 1])
+# up to concurrency 4 each slot's own thread records its job and takes the next (direct
+# lanes); above it the event loop records the jobs of the worker's threads
+@pytest.mark.parametrize("concurrency", [8, 2])
 def test_a_busy_worker_finishes_its_jobs_after_a_half_open_cut(
     proxy, make_queue, prefix, caplog, report, concurrency
 ):

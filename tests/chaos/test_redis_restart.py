@@ -79,9 +79,10 @@ class Producer(threading.Thread):
         self.flows.close()
 
 
-# concurrency 1: each job's own thread records it and takes the next (the direct lane)
+# up to concurrency 4 each slot's own thread records its job and takes the next (direct
+# lanes); above, the event loop records the jobs of the worker's threads
 @pytest.mark.parametrize(
-    ("outage", "concurrency"), [("shutdown", 4), ("sigkill", 4), ("sigkill", 1)]
+    ("outage", "concurrency"), [("shutdown", 8), ("sigkill", 8), ("sigkill", 2)]
 )
 def test_workload_survives_a_redis_restart(
     outage: str, concurrency: int, tmp_path: Path, caplog, report

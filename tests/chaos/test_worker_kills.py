@@ -57,9 +57,10 @@ def add_flows(url: str, prefix: str) -> list[tuple[str, list[tuple[str, str]]]]:
     return flows
 
 
-# per queue, and each process runs a worker for both queues; at concurrency 1 each job's
-# own thread records it and takes the next (the direct lane)
-@pytest.mark.parametrize("concurrency", [2, 1])
+# per queue, and each process runs a worker for both queues; up to concurrency 4 each
+# slot's own thread records its job and takes the next (direct lanes), above it the
+# event loop records the jobs of the worker's threads
+@pytest.mark.parametrize("concurrency", [8, 1])
 def test_random_worker_kills_lose_nothing(concurrency: int, tmp_path: Path, report) -> None:
     slots_per_process = 2 * concurrency
     rng = random.Random()
@@ -83,7 +84,8 @@ def test_random_worker_kills_lose_nothing(concurrency: int, tmp_path: Path, repo
                 ["alpha", "beta"],
                 record_dir,
                 log_dir,
-                **WORKER_OPTIONS,
+                # more slots finish sooner: longer jobs keep the run long enough for kills
+                **{**WORKER_OPTIONS, "work_ms": WORK_MS * max(1, concurrency // 2)},
                 concurrency=concurrency,
             )
 

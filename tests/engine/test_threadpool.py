@@ -92,6 +92,48 @@ def test_at_concurrency_1_one_thread_runs_records_and_takes_the_jobs(
     assert calls <= count + 5, f"{calls} script calls for {count} jobs"
 
 
+def test_up_to_concurrency_4_each_slot_is_a_lane_of_its_own(queue, make_worker, redis_client):
+    """Each slot's thread runs a job, records it and takes its next in one round trip, as
+    at concurrency 1: no thread wake-up a job, one script call a job, never more jobs at
+    once than the concurrency, and every job gets a lock token of its own."""
+    count, concurrency = 300, 3
+    lock = threading.Lock()
+    running = [0]
+    most = [0]
+    tokens: set[str] = set()
+    barrier = threading.Barrier(concurrency, timeout=20)  # the first jobs meet: side by side
+
+    def process(job):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            tokens.add(job.token)
+        if job.data["n"] < concurrency:
+            barrier.wait()
+        with lock:
+            running[0] -= 1
+        return job.data["n"]
+
+    jobs = queue.add_bulk([{"name": "x", "data": {"n": n}} for n in range(count)])
+    before = redis_client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+    worker = make_worker("q", process, concurrency=concurrency)
+    wait_for(lambda: worker.jobs_processed == count, timeout=30)
+    calls = redis_client.info("commandstats")["cmdstat_evalsha"]["calls"] - before
+    assert [queue.get_job(job.id).returnvalue for job in jobs[:: count // 10]] == list(
+        range(0, count, count // 10)
+    )
+    assert most[0] == concurrency
+    assert len(tokens) == count
+    assert worker._threads.wakeups <= 2 * concurrency, worker._threads.wakeups
+    assert calls <= count + 5 * concurrency, f"{calls} script calls for {count} jobs"
+    assert worker.jobs_processed == count
+    assert queue.get_job_counts("completed", "failed", "active") == {
+        "completed": count,
+        "failed": 0,
+        "active": 0,
+    }
+
+
 def test_a_listener_on_the_job_s_thread_may_close_the_worker(queue, make_worker):
     """At concurrency 1 a sync worker's completed listeners run on the job's thread.
     close() from there must not wait for that thread (it would wait for itself)."""

@@ -167,6 +167,8 @@ class SpareConnections:
             connection = self.idle.pop()
         except IndexError:
             return self.pool.get_connection()  # connected and checked by the pool
+        if connection._sock is None:
+            return connection  # closed after a fault: the call connects it, once
         try:
             closed = connection.can_read()  # unread bytes here: the server hung up
         except (redis.ConnectionError, redis.TimeoutError, OSError):

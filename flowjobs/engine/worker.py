@@ -173,7 +173,7 @@ class Worker:
         self._connection = connection
         self._token_base = str(uuid.uuid4())
         self._token_numbers = itertools.count(1)  # next() is atomic: lanes take tokens too
-        self._counting = threading.Lock()  # jobs_processed, counted by lanes and the loop
+        self._counting = threading.Lock()  # jobs_processed, _lane_fetches: lanes count too
         self._listeners: dict[str, list[Callable[..., Any]]] = {}
         self._pass_token = _wants_token(processor)
         self._pass_signal = _wants_signal(processor)
@@ -210,6 +210,7 @@ class Worker:
             concurrency <= DIRECT_LANES_UP_TO and not self._is_async and self._pool is None
         )
         self._lanes_running = 0  # changed on the loop only
+        self._lane_fetches = 0  # lanes' finish-and-fetch calls in flight; under _counting
         self._maybe_recorded: set[str] = set()  # ids whose record the lane sent, unanswered
         self._batch_size = max(1, concurrency // 2)
         self._records_scheduled = False  # a _send_records call is queued on the loop
@@ -295,8 +296,27 @@ class Worker:
         )
 
     def pause(self) -> None:
-        """Stops this worker (only) from taking new jobs."""
+        """Stops this worker (only) from taking new jobs. Returns once the fetches it
+        had begun have answered: a job one took runs, and none is taken after. Called
+        from the worker's own threads (a listener, a processor), which such a fetch may
+        be waiting on, it returns at once; it waits PAUSE_WAIT_S at most."""
         self._paused = True
+        loop = self._loop
+        if loop is None or loop.is_closed() or self._is_own_thread(threading.current_thread()):
+            return
+        # the loop counts a fetch (_reserved) in the step that decided on it: once it
+        # has run this callback, every fetch it decided on before the pause is counted
+        passed = threading.Event()
+        try:
+            loop.call_soon_threadsafe(passed.set)
+        except RuntimeError:  # the loop closed meanwhile
+            return
+        deadline = time.monotonic() + PAUSE_WAIT_S
+        if not passed.wait(PAUSE_WAIT_S):
+            return
+        # lanes count theirs before they check for a pause
+        while (self._reserved or self._lane_fetches) and time.monotonic() < deadline:
+            time.sleep(0.001)
 
     def is_paused(self) -> bool:
         """Whether this worker was paused with `pause()` (the queue's own pause is
@@ -763,8 +783,10 @@ class Worker:
             if recorded_as == "rate-limited":
                 return job, outcome, value  # the loop gives it back and waits out the limit
             # the lane's slot is its own (_lanes_running): its fetch reserves nothing
-            tokens = [self._next_token()] if self._can_fetch() else []
+            with self._counting:
+                self._lane_fetches += 1  # before the check: see pause()
             try:
+                tokens = [self._next_token()] if self._can_fetch() else []
                 results = lane.run_calls(self._with_fetch_next([call], tokens))
             except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
                 # the loop's path sends it again once Redis answers; the first send may
@@ -772,6 +794,9 @@ class Worker:
                 self._lost(error)
                 self._maybe_recorded.add(job.id)
                 return job, outcome, value
+            finally:
+                with self._counting:
+                    self._lane_fetches -= 1
             self._outage.back()
             self._active.pop(job.id, None)
             if self._after_record(job, recorded_as, recorded_value, call, results[0]):
@@ -1274,6 +1299,8 @@ _EAGER_TASKS = sys.version_info >= (3, 12)
 DIRECT_LANES_UP_TO = 4
 # A job hash holds at least one of these (a bare id in a list holds none).
 _JOB_HASH_FIELDS = frozenset(("name", "data", "timestamp"))
+# How long pause() waits for the fetches in flight to answer.
+PAUSE_WAIT_S = 5.0
 # How long close(force=True) waits for the worker's thread when given no timeout.
 FORCED_CLOSE_WAIT_S = 10.0
 

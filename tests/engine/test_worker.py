@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 
 import pytest
 
@@ -286,6 +287,41 @@ def test_local_pause_stops_taking_jobs(queue, make_worker):
     wait_for(lambda: queue.get_job_counts("waiting")["waiting"] == 2)
     worker.resume()
     wait_for(lambda: sorted(done) == ["1", "2", "3"])
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_no_job_is_taken_after_pause_returns(queue, make_worker, concurrency):
+    """A lane that decided to fetch before the pause, and is slow to send (a busy
+    machine: CI saw it), fetched after pause() had returned and took a job added
+    then. pause() now returns once such a fetch has answered."""
+    first_done = threading.Event()
+    delayed = threading.Event()
+
+    def process(job):
+        if job.name == "first":
+            first_done.set()
+        return job.name
+
+    worker = make_worker("q", process, concurrency=concurrency)
+    can_fetch = worker._can_fetch
+
+    def slow_after_the_check() -> bool:
+        answer = can_fetch()
+        if first_done.is_set() and not delayed.is_set():
+            delayed.set()
+            time.sleep(1.0)  # the fault: the thread stalls between check and send
+        return answer
+
+    worker._can_fetch = slow_after_the_check
+    queue.add("first")
+    wait_for(delayed.is_set)
+    worker.pause()
+    later = [queue.add("later").id for _ in range(2)]
+    wait_for(lambda: worker._lane_fetches == 0 and worker._reserved == 0)
+    wait_for(lambda: queue.get_job_counts("active")["active"] == 0)
+    assert queue.get_job_counts("waiting")["waiting"] == 2
+    worker.resume()
+    wait_for(lambda: all(queue.get_job_state(job_id) == "completed" for job_id in later))
 
 
 def test_locks_are_renewed_for_jobs_longer_than_the_lock(queue, make_worker, redis_client, prefix):

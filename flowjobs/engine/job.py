@@ -93,40 +93,36 @@ class Job:
         # job is readable enough to be failed, with its unreadable fields left unparsed
         problem = unreadable(self.id)
         self.unreadable = f"id {problem}" if problem else _unreadable_fields(fields)
-        self.raw = fields
+        raw = fields
         if self.unreadable:
             fields = {k: v for k, v in fields.items() if not (unreadable(k) or unreadable(v))}
-        get = fields.get  # a job hash holds a few of the fields read here
-        self.name: str = get("name", "")
-        self.data, self.data_error = _json_or_raw(get("data"), {})
-        opts, self.opts_error = _json_or_raw(get("opts"), {})
+        self.name: str = fields.get("name", "")
+        self.data, self.data_error = _json_or_raw(fields.get("data"), {})
+        opts, self.opts_error = _json_or_raw(fields.get("opts"), {})
         if not isinstance(opts, dict) and self.opts_error is None:
             self.opts_error = f"is a JSON {type(opts).__name__}, not an object"
         self.opts: dict[str, Any] = opts if isinstance(opts, dict) else {}
-        self.timestamp = _int(get("timestamp"))
-        self.delay = _int(get("delay"))
-        self.priority = _int(get("priority"))
-        self.attempts_made = _int(get("atm") or get("attemptsMade"))
-        self.attempts_started = _int(get("ats"))
-        self.stalled_counter = _int(get("stc"))
-        self.processed_on = _int(get("processedOn")) or None
-        self.finished_on = _int(get("finishedOn")) or None
-        text = get("returnvalue")
-        self.returnvalue = None if text is None else _json_or_raw(text, None)[0]
-        self.failed_reason: str | None = get("failedReason")
-        text = get("stacktrace")
-        stack = [] if text is None else _json_or_raw(text, [])[0]
+        self.timestamp = _int(fields.get("timestamp"))
+        self.delay = _int(fields.get("delay"))
+        self.priority = _int(fields.get("priority"))
+        self.attempts_made = _int(fields.get("atm") or fields.get("attemptsMade"))
+        self.attempts_started = _int(fields.get("ats"))
+        self.stalled_counter = _int(fields.get("stc"))
+        self.processed_on = _int(fields.get("processedOn")) or None
+        self.finished_on = _int(fields.get("finishedOn")) or None
+        self.returnvalue, _ = _json_or_raw(fields.get("returnvalue"), None)
+        self.failed_reason: str | None = fields.get("failedReason")
+        stack, _ = _json_or_raw(fields.get("stacktrace"), [])
         self.stacktrace: list[str] = stack if isinstance(stack, list) else []
-        text = get("progress")
-        self.progress = 0 if text is None else _json_or_raw(text, 0)[0]
-        self.parent_key: str | None = get("parentKey")
-        text = get("parent")
-        parent = None if text is None else _json_or_raw(text, None)[0]
+        self.progress, _ = _json_or_raw(fields.get("progress"), 0)
+        self.parent_key: str | None = fields.get("parentKey")
+        parent, _ = _json_or_raw(fields.get("parent"), None)
         self.parent: dict[str, Any] | None = parent if isinstance(parent, dict) else None
-        self.deferred_failure: str | None = get("defa")
-        self.repeat_job_key: str | None = get("rjk")
-        self.processed_by: str | None = get("pb")
-        self.dedup_id: str | None = get("deid")
+        self.deferred_failure: str | None = fields.get("defa")
+        self.repeat_job_key: str | None = fields.get("rjk")
+        self.processed_by: str | None = fields.get("pb")
+        self.dedup_id: str | None = fields.get("deid")
+        self.raw = raw
 
     @classmethod
     def from_flat(cls, queue: Queue, job_id: str, flat: Sequence[str]) -> Job:

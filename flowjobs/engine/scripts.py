@@ -122,22 +122,15 @@ def _run_packed(client: redis.Redis, name: str, keys: Sequence[str], args: Seque
     spare = SpareConnections.of(client.connection_pool)
     connection = spare.take()
     try:
-        result = _run_on(connection, name, keys, args)
-    except ResponseError:  # an answer: the connection is ready for the next call
+        return _run_on(connection, name, keys, args)
+    finally:
         spare.give_back(connection)
-        raise
-    except BaseException:  # interrupted mid-call, say: what is left unread is garbage
-        connection.disconnect()
-        spare.give_back(connection)
-        raise
-    spare.give_back(connection)
-    return result
 
 
 class SpareConnections:
     """Connections of one pool kept aside for script calls. Taking a connection from a
     redis-py 8 pool and giving it back (its lock, its state checks, its metrics) cost
-    a third of a whole Queue.add; here it is a list's pop and append, plus the pool's
+    a seventh of a whole Queue.add; here it is a list's pop and append, plus the pool's
     own check that the server has not closed the connection meanwhile (a restart).
 
     Kept connections stay in use as far as the pool knows, so at most a quarter of its
@@ -178,7 +171,7 @@ class SpareConnections:
         return connection
 
     def give_back(self, connection: Any) -> None:
-        if len(self.idle) < self.limit and self.pid == os.getpid():
+        if len(self.idle) < self.limit:
             self.idle.append(connection)
         else:
             self.pool.release(connection)
@@ -186,7 +179,9 @@ class SpareConnections:
 
 def _run_on(connection: Any, name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
     """One packed script call on a sync connection. A call that may have reached Redis
-    is never re-sent: a broken connection is closed and the error raised."""
+    is never re-sent: a connection the call did not end on an answer (broken, timed
+    out, interrupted) is closed, as what is left unread would be taken for the next
+    call's answer, and the error raised."""
     try:
         connection.send_packed_command([pack_call(name, keys, args)])
         try:
@@ -198,17 +193,19 @@ def _run_on(connection: Any, name: str, keys: Sequence[str], args: Sequence[Arg]
             return connection.read_response()
     except OutOfMemoryError as error:
         raise out_of_memory(name, error) from error
-    except (redis.ConnectionError, redis.TimeoutError):
+    except ResponseError:
+        raise  # an answer: the connection is ready for the next call
+    except BaseException:
         connection.disconnect()
         raise
 
 
 class SyncLane:
-    """A thread's run of script calls on one pooled connection it holds until
-    `release` (taking one from the pool and giving it back costs about a tenth of a
-    call); errors come back as exception objects, a broken connection raises. Several
-    calls go in one round trip (`run_many`); a client that is not a plain pooled one
-    (a cluster, where pipelines refuse EVALSHA) runs them one by one with `run`."""
+    """A thread's run of script calls on one spare connection (`SpareConnections`) it
+    holds until `release`; errors come back as exception objects, a broken connection
+    raises. Several calls go in one round trip (`run_many`); a client that is not a
+    plain pooled one (a cluster, where pipelines refuse EVALSHA) runs them one by one
+    with `run`."""
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client

@@ -29,6 +29,9 @@ from .store import read_hashes, store
 
 logger = logging.getLogger("flowjobs.mirror")
 
+# A discovery pass is followed by at least this many times its length without one.
+DISCOVERY_PAUSE_FACTOR = 100
+
 
 @dataclass
 class _Stream:
@@ -70,7 +73,7 @@ class Projector:
         self.lease = lease
         self.streams: dict[str, _Stream] = {}
         self.resolver = RootResolver(self.client)
-        self._discovered_at = -1e18
+        self._discover_due = -1e18
         self._reconciled_at = time.monotonic()
         self._pruned_at = -1e18
         self._requests_checked_at = -1e18
@@ -101,13 +104,20 @@ class Projector:
         for position in StreamPosition.objects.filter(prefix=self.prefix):
             stream = _Stream(self.prefix, position.queue, position.last_id, position.entries_read)
             self.streams[stream.key] = stream
-        self._discovered_at = -1e18
+        self._discover_due = -1e18
 
     def discover(self, force: bool = False) -> None:
-        if not force and time.monotonic() - self._discovered_at < self.config.discover_interval:
+        """Adds the queues that appeared since the last pass. Passes are
+        ``discover_interval`` seconds apart, and at least ``DISCOVERY_PAUSE_FACTOR`` times
+        as long as the last one took (a pass walks the whole keyspace, a key per kept job)."""
+        started = time.monotonic()
+        if not force and started < self._discover_due:
             return
-        self._discovered_at = time.monotonic()
         found = discover_queues(self.client, self.prefix)
+        took = time.monotonic() - started
+        self._discover_due = started + max(
+            self.config.discover_interval, took * DISCOVERY_PAUSE_FACTOR
+        )
         for queue in mirrorable_queues(self.client, self.prefix, found):
             stream = _Stream(self.prefix, queue)
             self.streams.setdefault(stream.key, stream)

@@ -10,25 +10,17 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from flowjobs import conf, registry
 from flowjobs.engine import FlowJobsError
+from flowjobs.mirror.discovery import discover_queues
 
 STATES = ("waiting", "prioritized", "delayed", "active", "waiting-children", "completed", "failed")
 
 
-def _glob_escape(text: str) -> str:
-    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
-
-
 def known_queues() -> list[str]:
-    """Registered queues plus every queue with a ``<prefix>:<queue>:meta`` key in Redis."""
+    """Registered queues plus every queue with a ``meta`` hash or an ``events`` stream under
+    the prefix in Redis."""
     current = conf.settings()
-    names = set(registry.queue_names())
     client = conf.get_queue("flowjobs").client
-    pattern = f"{_glob_escape(current.PREFIX)}:*:meta"
-    for key in client.scan_iter(match=pattern, count=1000):
-        parts = key.split(":")
-        if len(parts) == 3 and parts[1]:
-            names.add(parts[1])
-    return sorted(names)
+    return sorted(set(registry.queue_names()) | set(discover_queues(client, current.PREFIX)))
 
 
 class Command(BaseCommand):

@@ -742,9 +742,11 @@ def dashboard_context(model_admin: ModelAdmin, request: HttpRequest) -> dict:
     return context
 
 
-# queue discovery SCANs the whole keyspace: done at most this often per prefix, since the
-# dashboard polls every few seconds (a new queue shows up within this delay)
+# queue discovery SCANs the whole keyspace: done at most this often per prefix (more
+# seldom over a big keyspace, see mirror.discovery_pause), since the dashboard polls every
+# few seconds (a new queue shows up within this delay)
 DISCOVERY_TTL_S = 30.0
+# (redis url, prefix) -> (monotonic time the names go stale, the names)
 _discovered: dict[tuple[str, str], tuple[float, list[str]]] = {}
 
 
@@ -752,9 +754,11 @@ def discovered_queues(client: redis.Redis, redis_url: str, prefix: str) -> list[
     """The queues under ``prefix`` in Redis (``mirror.discover_queues``), remembered a while."""
     where = (redis_url, prefix)
     found = _discovered.get(where)
-    if found is None or time.monotonic() - found[0] > DISCOVERY_TTL_S:
-        found = (time.monotonic(), mirror.discover_queues(client, prefix))
-        _discovered[where] = found
+    started = time.monotonic()
+    if found is None or started >= found[0]:
+        names = mirror.discover_queues(client, prefix)
+        pause = mirror.discovery_pause(time.monotonic() - started, DISCOVERY_TTL_S)
+        found = _discovered[where] = (started + pause, names)
     return found[1]
 
 

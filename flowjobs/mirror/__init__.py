@@ -27,7 +27,7 @@ The lease itself is ``flowjobs.lease``.
 
 from ..lease import FencedLease, LeaseLost
 from .client import redis_client
-from .discovery import discover_queues
+from .discovery import discover_queues, discovery_pause
 from .history import prune_history
 from .parsing import compare_ids, to_datetime
 from .projector import Projector
@@ -51,6 +51,7 @@ __all__ = [
     "ReconcileResult",
     "check_settings",
     "discover_queues",
+    "discovery_pause",
     "mirror_settings",
     "prune_history",
     "reconcile",

@@ -15,6 +15,15 @@ from .unstorable import record as record_unstorable
 # thousand keys, and a queue that keeps its finished jobs has a key per job.
 _QUEUE_KEY_TAIL = ":[me][ev][te][an]*"
 _QUEUE_KEY_SUFFIXES = (":meta", ":events")
+# A pass is followed by at least this many times its own length without one.
+DISCOVERY_PAUSE_FACTOR = 100
+
+
+def discovery_pause(took: float, floor: float) -> float:
+    """Seconds until the next pass, after one that took ``took`` seconds: ``floor``, or
+    more when the keyspace is big enough that passes that often would cost Redis over 1%
+    of its time."""
+    return max(floor, took * DISCOVERY_PAUSE_FACTOR)
 
 
 def discover_queues(client: redis.Redis, prefix: str) -> list[str]:

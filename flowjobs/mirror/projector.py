@@ -16,7 +16,7 @@ from ..lease import FencedLease, fenced_atomic
 from ..models import StreamPosition
 from ..priority import lower_this_thread
 from .client import redis_client
-from .discovery import discover_queues, mirrorable_queues
+from .discovery import discover_queues, discovery_pause, mirrorable_queues
 from .history import prune_history
 from .observation import Observation
 from .parsing import compare_ids, entry_ms
@@ -28,9 +28,6 @@ from .settings import MirrorSettings, mirror_settings
 from .store import read_hashes, store
 
 logger = logging.getLogger("flowjobs.mirror")
-
-# A discovery pass is followed by at least this many times its length without one.
-DISCOVERY_PAUSE_FACTOR = 100
 
 
 @dataclass
@@ -107,17 +104,14 @@ class Projector:
         self._discover_due = -1e18
 
     def discover(self, force: bool = False) -> None:
-        """Adds the queues that appeared since the last pass. Passes are
-        ``discover_interval`` seconds apart, and at least ``DISCOVERY_PAUSE_FACTOR`` times
-        as long as the last one took (a pass walks the whole keyspace, a key per kept job)."""
+        """Adds the queues that appeared since the last pass (``discover_interval`` seconds
+        apart, or more over a big keyspace: see ``discovery_pause``)."""
         started = time.monotonic()
         if not force and started < self._discover_due:
             return
         found = discover_queues(self.client, self.prefix)
         took = time.monotonic() - started
-        self._discover_due = started + max(
-            self.config.discover_interval, took * DISCOVERY_PAUSE_FACTOR
-        )
+        self._discover_due = started + discovery_pause(took, self.config.discover_interval)
         for queue in mirrorable_queues(self.client, self.prefix, found):
             stream = _Stream(self.prefix, queue)
             self.streams.setdefault(stream.key, stream)

@@ -57,6 +57,12 @@ logger = logging.getLogger("flowjobs.worker")
 runner_logger = logging.getLogger("flowjobs.runner")
 
 SERVICE_STOP_TIMEOUT_S = 10.0
+# A services process that exits is started again after SERVICES_RESTART_FIRST_S, and after
+# twice the last pause (up to SERVICES_RESTART_MAX_S) while it keeps exiting within
+# SERVICES_STABLE_S of its start.
+SERVICES_RESTART_FIRST_S = 1.0
+SERVICES_RESTART_MAX_S = 60.0
+SERVICES_STABLE_S = 60.0
 EXIT_OK = 0
 EXIT_FATAL = 1
 # A child that stops for --max-jobs/--max-memory says so with this code (EX_TEMPFAIL);
@@ -315,6 +321,11 @@ class ServicesChild:
         self.in_process: _RunningServices | None = None
         self.restart_at = 0.0
         self.env: dict[str, str] = {}
+        self.spawned_at = 0.0
+        self.restart_pause = 0.0  # the last one; 0: the process has not died young
+        # False once a process was restarted for starving: the machine is too busy for
+        # an idle-priority mirror, and a new one lowered again would starve again
+        self.idle_threads = True
 
     def start(self) -> None:
         if not self.names:
@@ -331,12 +342,15 @@ class ServicesChild:
 
     def _spawn(self) -> None:
         argv = ["--services", *(f"--service={name}" for name in self.names)]
+        if not self.idle_threads:
+            argv.append("--no-idle-threads")
         # its parent's pid, named: a parent that died before the child asked for it would
         # otherwise look alive to the child for ever (the child's ppid is then 1 from the start)
         env = {**self.env, SERVICES_PARENT_ENV: str(os.getpid())}
         self.process = spawn_runworker(argv, env, "background services")
+        self.spawned_at = time.monotonic()
         self.watch = None
-        if "mirror" in self.names:
+        if "mirror" in self.names and self.idle_threads:
             from .mirror.settings import mirror_settings
 
             config = mirror_settings()
@@ -344,7 +358,9 @@ class ServicesChild:
                 self.watch = StarvationWatch(self.process.pid, config.idle_starved_s)
 
     def check(self) -> None:
-        """Restarts the services process when it exited (at most once a second)."""
+        """Restarts the services process when it exited (see SERVICES_RESTART_FIRST_S) or
+        when its idle-priority mirror thread starved (once: the new one stays at
+        SERVICES_NICENESS)."""
         if self.process is None:
             if self.restart_at and time.monotonic() >= self.restart_at:
                 self.restart_at = 0.0
@@ -357,21 +373,29 @@ class ServicesChild:
                 # CAP_SYS_NICE): a new process catches up at SERVICES_NICENESS first.
                 runner_logger.warning(
                     "runworker: the mirror in background services process %s got almost no "
-                    "CPU for %.0f s (the machine is busy); restarting it to catch up at "
-                    "SERVICES_NICENESS",
+                    "CPU for %.0f s (the machine is busy); restarting it to run at "
+                    "SERVICES_NICENESS from now on",
                     self.process.pid,
                     self.watch.window,
                 )
                 self.stop(wait_s=2.0)  # a starved thread would not stop in time anyway
+                self.idle_threads = False
                 self._spawn()
             return
+        died_young = time.monotonic() - self.spawned_at < SERVICES_STABLE_S
+        if died_young and self.restart_pause:
+            self.restart_pause = min(self.restart_pause * 2, SERVICES_RESTART_MAX_S)
+        else:
+            self.restart_pause = SERVICES_RESTART_FIRST_S
         runner_logger.warning(
-            "runworker: background services process %s exited with status %s; restarting it",
+            "runworker: background services process %s exited with status %s; restarting it "
+            "in %.1f s",
             self.process.pid,
             code,
+            self.restart_pause,
         )
         self.process = None
-        self.restart_at = time.monotonic() + 1.0
+        self.restart_at = time.monotonic() + self.restart_pause
 
     def stop(self, wait_s: float = SERVICE_STOP_TIMEOUT_S + 5) -> None:
         if self.in_process is not None:
@@ -396,9 +420,10 @@ class ServicesChild:
 SERVICES_PARENT_ENV = "FLOWJOBS_RUNWORKER_PID"
 
 
-def run_services(names: list[str]) -> int:
+def run_services(names: list[str], idle_threads: bool = True) -> int:
     """``runworker --services``: runs the named background services until SIGTERM or
-    SIGINT, or until the runworker that started this process is gone."""
+    SIGINT, or until the runworker that started this process is gone. ``idle_threads``:
+    the mirror may lower its thread to idle CPU priority (MIRROR_IDLE_PRIORITY)."""
     signals = StopSignals()
     signals.install()
     parent = int(os.environ.get(SERVICES_PARENT_ENV) or os.getppid())
@@ -409,7 +434,8 @@ def run_services(names: list[str]) -> int:
     # is busy, processing jobs comes first and the mirror catches up afterwards.
     with contextlib.suppress(OSError):
         os.nice(conf.settings().SERVICES_NICENESS)
-    allow_idle_threads()  # the runworker that started this process watches it
+    if idle_threads:
+        allow_idle_threads()  # the runworker that started this process watches it
     running = _RunningServices(names)
     runner_logger.info(
         "runworker: background services %s (pid %s, niceness %d)",

@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+from itertools import pairwise
 
 import pytest
 
@@ -154,3 +156,35 @@ def test_signal_receivers_may_use_the_orm():
     assert list(Note.objects.values_list("text", flat=True)) == [
         f"fj-echo {job.id} {{'echo': {{'n': 1}}}}"
     ]
+
+
+def test_a_services_process_that_keeps_dying_is_restarted_less_and_less_often(monkeypatch):
+    """A services process that cannot start (here: its settings module does not import)
+    was booted again every second for as long as runworker ran, each time a Django start
+    on a machine that may be short of CPU already: the pause before a restart doubles
+    while the process keeps dying young."""
+    monkeypatch.setattr(runner, "SERVICES_RESTART_FIRST_S", 0.2, raising=False)
+    spawned: list[float] = []
+    real_spawn = runner.spawn_runworker
+
+    def spawn(argv, env, what):
+        spawned.append(time.monotonic())
+        return real_spawn(argv, env, what)
+
+    monkeypatch.setattr(runner, "spawn_runworker", spawn)
+    services = runner.ServicesChild(["outbox-relay"])
+    services.env = {**os.environ, "DJANGO_SETTINGS_MODULE": "no_such_settings_module"}
+    services._spawn()
+    try:
+
+        def restarts() -> int:
+            services.check()
+            return len(spawned)
+
+        wait_for(lambda: restarts() >= 5, timeout=60, interval=0.02)
+    finally:
+        services.stop()
+    gaps = [later - earlier for earlier, later in pairwise(spawned)]
+    # each pause at least the doubled one before it (a process's short life adds to each)
+    for number, gap in enumerate(gaps):
+        assert gap >= 0.2 * 2**number, f"restart {number + 1} came {gap:.2f} s after the last"

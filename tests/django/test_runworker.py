@@ -315,7 +315,9 @@ def test_a_mirror_starved_by_a_busy_machine_is_restarted_and_catches_up(start_wo
     """An idle-priority thread gets almost no CPU while the machine is busy, and cannot
     raise itself again: without the watch the mirror never caught up (its lease lapsed
     batch after batch). Runworker restarts the starved services process; the new one
-    catches up at SERVICES_NICENESS while the machine is still busy."""
+    catches up at SERVICES_NICENESS while the machine is still busy, and stays there: a
+    new process that lowered itself again once caught up starved again, and runworker
+    booted a new one every few seconds for as long as the machine was busy."""
     from flowjobs.models import JobRecord
 
     env = {
@@ -346,3 +348,23 @@ def test_a_mirror_starved_by_a_busy_machine_is_restarted_and_catches_up(start_wo
             interval=0.5,
             message=worker.output,
         )
+        restarted_as = int(
+            re.findall(r"started background services process (\d+)", worker.output())[-1]
+        )
+        # caught up, with more jobs coming: the new process is not lowered again
+        more = [job.id for job in queue.add_bulk([("n", {})] * 5)]
+        wait_for(
+            lambda: (
+                JobRecord.objects.filter(
+                    queue="fj-echo", job_id__in=more, state="completed"
+                ).count()
+                == 5
+            ),
+            timeout=120,
+            interval=0.5,
+            message=worker.output,
+        )
+        assert _idle_threads(restarted_as) == []
+    output = worker.output()
+    assert output.count("got almost no CPU") == 1, output
+    assert output.count("now runs at idle CPU priority") == 1, output

@@ -105,11 +105,16 @@ class Command(BaseCommand):
         parser.add_argument(
             "--service", action="append", default=[], help="(internal) a service to run"
         )
+        parser.add_argument(
+            "--no-idle-threads",
+            action="store_true",
+            help="(internal) with --services: no thread lowers itself to idle CPU priority",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         ensure_logging(options["verbosity"])
         if options["services"]:
-            runner.run_services(options["service"])
+            runner.run_services(options["service"], idle_threads=not options["no_idle_threads"])
             return
         # --reload: this process restarts a copy of itself, where the worker runs
         reloader = None

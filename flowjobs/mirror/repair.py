@@ -13,6 +13,7 @@ what changed during the scan is applied after it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -116,7 +117,14 @@ def answer_reconcile_requests(lease: FencedLease, prefix: str) -> int:
             queues = request.get("queues")
         except (ValueError, TypeError, KeyError):
             continue  # not a request of ours
-        result = _reconcile_holding(lease, prefix, queues, store_positions=False)
+        try:
+            result = _reconcile_holding(lease, prefix, queues, store_positions=False)
+        except BaseException:
+            # Lease lost (or anything else) before the answer: back at the head of the
+            # list for the next holder, or the asking command would wait out its timeout.
+            with contextlib.suppress(redis.RedisError):  # the first error is the one to see
+                client.lpush(_requests_key(lease.key), raw)
+            raise
         answer = json.dumps({"result": dataclasses.asdict(result), "by": lease.token})
         pipe = client.pipeline(transaction=True)
         pipe.rpush(_answer_key(lease.key, request_id), answer)

@@ -166,3 +166,43 @@ def test_syncjobs_once_names_a_holder_that_does_not_answer(flowjobs_settings, rc
     with pytest.raises(CommandError, match=r"elsewhere:4242:abc.*did not reconcile within 1"):
         call_command("syncjobs", "--once", "--timeout", "1", verbosity=0)
     assert not rclient.llen(f"{key}:reconcile")  # the unanswered request was taken back
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_reconcile_asked_of_a_holder_that_loses_the_lease_is_done_by_the_next(
+    flowjobs_settings, make_queue, rclient, prefix
+):
+    """The holder takes the request off the list, then loses the lease in the middle of
+    the reconcile: the request went with it, and ``syncjobs --once`` waited for an answer
+    nobody would give until its timeout (15 minutes by default)."""
+    from flowjobs.lease import FencedLease, LeaseLost, fenced_atomic, highest_fence
+    from flowjobs.mirror.repair import answer_reconcile_requests, reconcile_with_lease
+
+    make_queue("q").add("job", {})
+    config = mirror.mirror_settings()
+    first = FencedLease(rclient, config.lock_key, config.lock_ttl_ms)
+    assert first.acquire(floor=highest_fence(first.key))
+    answers: list[tuple[mirror.ReconcileResult, str | None]] = []
+    asking = threading.Thread(
+        target=lambda: answers.append(reconcile_with_lease(rclient, config, timeout=60))
+    )
+    asking.start()
+    try:
+        wait_for(lambda: rclient.llen(f"{config.lock_key}:reconcile") == 1, message="no request")
+        # The first holder was paused past its TTL, and another took the lease and wrote.
+        rclient.delete(first.key)
+        second = FencedLease(rclient, config.lock_key, config.lock_ttl_ms)
+        assert second.acquire(floor=highest_fence(second.key))
+        with fenced_atomic(second):
+            pass
+        with pytest.raises(LeaseLost):
+            answer_reconcile_requests(first, prefix)  # wakes up, takes the request, fails
+        assert answer_reconcile_requests(second, prefix) == 1
+        asking.join(30)
+        assert answers, "the request was never answered"
+        result, by = answers[0]
+        assert by == second.token
+        assert result.queues == 1
+        assert JobRecord.objects.filter(prefix=prefix, queue="q").count() == 1
+    finally:
+        asking.join(90)

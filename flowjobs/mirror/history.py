@@ -47,4 +47,6 @@ def _delete(rows: QuerySet, keep: int = 0) -> int:
         pks = list(rows.values_list("pk", flat=True)[keep : keep + 5000])
         if not pks:
             return deleted
-        deleted += rows.model.objects.filter(pk__in=pks).delete()[0]
+        # rows.filter, not the bare ids: the DELETE checks the bounds again, so a row the
+        # mirror found in Redis again since the SELECT stays
+        deleted += rows.filter(pk__in=pks).delete()[0]

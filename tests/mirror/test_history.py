@@ -92,6 +92,35 @@ def _unstorable(queue: str, job_id: str, seen_days_ago: float) -> None:
     )
 
 
+@pytest.mark.parametrize("bound", ["age", "count"])
+def test_a_row_the_mirror_finds_in_redis_again_while_pruning_is_kept(bound):
+    """Pruning picks the rows to delete, then deletes them by id: a job the mirror
+    found in Redis again in between (re-added under its id, or seen after a reconcile
+    marked it missing) lost its row until its next event, or until the periodic
+    reconcile when it had none."""
+    from django.db import connection
+
+    old = [_history_row("q", f"old-{i}", finished_days_ago=10) for i in range(3)]
+    back = old[0]
+
+    def mirror_writes_first(execute, sql, params, many, context):
+        if sql.lstrip().upper().startswith("DELETE") and not mirror_writes_first.done:
+            mirror_writes_first.done = True
+            # the projector's upsert, committed between the prune's SELECT and its DELETE
+            JobRecord.objects.filter(pk=back.pk).update(in_redis=True, state="waiting")
+        return execute(sql, params, many, context)
+
+    mirror_writes_first.done = False
+    with connection.execute_wrapper(mirror_writes_first):
+        if bound == "age":
+            prune_history(age=86_400)
+        else:
+            prune_history(count=0)
+    assert mirror_writes_first.done
+    assert JobRecord.objects.filter(pk=back.pk, in_redis=True).exists()
+    assert not JobRecord.objects.filter(pk__in=[row.pk for row in old[1:]]).exists()
+
+
 def test_prune_bounds_the_unstorable_jobs_too():
     """A producer writing bad ids keeps adding UnstorableJob rows: the history bounds
     apply to them (by when the mirror last saw them), or the table grows for ever."""

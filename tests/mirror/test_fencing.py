@@ -89,10 +89,11 @@ def _position(prefix: str) -> str | None:
 
 
 def _has_read_a_batch(rclient, name: str) -> bool:
-    """Whether the projector's last Redis command read job hashes (one EVAL of HGETALLs):
-    it holds a batch it has not committed yet (the next step starts with XINFO/XREAD)."""
+    """Whether the projector's last Redis command read job hashes (a pipeline of
+    HGETALLs): it holds a batch it has not committed yet (the next step starts with
+    XINFO/XREAD)."""
     return any(
-        client.get("name") == name and client.get("cmd") == "eval"
+        client.get("name") == name and client.get("cmd") == "hgetall"
         for client in rclient.client_list()
     )
 

@@ -38,13 +38,12 @@ def _iter_structure(
 ) -> Iterator[list[tuple[str, float | None]]]:
     """Pages of (job id, score) of a state structure (score None for a list); of a sorted
     set, only the members scored ``min_score`` or more when it is given."""
+    if kind == "zset" and min_score is not None:
+        yield from _iter_by_score(client, key, page, min_score)
+        return
     start = 0
     while True:
-        if kind == "zset" and min_score is not None:
-            members = client.zrangebyscore(
-                key, min_score, "+inf", start=start, num=page, withscores=True
-            )
-        elif kind == "zset":
+        if kind == "zset":
             members = client.zrange(key, start, start + page - 1, withscores=True)
         else:
             members = [(job_id, None) for job_id in client.lrange(key, start, start + page - 1)]
@@ -54,6 +53,31 @@ def _iter_structure(
         if len(members) < page:
             return
         start += page
+
+
+def _iter_by_score(
+    client: redis.Redis, key: str, page: int, min_score: float
+) -> Iterator[list[tuple[str, float | None]]]:
+    """Pages of a sorted set's members scored ``min_score`` or more, each page from the
+    last score the one before ended on. An offset from ``min_score`` made Redis walk every
+    member before it again for each page, and stepped over members when older ones were
+    removed meanwhile (retention)."""
+    skip = 0  # members scored exactly min_score that earlier pages returned
+    while True:
+        members = client.zrangebyscore(
+            key, min_score, "+inf", start=skip, num=page, withscores=True
+        )
+        if not members:
+            return
+        yield [(job_id, score) for job_id, score in members if not job_id.startswith("0:")]
+        if len(members) < page:
+            return
+        last = members[-1][1]
+        on_last = sum(1 for _job_id, score in members if score == last)
+        if last == min_score:
+            skip += on_last  # the whole page was on min_score
+        else:
+            min_score, skip = last, on_last
 
 
 # States whose structure's score is the job's finishedOn (ms): a row in that state with

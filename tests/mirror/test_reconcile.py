@@ -98,3 +98,44 @@ def test_projector_started_after_reconcile_only_replays_new_events(
     projector.catch_up()
     assert projector.events_applied == 2
     assert JobRecord.objects.filter(queue="q").count() == 2
+
+
+def _finished_set(rclient, key: str) -> dict[str, float]:
+    """1,000 members finished ten to a millisecond, then 1,500 in one millisecond (a
+    burst longer than a page), then 3 more."""
+    members = {f"a{i}": 1000 + i // 10 for i in range(1000)}
+    members.update({f"b{i}": 5000 for i in range(1500)})
+    members.update({f"c{i}": 6000 for i in range(3)})
+    rclient.zadd(key, members)
+    return members
+
+
+@pytest.mark.parametrize("page", [7, 1000])
+def test_a_finished_set_is_read_by_score_once_each_page_after_page(rclient, prefix, page):
+    from flowjobs.mirror.reconcile import _iter_structure
+
+    key = f"{prefix}:q:completed"
+    members = _finished_set(rclient, key)
+    seen = [
+        job_id
+        for chunk in _iter_structure(rclient, key, "zset", page, min_score=1050)
+        for job_id, _score in chunk
+    ]
+    assert sorted(seen) == sorted(job_id for job_id, score in members.items() if score >= 1050)
+    assert len(seen) == len(set(seen))
+
+
+def test_members_removed_while_a_finished_set_is_read_do_not_hide_the_rest(rclient, prefix):
+    """Retention removes the oldest finished jobs while a recovery pages through the
+    set: read by offset, the next page started that many members too far, and the jobs
+    it stepped over were never looked at."""
+    from flowjobs.mirror.reconcile import _iter_structure
+
+    key = f"{prefix}:q:completed"
+    members = _finished_set(rclient, key)
+    seen: list[str] = []
+    for chunk in _iter_structure(rclient, key, "zset", 500, min_score=0):
+        seen.extend(job_id for job_id, _score in chunk)
+        if len(seen) == 500:
+            rclient.zremrangebyrank(key, 0, 99)  # retention: the 100 oldest go
+    assert set(seen) == set(members)

@@ -38,15 +38,16 @@ def _iter_structure(
 ) -> Iterator[list[tuple[str, float | None]]]:
     """Pages of (job id, score) of a state structure (score None for a list); of a sorted
     set, only the members scored ``min_score`` or more when it is given."""
-    if kind == "zset" and min_score is not None:
-        yield from _iter_by_score(client, key, page, min_score)
+    if kind == "zset":
+        yield from _iter_by_score(client, key, page, "-inf" if min_score is None else min_score)
         return
+    # A list by index: a job pushed on its left meanwhile makes a page see one twice;
+    # jobs are taken from its right, which moves nothing. A job removed from the middle
+    # (the active list, as jobs finish) can make the next page step over one: active
+    # holds about as many jobs as the workers' concurrency, one page.
     start = 0
     while True:
-        if kind == "zset":
-            members = client.zrange(key, start, start + page - 1, withscores=True)
-        else:
-            members = [(job_id, None) for job_id in client.lrange(key, start, start + page - 1)]
+        members = [(job_id, None) for job_id in client.lrange(key, start, start + page - 1)]
         if not members:
             return
         yield [(job_id, score) for job_id, score in members if not job_id.startswith("0:")]
@@ -56,12 +57,12 @@ def _iter_structure(
 
 
 def _iter_by_score(
-    client: redis.Redis, key: str, page: int, min_score: float
+    client: redis.Redis, key: str, page: int, min_score: float | str
 ) -> Iterator[list[tuple[str, float | None]]]:
-    """Pages of a sorted set's members scored ``min_score`` or more, each page from the
-    last score the one before ended on. An offset from ``min_score`` made Redis walk every
-    member before it again for each page, and stepped over members when older ones were
-    removed meanwhile (retention)."""
+    """Pages of a sorted set's members scored ``min_score`` (a number or "-inf") or more,
+    each page from the last score the one before ended on. An offset (or a rank) made
+    Redis walk every member before it again for each page, and stepped over members
+    when lower ones were removed meanwhile (retention, workers taking prioritized jobs)."""
     skip = 0  # members scored exactly min_score that earlier pages returned
     while True:
         members = client.zrangebyscore(

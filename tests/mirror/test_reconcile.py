@@ -125,16 +125,20 @@ def test_a_finished_set_is_read_by_score_once_each_page_after_page(rclient, pref
     assert len(seen) == len(set(seen))
 
 
-def test_members_removed_while_a_finished_set_is_read_do_not_hide_the_rest(rclient, prefix):
+@pytest.mark.parametrize("min_score", [0, None])
+def test_members_removed_while_a_sorted_set_is_read_do_not_hide_the_rest(
+    rclient, prefix, min_score
+):
     """Retention removes the oldest finished jobs while a recovery pages through the
-    set: read by offset, the next page started that many members too far, and the jobs
-    it stepped over were never looked at."""
+    set (and workers take the first prioritized jobs while a full reconcile pages
+    through those): read by offset or rank, the next page started that many members too
+    far, and the jobs it stepped over were never looked at."""
     from flowjobs.mirror.reconcile import _iter_structure
 
     key = f"{prefix}:q:completed"
     members = _finished_set(rclient, key)
     seen: list[str] = []
-    for chunk in _iter_structure(rclient, key, "zset", 500, min_score=0):
+    for chunk in _iter_structure(rclient, key, "zset", 500, min_score=min_score):
         seen.extend(job_id for job_id, _score in chunk)
         if len(seen) == 500:
             rclient.zremrangebyrank(key, 0, 99)  # retention: the 100 oldest go

@@ -645,9 +645,13 @@ class Worker:
         self._emit("error", error)
 
     async def _drop_connections(self) -> None:
-        if not is_cluster(self._aclient):
-            with contextlib.suppress(Exception):
-                await self._aclient.connection_pool.disconnect()
+        """Closes the pooled connections and the one the wait for new jobs uses: after a
+        half-open cut each of them is dead, and one left open (a wait for jobs begun
+        during the cut) was found out only at its own timeout, after Redis was back."""
+        for client in (self._aclient, self._blocking_client):
+            if not is_cluster(client):
+                with contextlib.suppress(Exception):
+                    await client.connection_pool.disconnect()
 
     def _rate_limited(self, delay_ms: int) -> None:
         self._limit_until = time.monotonic() + min(delay_ms, MAXIMUM_RATE_LIMIT_DELAY_MS) / 1000

@@ -56,9 +56,16 @@ def _run(
     prefix: str,
     outage_s: float = OUTAGE_S,
     concurrency: int = 4,
+    stalled_interval: int = 30_000,
 ):
     """Runs a default-settings worker through the proxy, injects `fault` while it is idle
-    (or busy), restores the network and returns (executions, seconds to recover)."""
+    (or busy), restores the network and returns (executions, seconds to recover).
+
+    A busy worker's call that finished a job and fetched the next may have run in Redis
+    with its answer lost in the cut: that next job is active under a lock nobody holds,
+    and is run again once its lock ran out and the stalled check saw it (as with Node's
+    BullMQ). So the bound is for the jobs but those, at most one per slot; the rest must
+    be done a lock and two stalled checks later."""
     executions: Counter[str] = Counter()
     lock = threading.Lock()
 
@@ -69,7 +76,14 @@ def _run(
             work_for(0.05)
         return job.data["n"]
 
-    worker = Worker("q", process, connection=proxy.url, prefix=prefix, concurrency=concurrency)
+    worker = Worker(
+        "q",
+        process,
+        connection=proxy.url,
+        prefix=prefix,
+        concurrency=concurrency,
+        stalled_interval=stalled_interval,
+    )
     try:
         first = queue.add("warm-up", {"n": -1})
         wait_for(lambda: queue.get_job_state(first.id) == "completed", timeout=10)
@@ -88,12 +102,22 @@ def _run(
             batch = queue.add_bulk([("job", {"n": n}) for n in range(jobs)])
         proxy.restore()
         restored = time.monotonic()
+
+        def undone() -> int:
+            return sum(queue.get_job_state(job.id) != "completed" for job in batch)
+
+        orphans_allowed = concurrency if busy else 0
         wait_for(
-            lambda: all(queue.get_job_state(job.id) == "completed" for job in batch),
+            lambda: undone() <= orphans_allowed,
             timeout=RECOVERY_BOUND_S + 10,
-            message=f"jobs not done after the {fault}: {queue.get_job_counts()}",
+            message=lambda: f"jobs not done after the {fault}: {queue.get_job_counts()}",
         )
         recovered = time.monotonic() - restored
+        wait_for(
+            lambda: undone() == 0,
+            timeout=(worker.lock_duration + 2 * stalled_interval) / 1000 + 10,
+            message=lambda: f"jobs a lost answer fetched not run: {queue.get_job_counts()}",
+        )
         assert worker.is_running()
     finally:
         worker.close(timeout=10)
@@ -136,7 +160,7 @@ def test_a_busy_worker_finishes_its_jobs_after_a_half_open_cut(
     caplog.set_level(logging.INFO, logger="flowjobs")
     queue = make_queue("q")
     executions, recovered, batch = _run(
-        proxy, queue, "half-open", 40, True, prefix, concurrency=concurrency
+        proxy, queue, "half-open", 40, True, prefix, concurrency=concurrency, stalled_interval=5000
     )
     duplicated = sum(executions[job.id] - 1 for job in batch)
     report("faults", 1)

@@ -468,11 +468,6 @@ class Worker:
         watch = loopwatch.LoopWatch(self._loop, self.queue.name, self._active, self.lock_duration)
         try:
             await self._connect()
-            if is_cluster(self._aclient):
-                self._lanes = [scripts.ClusterLane(self._aclient) for _ in range(2)]
-            else:
-                pool = self._aclient.connection_pool
-                self._lanes = [scripts.Lane(await pool.get_connection()) for _ in range(2)]
             self._free_lanes = list(self._lanes)
             if self._pool is not None:
                 await self._pool.start(self._executor)  # type: ignore[arg-type]
@@ -532,6 +527,9 @@ class Worker:
                 await scripts.aload_all(self._aclient)
                 await self._write_group_limits()
                 await self._check_eviction_policy()
+                # in here: Redis lost between the checks and the lanes' connections (a
+                # cut during start-up) stopped the worker instead of a wait for it
+                self._lanes = await self._take_lanes()
                 return
             except redis.AuthenticationError:
                 raise  # wrong credentials do not fix themselves: stop with the error
@@ -540,6 +538,21 @@ class Worker:
                     raise
                 await self._connection_lost(error, delay)
                 delay = min(delay * 2, CONNECTION_RETRY_MAX_S)
+
+    async def _take_lanes(self) -> list[Any]:
+        """The two connections finished jobs are recorded on (see `_send_records`)."""
+        if is_cluster(self._aclient):
+            return [scripts.ClusterLane(self._aclient) for _ in range(2)]
+        pool = self._aclient.connection_pool
+        lanes: list[Any] = []
+        try:
+            for _ in range(2):
+                lanes.append(scripts.Lane(await pool.get_connection()))
+        except BaseException:
+            for lane in lanes:
+                await lane.release(pool)
+            raise
+        return lanes
 
     async def _check_eviction_policy(self) -> None:
         """Warns unless Redis runs with maxmemory-policy noeviction: any other policy lets

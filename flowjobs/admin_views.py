@@ -743,8 +743,8 @@ def dashboard_context(model_admin: ModelAdmin, request: HttpRequest) -> dict:
 
 
 # queue discovery SCANs the whole keyspace: done at most this often per prefix (more
-# seldom over a big keyspace, see mirror.discovery_pause), since the dashboard polls every
-# few seconds (a new queue shows up within this delay)
+# seldom over a big keyspace, see mirror.discover_queues_paced), since the dashboard polls
+# every few seconds (a new queue shows up within this delay)
 DISCOVERY_TTL_S = 30.0
 # (redis url, prefix) -> (monotonic time the names go stale, the names)
 _discovered: dict[tuple[str, str], tuple[float, list[str]]] = {}
@@ -754,11 +754,9 @@ def discovered_queues(client: redis.Redis, redis_url: str, prefix: str) -> list[
     """The queues under ``prefix`` in Redis (``mirror.discover_queues``), remembered a while."""
     where = (redis_url, prefix)
     found = _discovered.get(where)
-    started = time.monotonic()
-    if found is None or started >= found[0]:
-        names = mirror.discover_queues(client, prefix)
-        pause = mirror.discovery_pause(time.monotonic() - started, DISCOVERY_TTL_S)
-        found = _discovered[where] = (started + pause, names)
+    if found is None or time.monotonic() >= found[0]:
+        names, due = mirror.discover_queues_paced(client, prefix, DISCOVERY_TTL_S)
+        found = _discovered[where] = (due, names)
     return found[1]
 
 

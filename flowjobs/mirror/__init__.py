@@ -27,7 +27,7 @@ The lease itself is ``flowjobs.lease``.
 
 from ..lease import FencedLease, LeaseLost
 from .client import redis_client
-from .discovery import discover_queues, discovery_pause
+from .discovery import discover_queues, discover_queues_paced
 from .history import prune_history
 from .parsing import compare_ids, to_datetime
 from .projector import Projector
@@ -51,7 +51,7 @@ __all__ = [
     "ReconcileResult",
     "check_settings",
     "discover_queues",
-    "discovery_pause",
+    "discover_queues_paced",
     "mirror_settings",
     "prune_history",
     "reconcile",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 import redis
@@ -19,18 +20,23 @@ _QUEUE_KEY_SUFFIXES = (":meta", ":events")
 DISCOVERY_PAUSE_FACTOR = 100
 
 
-def discovery_pause(took: float, floor: float) -> float:
-    """Seconds until the next pass, after one that took ``took`` seconds: ``floor``, or
-    more when the keyspace is big enough that passes that often would cost Redis over 1%
-    of its time."""
-    return max(floor, took * DISCOVERY_PAUSE_FACTOR)
+def discover_queues_paced(
+    client: redis.Redis, prefix: str, every: float
+) -> tuple[list[str], float]:
+    """``discover_queues``, and the monotonic time the next pass is due: ``every`` seconds
+    on, or more over a keyspace big enough that passes that often would cost Redis over
+    1% of its time (at least DISCOVERY_PAUSE_FACTOR times as long as this one took)."""
+    started = time.monotonic()
+    found = discover_queues(client, prefix)
+    took = time.monotonic() - started
+    return found, started + max(every, took * DISCOVERY_PAUSE_FACTOR)
 
 
 def discover_queues(client: redis.Redis, prefix: str) -> list[str]:
     """Queue names under ``prefix`` that have a ``meta`` hash or an ``events`` stream."""
     found: set[str] = set()
     head = f"{prefix}:"
-    for key in client.scan_iter(match=f"{escape_glob(prefix)}:*{_QUEUE_KEY_TAIL}", count=1000):
+    for key in client.scan_iter(match=f"{_escape_glob(prefix)}:*{_QUEUE_KEY_TAIL}", count=1000):
         if not key.startswith(head):
             continue
         for suffix in _QUEUE_KEY_SUFFIXES:
@@ -41,8 +47,7 @@ def discover_queues(client: redis.Redis, prefix: str) -> list[str]:
     return sorted(found)
 
 
-def escape_glob(text: str) -> str:
-    """``text`` matched literally in a Redis glob pattern (SCAN MATCH, KEYS)."""
+def _escape_glob(text: str) -> str:
     return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
 
 

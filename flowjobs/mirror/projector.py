@@ -16,7 +16,7 @@ from ..lease import FencedLease, fenced_atomic
 from ..models import StreamPosition
 from ..priority import lower_this_thread
 from .client import redis_client
-from .discovery import discover_queues, discovery_pause, mirrorable_queues
+from .discovery import discover_queues_paced, mirrorable_queues
 from .history import prune_history
 from .observation import Observation
 from .parsing import compare_ids, entry_ms
@@ -105,13 +105,12 @@ class Projector:
 
     def discover(self, force: bool = False) -> None:
         """Adds the queues that appeared since the last pass (``discover_interval`` seconds
-        apart, or more over a big keyspace: see ``discovery_pause``)."""
-        started = time.monotonic()
-        if not force and started < self._discover_due:
+        apart, or more over a big keyspace: see ``discover_queues_paced``)."""
+        if not force and time.monotonic() < self._discover_due:
             return
-        found = discover_queues(self.client, self.prefix)
-        took = time.monotonic() - started
-        self._discover_due = started + discovery_pause(took, self.config.discover_interval)
+        found, self._discover_due = discover_queues_paced(
+            self.client, self.prefix, self.config.discover_interval
+        )
         for queue in mirrorable_queues(self.client, self.prefix, found):
             stream = _Stream(self.prefix, queue)
             self.streams.setdefault(stream.key, stream)

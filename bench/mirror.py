@@ -31,6 +31,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -172,6 +173,10 @@ def live(url: str) -> list[tuple[str, ...]]:
     client = redis.Redis.from_url(url, decode_responses=True)
     delete_prefix(client, PREFIX)  # the queue's events stream keeps its default cap
     fresh_database()
+    events_key = f"{PREFIX}:{QUEUE}:events"
+    # The stream exists before the worker starts, so the projector follows it from its
+    # first entry, as it follows a deployment's queues (not discovered mid-burst).
+    client.xadd(events_key, {"event": "bench-start"})
     child = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), "--live-worker", url, str(N)],
         stdout=subprocess.PIPE,
@@ -180,20 +185,19 @@ def live(url: str) -> list[tuple[str, ...]]:
     projector = Projector(client, PREFIX)
     projector.load_positions()
     projector.hold_off = True  # as run() does
+    projector.discover(force=True)
     coalesce = mirror_settings().coalesce_ms / 1000
-    events_key = f"{PREFIX}:{QUEUE}:events"
+    never = threading.Event()
     most_behind = 0
     cpu = time.process_time()
     while child.poll() is None:
-        if not projector.streams:
-            projector.discover(force=True)
         projector.step(block_ms=100)
         most_behind = max(most_behind, _behind_by(client, projector, events_key))
         held = projector.held_for()
         if held:
             time.sleep(min(held, 0.1))  # as Projector.run() waits out a hold-off
         elif coalesce and projector.trickling:
-            time.sleep(coalesce)  # as Projector.run() lets events gather
+            projector.gather(never, coalesce)  # as Projector.run() lets events gather
     behind_at_end = _behind_by(client, projector, events_key)
     caught_up = time.perf_counter()
     projector.catch_up()

@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -29,6 +29,18 @@ from .store import read_hashes, store
 
 logger = logging.getLogger("flowjobs.mirror")
 
+# A batch is applied this many jobs at a time (a transaction each); between chunks the
+# projector reads on, so a long batch (a burst: 100 ms a chunk here) does not leave the
+# events stream unread long enough for workers to trim it past the projector, which would
+# cost a reconcile (job hashes read twice, in Redis time the workers need).
+APPLY_CHUNK = 1000
+# What is read ahead is held in memory up to this many batches (of MIRROR_BATCH_SIZE
+# events): about 25,000 jobs by default. Past that the stream may be trimmed past, and
+# the queue is reconciled as before.
+READ_AHEAD_BATCHES = 20
+# While events gather (see Projector.gather), how often the streams' lengths are checked.
+GATHER_CHECK_S = 0.02
+
 
 @dataclass
 class _Stream:
@@ -44,6 +56,40 @@ class _Stream:
     @property
     def key(self) -> str:
         return f"{self.prefix}:{self.queue}:events"
+
+
+@dataclass
+class _Fold:
+    """Events read and not yet applied: what they say of each job, and each stream's
+    position after them."""
+
+    observations: dict[tuple[str, str, str], Observation] = field(default_factory=dict)
+    moved: dict[tuple[str, str], tuple[str, int | None]] = field(default_factory=dict)
+    to_reconcile: list[_Stream] = field(default_factory=list)  # `cleaned`: no per-job events
+    lost: list[_Stream] = field(default_factory=list)  # trimmed past their position
+    events: int = 0
+
+    def add(self, stream: _Stream, entries: list[Any]) -> None:
+        """Folds ``entries``, the next of ``stream``, in and moves the stream past them."""
+        for entry_id, entry in entries:
+            event = entry.get("event", "")
+            if event == "cleaned":
+                if stream not in self.to_reconcile:
+                    self.to_reconcile.append(stream)
+                continue
+            job_id = entry.get("jobId")
+            if not job_id:
+                continue
+            ident = (stream.prefix, stream.queue, job_id)
+            obs = self.observations.get(ident)
+            if obs is None:
+                obs = self.observations[ident] = Observation(*ident)
+            obs.apply_event(event, entry, entry_id)
+        self.events += len(entries)
+        stream.last_id = entries[-1][0]
+        if stream.entries_read is not None:
+            stream.entries_read += len(entries)
+        self.moved[(stream.prefix, stream.queue)] = (stream.last_id, stream.entries_read)
 
 
 class Projector:
@@ -69,6 +115,7 @@ class Projector:
         self.prefix = prefix or self.config.prefix
         self.lease = lease
         self.streams: dict[str, _Stream] = {}
+        self._ahead: _Fold | None = None  # read ahead of the batch being applied
         self.resolver = RootResolver(self.client)
         self._discover_due = -1e18
         self._reconciled_at = time.monotonic()
@@ -101,6 +148,7 @@ class Projector:
         for position in StreamPosition.objects.filter(prefix=self.prefix):
             stream = _Stream(self.prefix, position.queue, position.last_id, position.entries_read)
             self.streams[stream.key] = stream
+        self._ahead = None
         self._discover_due = -1e18
 
     def discover(self, force: bool = False) -> None:
@@ -118,14 +166,41 @@ class Projector:
     # -- one cycle --------------------------------------------------------------
 
     def step(self, block_ms: int | None = None) -> int:
-        """Apply the next batch; block up to ``block_ms`` when idle. Returns events applied."""
+        """Apply the next batch; block up to ``block_ms`` when idle. Returns events applied.
+
+        The batch is what was read ahead while the last one was applied (see ``_apply``)
+        and what the streams hold beyond it, up to READ_AHEAD_BATCHES batches."""
         self._heartbeat()
         self.discover()
-        now = time.monotonic()
-        streams = [stream for stream in self.streams.values() if stream.held_until <= now]
+        fold, self._ahead = self._ahead or _Fold(), None
+        streams = self._readable(fold)
         self.caught_up = False
-        if not streams:
+        full = self._read_on(streams, fold)
+        if not fold.events:
+            if fold.lost:
+                self._recover(fold.lost)
+                return 0
+            if not streams:
+                return 0
+            self.caught_up = len(streams) == len(self.streams)  # none held off
+            wait = self.config.block_ms if block_ms is None else block_ms
+            if wait > 0:
+                woke = self.client.xread(
+                    {stream.key: stream.last_id for stream in streams}, count=1, block=wait
+                )
+                self.trickling = bool(woke)
             return 0
+        self.trickling = not full
+        applied = self._apply(fold)
+        if fold.lost:
+            self._recover(fold.lost)
+        self.caught_up = not full and self._ahead is None and len(streams) == len(self.streams)
+        return applied
+
+    def _read(self, streams: list[_Stream], fold: _Fold) -> bool:
+        """Reads the next ``batch_size`` events of each stream into ``fold`` (a stream
+        trimmed past its position goes to ``fold.lost`` instead); returns whether any
+        stream had that many or more to read."""
         pipe = self.client.pipeline(transaction=True)
         for stream in streams:
             pipe.xinfo_stream(stream.key)
@@ -134,33 +209,51 @@ class Projector:
         infos, read = replies[:-1], replies[-1]
         if isinstance(read, Exception):
             raise read
-
-        lost = [
-            stream for stream, info in zip(streams, infos, strict=True) if self._lost(stream, info)
-        ]
-        if lost:
-            self._recover(lost)
-            return 0
-
         entries_by_key = _entries_by_stream(read)
-        self.caught_up = len(streams) == len(self.streams)  # none held off
-        for stream in streams:
-            if len(entries_by_key.get(stream.key, ())) < self.config.batch_size:
+        full = False
+        for stream, info in zip(streams, infos, strict=True):
+            if self._lost(stream, info):
+                fold.lost.append(stream)
+                continue
+            entries = entries_by_key.get(stream.key, ())
+            if len(entries) < self.config.batch_size:
                 stream.recoveries = 0  # read to its end: caught up
             else:
-                self.caught_up = False
-        if not entries_by_key:
-            wait = self.config.block_ms if block_ms is None else block_ms
-            if wait > 0:
-                woke = self.client.xread(
-                    {stream.key: stream.last_id for stream in streams}, count=1, block=wait
-                )
-                self.trickling = bool(woke)
-            return 0
-        self.trickling = all(
-            len(entries) < self.config.batch_size for entries in entries_by_key.values()
-        )
-        return self._apply(streams, entries_by_key)
+                full = True
+            if entries:
+                fold.add(stream, entries)
+        return full
+
+    def _readable(self, fold: _Fold) -> list[_Stream]:
+        """The streams to read now: not held off, not trimmed past (in ``fold``)."""
+        now = time.monotonic()
+        return [
+            stream
+            for stream in self.streams.values()
+            if stream.held_until <= now and stream not in fold.lost
+        ]
+
+    def _read_on(self, streams: list[_Stream], fold: _Fold) -> bool:
+        """Reads ``streams`` into ``fold`` a batch at a time while some stream has a full
+        batch to give, up to READ_AHEAD_BATCHES batches in ``fold``; returns whether some
+        stream still had a full batch at the last read."""
+        full = True
+        while full and fold.events < READ_AHEAD_BATCHES * self.config.batch_size:
+            streams = [stream for stream in streams if stream not in fold.lost]
+            if not streams:
+                return False
+            full = self._read(streams, fold)
+        return full
+
+    def _read_ahead(self) -> None:
+        """Between the chunks of a long batch: reads on to the streams' ends into the next
+        batch, so that the events stream is not trimmed past events the projector has yet
+        to apply (a burst faster than it applies them). Holds at most READ_AHEAD_BATCHES
+        batches."""
+        ahead = self._ahead or _Fold()
+        self._read_on(self._readable(ahead), ahead)
+        if ahead.events or ahead.lost:
+            self._ahead = ahead
 
     def _lost(self, stream: _Stream, info: Any) -> bool:
         """Whether entries after our position are gone (trimmed, or the stream deleted)."""
@@ -229,47 +322,26 @@ class Projector:
             self.reconciles += 1
             stream.recoveries += 1
 
-    def _apply(self, streams: list[_Stream], entries_by_key: dict[str, list[Any]]) -> int:
-        observations: dict[tuple[str, str, str], Observation] = {}
-        to_reconcile: list[_Stream] = []
-        moved: dict[tuple[str, str], tuple[str, int | None]] = {}
-        applied = 0
-        for stream in streams:
-            entries = entries_by_key.get(stream.key)
-            if not entries:
-                continue
-            for entry_id, entry in entries:
-                applied += 1
-                event = entry.get("event", "")
-                if event == "cleaned":
-                    # clean() removes jobs without per-job events.
-                    if stream not in to_reconcile:
-                        to_reconcile.append(stream)
-                    continue
-                job_id = entry.get("jobId")
-                if not job_id:
-                    continue
-                ident = (stream.prefix, stream.queue, job_id)
-                obs = observations.get(ident)
-                if obs is None:
-                    obs = observations[ident] = Observation(*ident)
-                obs.apply_event(event, entry, entry_id)
-            read = None if stream.entries_read is None else stream.entries_read + len(entries)
-            moved[(stream.prefix, stream.queue)] = (entries[-1][0], read)
-
-        pending = list(observations.values())
-        read_hashes(self.client, pending)
-        with self._transaction():
-            store(self.client, pending, self.resolver)
-            save_positions(moved)
-        for stream in streams:
-            if (stream.prefix, stream.queue) in moved:
-                stream.last_id, stream.entries_read = moved[(stream.prefix, stream.queue)]
-        self.events_applied += applied
+    def _apply(self, fold: _Fold) -> int:
+        """Reads the jobs' hashes and writes their rows, a chunk at a time (a transaction
+        each, the streams' positions with the last), reading ahead between chunks."""
+        pending = list(fold.observations.values())
+        for start in range(0, max(len(pending), 1), APPLY_CHUNK):
+            chunk = pending[start : start + APPLY_CHUNK]
+            last = start + APPLY_CHUNK >= len(pending)
+            read_hashes(self.client, chunk)
+            with self._transaction():
+                store(self.client, chunk, self.resolver)
+                if last:
+                    save_positions(fold.moved)
+            if not last:
+                self._heartbeat()
+                self._read_ahead()
+        self.events_applied += fold.events
         self.batches_applied += 1
-        for stream in to_reconcile:
+        for stream in fold.to_reconcile:
             self._reconcile(stream)
-        return applied
+        return fold.events
 
     def housekeeping(self) -> None:
         """Periodic full reconcile (drain/obliterate emit no events), the reconciles asked
@@ -341,10 +413,31 @@ class Projector:
                 # in slices that keep the lease (step() renews it)
                 stop_event.wait(min(held, self.config.lock_ttl_ms / 3000))
             elif coalesce and self.trickling:
-                # Events trickle in a job at a time at low rates: letting them gather
-                # turns one transaction (and HGETALL) per event into one per batch,
-                # and the next read still goes through step()'s trim check.
-                stop_event.wait(coalesce)
+                self.gather(stop_event, coalesce)
+
+    def gather(self, stop_event: threading.Event, seconds: float) -> None:
+        """Lets events gather for up to ``seconds``: at low rates, where they trickle in
+        a job at a time, one transaction (and HGETALL) per batch instead of one per event.
+        A burst ends the wait once some stream has half a batch to read: over a whole
+        wait it could fill the stream, and the workers' trim would pass the projector."""
+        deadline = time.monotonic() + seconds
+        streams = list(self.streams.values())
+        while not stop_event.wait(min(GATHER_CHECK_S, max(deadline - time.monotonic(), 0))):
+            if time.monotonic() >= deadline or not streams:
+                return
+            pipe = self.client.pipeline(transaction=False)
+            for stream in streams:
+                pipe.xinfo_stream(stream.key)
+            for stream, info in zip(streams, pipe.execute(raise_on_error=False), strict=True):
+                if isinstance(info, Exception) or stream.entries_read is None:
+                    continue
+                added = info.get("entries-added")
+                if added is not None and int(added) - stream.entries_read >= self.half_batch:
+                    return
+
+    @property
+    def half_batch(self) -> int:
+        return max(self.config.batch_size // 2, 1)
 
 
 def _entries_by_stream(reply: Any) -> dict[str, list[Any]]:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import pytest
 
 from flowjobs.engine import Flow
 from flowjobs.mirror import _compare_ids, reconcile
+from flowjobs.mirror import projector as projector_module
 from flowjobs.models import JobRecord, StreamPosition
 from tests.helpers import wait_for
 
@@ -119,6 +121,63 @@ def test_stream_not_trimmed_does_not_reconcile(make_queue, make_projector):
     queue.add("b", {})
     projector.catch_up()
     assert projector.reconciles == 0
+
+
+def test_a_burst_while_a_long_batch_is_applied_is_read_ahead_not_reconciled(
+    make_queue, make_projector, rclient, prefix, monkeypatch
+):
+    """Workers trim the events stream while the projector applies a batch (a burst): it
+    reads on between chunks, so nothing it has yet to apply is trimmed away (issue 17)."""
+    queue = make_queue("q")
+    queue.add_bulk([{"name": "first", "data": {"i": i}} for i in range(30)])
+    projector = make_projector()
+    monkeypatch.setattr(projector_module, "APPLY_CHUNK", 10, raising=False)
+    read_hashes = projector_module.read_hashes
+    bursts: list[int] = []
+
+    def read_hashes_during_a_burst(client, observations):  # noqa: ANN001
+        read_hashes(client, observations)
+        # the time 10 jobs take to apply: 5 more jobs added, and the workers' trim
+        # keeps only their 10 events
+        for _ in range(len(observations) // 10):
+            if len(bursts) == 4:
+                return
+            queue.add_bulk([{"name": "burst", "data": {"i": len(bursts)}} for _ in range(5)])
+            rclient.xtrim(f"{prefix}:q:events", maxlen=10, approximate=False)
+            bursts.append(5)
+
+    monkeypatch.setattr(projector_module, "read_hashes", read_hashes_during_a_burst)
+    projector.catch_up()
+
+    assert projector.reconciles == 0
+    assert len(bursts) == 4
+    rows = JobRecord.objects.filter(queue="q")
+    assert rows.filter(name="first").count() == 30
+    assert rows.filter(name="burst").count() == 20
+    position = StreamPosition.objects.get(prefix=prefix, queue="q")
+    tail = rclient.xrevrange(f"{prefix}:q:events", count=1)[0][0]
+    assert _compare_ids(position.last_id, tail) == 0
+
+
+def test_events_gather_until_a_burst_brings_half_a_batch(make_queue, make_projector):
+    """run() lets events trickle together between batches; a burst ends that wait
+    early, before the workers' trim could pass the projector."""
+    queue = make_queue("q")
+    queue.add("a", {})
+    projector = make_projector(batch_size=20)
+    projector.catch_up()
+    never = threading.Event()
+
+    queue.add("b", {})  # 2 events: a trickle, gathered for the whole wait
+    started = time.monotonic()
+    projector.gather(never, 0.3)
+    assert time.monotonic() - started >= 0.3
+
+    projector.catch_up()
+    queue.add_bulk([{"name": "burst", "data": {}} for _ in range(5)])  # 10 events: half
+    started = time.monotonic()
+    projector.gather(never, 30)
+    assert time.monotonic() - started < 20  # ended by the burst, not the 30 s wait
 
 
 def test_flow_rows_know_their_parent_root_and_children(make_queue, make_projector, flow_producer):

@@ -264,15 +264,16 @@ def _write(
     for update, group in groups.items():
         upsert(group, list(update))
 
-    _refresh_children_counts(parents_touched | set(created_keys))
+    _refresh_children_counts(parents_touched | set(created_keys), set(created_keys))
     return len(rows) + sum(len(group) for group in groups.values()), refused
 
 
-def _refresh_children_counts(keys: set[str]) -> None:
+def _refresh_children_counts(keys: set[str], created: set[str]) -> None:
     """Set children_count of the rows ``keys`` names to their number of child rows.
 
     One GROUP BY finds the keys that have children; only those rows, and rows of the
     others that do not hold 0 already, are updated (most new jobs have no children).
+    Rows ``created`` in this transaction hold 0 already: a childless one is not updated.
     """
     pending = sorted(keys)
     for start in range(0, len(pending), DB_CHUNK):
@@ -284,10 +285,11 @@ def _refresh_children_counts(keys: set[str]) -> None:
             .annotate(total=Count("pk"))
             .values_list("parent_key", "total")
         )
-        childless = [key for key in chunk if key not in totals]
-        JobRecord.objects.filter(key__in=childless).exclude(children_count=0).update(
-            children_count=0
-        )
+        childless = [key for key in chunk if key not in totals and key not in created]
+        if childless:
+            JobRecord.objects.filter(key__in=childless).exclude(children_count=0).update(
+                children_count=0
+            )
         by_total: dict[int, list[str]] = {}
         for key, total in totals.items():
             by_total.setdefault(total, []).append(key)

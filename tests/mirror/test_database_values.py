@@ -12,6 +12,7 @@ import json
 import pytest
 from django.db import connection
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from flowjobs.mirror.observation import Observation
@@ -199,7 +200,7 @@ def test_children_counts_match_the_rows_whatever_they_held():
         ]
     )
     keys = {f"bull:q:{name}" for name in ("parent", "other-parent", "moved-away", "leaf", "a")}
-    _refresh_children_counts(keys | {"bull:q:not-mirrored"})
+    _refresh_children_counts(keys | {"bull:q:not-mirrored"}, set())
     counts = dict(JobRecord.objects.values_list("job_id", "children_count"))
     assert counts == {
         "parent": 2,
@@ -210,3 +211,23 @@ def test_children_counts_match_the_rows_whatever_they_held():
         "moved-away": 0,
         "leaf": 0,
     }
+
+
+def test_rows_just_created_are_updated_only_when_they_have_children():
+    """A row the batch created holds 0 children already: one with a child row (stored
+    before its parent) is counted, the childless ones cost no UPDATE."""
+    now = timezone.now()
+    JobRecord.objects.bulk_create(
+        [
+            JobRecord(prefix="bull", queue="q", job_id=job_id, key=f"bull:q:{job_id}",
+                      parent_key=parent, synced_at=now)
+            for job_id, parent in (("child", "bull:q:parent"), ("parent", ""), ("leaf", ""))
+        ]
+    )  # fmt: skip
+    created = {"bull:q:parent", "bull:q:leaf"}
+    with CaptureQueriesContext(connection) as queries:
+        _refresh_children_counts(created, created)
+    counts = dict(JobRecord.objects.values_list("job_id", "children_count"))
+    assert counts == {"child": 0, "parent": 1, "leaf": 0}
+    updates = [query["sql"] for query in queries if query["sql"].startswith("UPDATE")]
+    assert len(updates) == 1 and "children_count" in updates[0]

@@ -38,6 +38,11 @@ APPLY_CHUNK = 1000
 # events): about 25,000 jobs by default. Past that the stream may be trimmed past, and
 # the queue is reconciled as before.
 READ_AHEAD_BATCHES = 20
+# A queue trimmed past is held off while its events keep coming this fast (a default
+# stream's worth a second: 2,500 jobs/s of a worker's four events each), up to
+# HOLD_WHILE_BUSY_S in all; then it is reconciled even in the middle of its burst.
+BUSY_EVENTS_PER_S = 10_000
+HOLD_WHILE_BUSY_S = 15.0
 # While events gather (see Projector.gather), how often the streams' lengths are checked.
 GATHER_CHECK_S = 0.02
 
@@ -52,6 +57,11 @@ class _Stream:
     # until when the stream is held off because the last one was outrun (monotonic s).
     recoveries: int = 0
     held_until: float = 0.0
+    # The hold in progress (see Projector._hold): when it began (monotonic s), its last
+    # length, and the stream's entries-added when that began.
+    hold_began: float | None = None
+    hold_length: float = 0.0
+    hold_mark: int | None = None
 
     @property
     def key(self) -> str:
@@ -194,7 +204,7 @@ class Projector:
         applied = self._apply(fold)
         if fold.lost:
             self._recover(fold.lost)
-        self.caught_up = not full and self._ahead is None and len(streams) == len(self.streams)
+        self.caught_up = not full and len(streams) == len(self.streams)  # read to the end
         return applied
 
     def _read(self, streams: list[_Stream], fold: _Fold) -> bool:
@@ -288,23 +298,10 @@ class Projector:
 
     def _recover(self, lost: list[_Stream]) -> None:
         for stream in lost:
-            if self.hold_off and not stream.held_until:
-                # Trimmed past: the queue's events came faster than this projector
-                # applied them (a burst, workers draining a backlog). A reconcile now
-                # would read job hashes in the middle of it, for CPU and Redis time the
-                # workers need, and be outrun again. Hold the queue off (0.5 s, doubling
-                # up to 8 s while recoveries keep being outrun), then reconcile.
-                hold = min(0.5 * 2**stream.recoveries, 8.0)
-                stream.held_until = time.monotonic() + hold
-                logger.info(
-                    "events stream %s was trimmed past %s%s: holding off %.1f s",
-                    stream.key,
-                    stream.last_id,
-                    " again" if stream.recoveries else "",
-                    hold,
-                )
+            if self.hold_off and self._hold(stream):
                 continue
             stream.held_until = 0.0
+            stream.hold_began = None
             logger.info(
                 "events stream %s was trimmed past %s: reconciling queue %s",
                 stream.key,
@@ -321,6 +318,47 @@ class Projector:
                 save_positions({(stream.prefix, stream.queue): tail})
             self.reconciles += 1
             stream.recoveries += 1
+
+    def _hold(self, stream: _Stream) -> bool:
+        """Whether to hold off a queue whose stream was trimmed past, instead of
+        reconciling it now.
+
+        Trimmed past: the queue's events came faster than this projector applied them (a
+        burst, workers draining a backlog). A reconcile now would read job hashes in the
+        middle of it, for CPU and Redis time the workers need, and be outrun again. The
+        queue is held off 0.5 s (doubling up to 8 s while recoveries keep being outrun),
+        and again, doubling, while events kept coming at BUSY_EVENTS_PER_S or more during
+        the last hold (the burst goes on), up to HOLD_WHILE_BUSY_S in all; then it is
+        reconciled."""
+        now = time.monotonic()
+        tail = stream_tail(self.client, stream.prefix, stream.queue)
+        added = tail[1] if tail else None
+        if stream.hold_began is None:
+            hold = min(0.5 * 2**stream.recoveries, 8.0)
+            what = "again" if stream.recoveries else ""
+        else:
+            busy = (
+                added is not None
+                and stream.hold_mark is not None
+                and added - stream.hold_mark >= BUSY_EVENTS_PER_S * stream.hold_length
+            )
+            if not busy or now - stream.hold_began >= HOLD_WHILE_BUSY_S:
+                return False
+            hold = min(2 * stream.hold_length, 8.0)
+            what = "still busy"
+        if stream.hold_began is None:
+            stream.hold_began = now
+        stream.hold_length = hold
+        stream.hold_mark = added
+        stream.held_until = now + hold
+        logger.info(
+            "events stream %s was trimmed past %s%s: holding off %.1f s",
+            stream.key,
+            stream.last_id,
+            f" ({what})" if what else "",
+            hold,
+        )
+        return True
 
     def _apply(self, fold: _Fold) -> int:
         """Reads the jobs' hashes and writes their rows, a chunk at a time (a transaction

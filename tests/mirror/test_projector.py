@@ -159,6 +159,28 @@ def test_a_burst_while_a_long_batch_is_applied_is_read_ahead_not_reconciled(
     assert _compare_ids(position.last_id, tail) == 0
 
 
+def test_a_projector_that_read_to_the_end_is_caught_up_with_events_read_ahead(
+    make_queue, make_projector, monkeypatch
+):
+    """runworker lowers the mirror's thread to idle priority once it is caught up (read
+    every stream to its end). Under a steady flow of jobs every batch is long and reads
+    ahead: that still counts, or the mirror would never yield the CPU to the workers."""
+    queue = make_queue("q")
+    queue.add_bulk([{"name": "first", "data": {"i": i}} for i in range(30)])
+    projector = make_projector()
+    monkeypatch.setattr(projector_module, "APPLY_CHUNK", 10)
+    read_hashes = projector_module.read_hashes
+
+    def read_hashes_while_jobs_arrive(client, observations):  # noqa: ANN001
+        read_hashes(client, observations)
+        queue.add("more", {})
+
+    monkeypatch.setattr(projector_module, "read_hashes", read_hashes_while_jobs_arrive)
+    assert projector.step(block_ms=0) == 60
+    assert projector.caught_up
+    assert JobRecord.objects.filter(queue="q", name="first").count() == 30
+
+
 def test_events_gather_until_a_burst_brings_half_a_batch(make_queue, make_projector):
     """run() lets events trickle together between batches; a burst ends that wait
     early, before the workers' trim could pass the projector."""
@@ -178,6 +200,39 @@ def test_events_gather_until_a_burst_brings_half_a_batch(make_queue, make_projec
     started = time.monotonic()
     projector.gather(never, 30)
     assert time.monotonic() - started < 20  # ended by the burst, not the 30 s wait
+
+
+def test_a_trimmed_past_queue_is_held_off_while_its_burst_goes_on(
+    make_queue, make_projector, rclient, prefix, monkeypatch
+):
+    """A reconcile in the middle of a burst reads job hashes in Redis time the workers
+    need, and the burst trims past it again: while the queue's events keep coming fast,
+    the hold is renewed (doubling), and the queue is reconciled once they slow down."""
+    monkeypatch.setattr(projector_module, "BUSY_EVENTS_PER_S", 20, raising=False)  # 10 jobs, 0.5 s
+    queue = make_queue("q")
+    queue.add("first", {})
+    projector = make_projector()
+    projector.hold_off = True  # as run() does
+    projector.catch_up()
+
+    def hold_ended() -> None:
+        wait_for(lambda: projector.held_for() == 0, timeout=10)
+
+    queue.add_bulk([{"name": "burst", "data": {}} for _ in range(3)])
+    rclient.xtrim(f"{prefix}:q:events", maxlen=1, approximate=False)
+    projector.step(block_ms=0)
+    assert 0 < projector.held_for() <= 0.5
+
+    queue.add_bulk([{"name": "burst", "data": {}} for _ in range(10)])  # 20 events
+    hold_ended()
+    projector.step(block_ms=0)
+    assert projector.reconciles == 0
+    assert 0.5 < projector.held_for() <= 1.0  # still busy: held again, doubled
+
+    hold_ended()  # nothing came during this hold
+    projector.step(block_ms=0)
+    assert projector.reconciles == 1
+    assert JobRecord.objects.filter(queue="q", name="burst").count() == 13
 
 
 def test_flow_rows_know_their_parent_root_and_children(make_queue, make_projector, flow_producer):

@@ -202,6 +202,17 @@ def test_events_gather_until_a_burst_brings_half_a_batch(make_queue, make_projec
     assert time.monotonic() - started < 20  # ended by the burst, not the 30 s wait
 
 
+def _held_off_projector(make_queue, make_projector):  # noqa: ANN001, ANN202
+    """Queue "q" with one job, and a projector caught up with it that holds off a queue
+    trimmed past (as run() does)."""
+    queue = make_queue("q")
+    queue.add("first", {})
+    projector = make_projector()
+    projector.hold_off = True
+    projector.catch_up()
+    return queue, projector
+
+
 def test_a_trimmed_past_queue_is_held_off_while_its_burst_goes_on(
     make_queue, make_projector, rclient, prefix, monkeypatch
 ):
@@ -209,11 +220,7 @@ def test_a_trimmed_past_queue_is_held_off_while_its_burst_goes_on(
     need, and the burst trims past it again: while the queue's events keep coming fast,
     the hold is renewed (doubling), and the queue is reconciled once they slow down."""
     monkeypatch.setattr(projector_module, "BUSY_EVENTS_PER_S", 20, raising=False)  # 10 jobs, 0.5 s
-    queue = make_queue("q")
-    queue.add("first", {})
-    projector = make_projector()
-    projector.hold_off = True  # as run() does
-    projector.catch_up()
+    queue, projector = _held_off_projector(make_queue, make_projector)
 
     def hold_ended() -> None:
         wait_for(lambda: projector.held_for() == 0, timeout=10)
@@ -521,11 +528,7 @@ def test_a_trimmed_past_queue_is_held_off_before_its_recovery(
     for CPU and Redis time the workers need (runworker drained 20,000 jobs at 0.80x
     Node's speed with it, 0.95x when held off), and a recovery outrun again doubles the
     hold. The queue is held off a moment, then reconciled."""
-    queue = make_queue("q")
-    queue.add("first", {})
-    projector = make_projector()
-    projector.hold_off = True  # as run() does
-    projector.catch_up()
+    queue, projector = _held_off_projector(make_queue, make_projector)
 
     def trimmed_past() -> list:
         jobs = [queue.add("later", {}) for _ in range(3)]

@@ -166,7 +166,7 @@ def live(url: str) -> list[tuple[str, ...]]:
 
     import redis
 
-    from flowjobs.mirror.projector import Projector
+    from flowjobs.mirror.projector import DEFER_READ_S, Projector
     from flowjobs.mirror.settings import mirror_settings
     from flowjobs.models import JobRecord
 
@@ -184,7 +184,7 @@ def live(url: str) -> list[tuple[str, ...]]:
     )
     projector = Projector(client, PREFIX)
     projector.load_positions()
-    projector.hold_off = True  # as run() does
+    projector.hold_off = projector.defer_bursts = True  # as run() does
     projector.discover(force=True)
     coalesce = mirror_settings().coalesce_ms / 1000
     never = threading.Event()
@@ -196,6 +196,8 @@ def live(url: str) -> list[tuple[str, ...]]:
         held = projector.held_for()
         if held:
             time.sleep(min(held, 0.1))  # as Projector.run() waits out a hold-off
+        elif projector.deferring:
+            time.sleep(DEFER_READ_S)  # as Projector.run() reads a burst on
         elif coalesce and projector.trickling:
             projector.gather(never, coalesce)  # as Projector.run() lets events gather
     behind_at_end = _behind_by(client, projector, events_key)

@@ -35,9 +35,17 @@ logger = logging.getLogger("flowjobs.mirror")
 # cost a reconcile (job hashes read twice, in Redis time the workers need).
 APPLY_CHUNK = 1000
 # What is read ahead is held in memory up to this many batches (of MIRROR_BATCH_SIZE
-# events): about 25,000 jobs by default. Past that the stream may be trimmed past, and
-# the queue is reconciled as before.
-READ_AHEAD_BATCHES = 20
+# events): 200,000 events, about 50,000 jobs and 20 MB by default. Past that the stream
+# may be trimmed past, and the queue is reconciled as before.
+READ_AHEAD_BATCHES = 40
+# While events arrive at BUSY_EVENTS_PER_S or more (workers draining a backlog), run()
+# reads them every DEFER_READ_S but applies them only once the burst slows down, it has
+# held them DEFER_BURSTS_S, or they fill half the read-ahead: reading and folding the
+# events costs about a fifth of applying them (the job hashes, the rows), and the CPU and
+# Redis time that applying takes is what the workers want during the burst. The rows lag
+# the burst by that much; at lower rates each batch is applied as it is read.
+DEFER_READ_S = 0.05
+DEFER_BURSTS_S = 5.0
 # A queue trimmed past is held off while its events keep coming this fast (a default
 # stream's worth a second: 2,500 jobs/s of a worker's four events each), up to
 # HOLD_WHILE_BUSY_S in all; then it is reconciled even in the middle of its burst.
@@ -78,6 +86,7 @@ class _Fold:
     to_reconcile: list[_Stream] = field(default_factory=list)  # `cleaned`: no per-job events
     lost: list[_Stream] = field(default_factory=list)  # trimmed past their position
     events: int = 0
+    began: float = field(default_factory=time.monotonic)  # the first read into it
 
     def add(self, stream: _Stream, entries: list[Any]) -> None:
         """Folds ``entries``, the next of ``stream``, in and moves the stream past them."""
@@ -141,6 +150,12 @@ class Projector:
         self.hold_off = False
         # Whether the last step read every stream to its end.
         self.caught_up = False
+        # Whether bursts are read without being applied, for a moment (run() does;
+        # catch_up(), which must apply everything, does not), and whether the last step
+        # did so: then run() reads again after DEFER_READ_S.
+        self.defer_bursts = False
+        self.deferring = False
+        self._read_at = -1e18  # when the last step read (monotonic s)
 
     # -- bookkeeping ------------------------------------------------------------
 
@@ -185,7 +200,15 @@ class Projector:
         fold, self._ahead = self._ahead or _Fold(), None
         streams = self._readable(fold)
         self.caught_up = False
+        before, read_at, self._read_at = fold.events, self._read_at, time.monotonic()
         full = self._read_on(streams, fold)
+        rate = (fold.events - before) / max(self._read_at - read_at, 1e-3)
+        self.deferring = self._defer(fold, rate)
+        if self.deferring:
+            self._ahead = fold
+            self.trickling = False
+            self.caught_up = not full and len(streams) == len(self.streams)
+            return 0
         if not fold.events:
             if fold.lost:
                 self._recover(fold.lost)
@@ -206,6 +229,21 @@ class Projector:
             self._recover(fold.lost)
         self.caught_up = not full and len(streams) == len(self.streams)  # read to the end
         return applied
+
+    def _defer(self, fold: _Fold, rate: float) -> bool:
+        """Whether to leave ``fold`` unapplied for now and only read on (see
+        DEFER_BURSTS_S): events arrive at BUSY_EVENTS_PER_S or more, ``fold`` is under
+        half the read-ahead and younger than DEFER_BURSTS_S, and nothing in it needs a
+        recovery or a reconcile."""
+        return (
+            self.defer_bursts
+            and bool(fold.events)
+            and rate >= BUSY_EVENTS_PER_S
+            and not fold.lost
+            and not fold.to_reconcile
+            and fold.events < READ_AHEAD_BATCHES * self.config.batch_size // 2
+            and time.monotonic() - fold.began < DEFER_BURSTS_S
+        )
 
     def _read(self, streams: list[_Stream], fold: _Fold) -> bool:
         """Reads the next ``batch_size`` events of each stream into ``fold`` (a stream
@@ -437,6 +475,7 @@ class Projector:
         was read to its end (runworker's services process; see flowjobs.priority)."""
         self.load_positions()
         self.hold_off = True
+        self.defer_bursts = True
         coalesce = self.config.coalesce_ms / 1000
         while not stop_event.is_set():
             close_old_connections()
@@ -450,6 +489,8 @@ class Projector:
             if held > 0:
                 # in slices that keep the lease (step() renews it)
                 stop_event.wait(min(held, self.config.lock_ttl_ms / 3000))
+            elif self.deferring:
+                stop_event.wait(DEFER_READ_S)
             elif coalesce and self.trickling:
                 self.gather(stop_event, coalesce)
 

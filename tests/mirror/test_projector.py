@@ -242,6 +242,38 @@ def test_a_trimmed_past_queue_is_held_off_while_its_burst_goes_on(
     assert JobRecord.objects.filter(queue="q", name="burst").count() == 13
 
 
+def test_a_burst_is_read_on_and_applied_once_it_slows_down(make_queue, make_projector, monkeypatch):
+    """While events pour in (workers draining a backlog), run() only reads them, the
+    cheap part, and applies them once the burst slows down or has been held a while:
+    applying takes CPU and Redis time the workers want during the burst."""
+    monkeypatch.setattr(projector_module, "BUSY_EVENTS_PER_S", 1, raising=False)
+    monkeypatch.setattr(projector_module, "DEFER_BURSTS_S", 60.0, raising=False)
+    queue = make_queue("q")
+    queue.add("first", {})
+    projector = make_projector()
+    projector.catch_up()
+    projector.defer_bursts = True  # as run() does
+
+    def mirrored() -> int:
+        return JobRecord.objects.filter(queue="q", name__in=("burst", "more")).count()
+
+    queue.add_bulk([{"name": "burst", "data": {}} for _ in range(5)])
+    assert projector.step(block_ms=0) == 0
+    assert projector.deferring and mirrored() == 0
+    queue.add_bulk([{"name": "burst", "data": {}} for _ in range(5)])
+    assert projector.step(block_ms=0) == 0
+    assert projector.deferring and mirrored() == 0
+
+    assert projector.step(block_ms=0) == 20  # nothing new: the burst is over
+    assert not projector.deferring and mirrored() == 10
+
+    # held no longer than DEFER_BURSTS_S, however fast the events come
+    monkeypatch.setattr(projector_module, "DEFER_BURSTS_S", 0.0, raising=False)
+    queue.add_bulk([{"name": "more", "data": {}} for _ in range(5)])
+    assert projector.step(block_ms=0) == 10
+    assert not projector.deferring and mirrored() == 15
+
+
 def test_flow_rows_know_their_parent_root_and_children(make_queue, make_projector, flow_producer):
     tree = flow_producer.add(
         Flow(

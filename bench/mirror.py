@@ -225,7 +225,8 @@ def live(url: str) -> list[tuple[str, ...]]:
 
 
 def _behind_by(client, projector, events_key: str) -> int:
-    """Events the worker added that the projector has not applied yet."""
+    """Events the worker added that the projector has not applied yet: not read yet, or
+    read and held (a burst it reads on, see Projector._defer)."""
     stream = projector.streams.get(events_key)
     if stream is None or stream.entries_read is None:
         return 0
@@ -233,7 +234,7 @@ def _behind_by(client, projector, events_key: str) -> int:
         added = int(client.xinfo_stream(events_key).get("entries-added") or 0)
     except Exception:  # no stream yet
         return 0
-    return max(0, added - stream.entries_read)
+    return max(0, added - stream.entries_read) + projector.unapplied_events
 
 
 def main() -> int:

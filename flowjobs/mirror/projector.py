@@ -438,6 +438,11 @@ class Projector:
             if pruned:
                 logger.info("pruned %d mirrored jobs beyond the history bounds", pruned)
 
+    @property
+    def unapplied_events(self) -> int:
+        """Events read (past the streams' positions in memory) and not yet applied."""
+        return self._ahead.events if self._ahead is not None else 0
+
     def held_for(self) -> float:
         """Seconds until a held-off stream (see ``_recover``) is read again, when every
         stream is held off; else 0."""

@@ -260,12 +260,14 @@ def test_a_burst_is_read_on_and_applied_once_it_slows_down(make_queue, make_proj
     queue.add_bulk([{"name": "burst", "data": {}} for _ in range(5)])
     assert projector.step(block_ms=0) == 0
     assert projector.deferring and mirrored() == 0
+    assert projector.unapplied_events == 10
     queue.add_bulk([{"name": "burst", "data": {}} for _ in range(5)])
     assert projector.step(block_ms=0) == 0
     assert projector.deferring and mirrored() == 0
 
     assert projector.step(block_ms=0) == 20  # nothing new: the burst is over
     assert not projector.deferring and mirrored() == 10
+    assert projector.unapplied_events == 0
 
     # held no longer than DEFER_BURSTS_S, however fast the events come
     monkeypatch.setattr(projector_module, "DEFER_BURSTS_S", 0.0, raising=False)

@@ -135,6 +135,7 @@ class Projector:
         self.lease = lease
         self.streams: dict[str, _Stream] = {}
         self._ahead: _Fold | None = None  # read ahead of the batch being applied
+        self._positions_stale = False  # a step failed: reload them (see step())
         self.resolver = RootResolver(self.client)
         self._discover_due = -1e18
         self._reconciled_at = time.monotonic()
@@ -174,6 +175,7 @@ class Projector:
             stream = _Stream(self.prefix, position.queue, position.last_id, position.entries_read)
             self.streams[stream.key] = stream
         self._ahead = None
+        self._positions_stale = False
         self._discover_due = -1e18
 
     def discover(self, force: bool = False) -> None:
@@ -194,7 +196,18 @@ class Projector:
         """Apply the next batch; block up to ``block_ms`` when idle. Returns events applied.
 
         The batch is what was read ahead while the last one was applied (see ``_apply``)
-        and what the streams hold beyond it, up to READ_AHEAD_BATCHES batches."""
+        and what the streams hold beyond it, up to READ_AHEAD_BATCHES batches. A step that
+        fails leaves the streams' positions in memory past events it did not apply: the
+        next one starts from the positions committed in the database."""
+        if self._positions_stale:
+            self.load_positions()
+        try:
+            return self._step(block_ms)
+        except BaseException:
+            self._positions_stale = True
+            raise
+
+    def _step(self, block_ms: int | None) -> int:
         self._heartbeat()
         self.discover()
         fold, self._ahead = self._ahead or _Fold(), None

@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+from django.db import DatabaseError
 
 from flowjobs.engine import Flow
 from flowjobs.mirror import _compare_ids, reconcile
@@ -274,6 +275,25 @@ def test_a_burst_is_read_on_and_applied_once_it_slows_down(make_queue, make_proj
     queue.add_bulk([{"name": "more", "data": {}} for _ in range(5)])
     assert projector.step(block_ms=0) == 10
     assert not projector.deferring and mirrored() == 15
+
+
+def test_a_failed_batch_is_read_again_by_the_next_step(make_queue, make_projector, monkeypatch):
+    """The projector moves its positions in memory as it reads; a batch whose rows could
+    not be written must not be skipped by the next step of the same projector."""
+    queue = make_queue("q")
+    queue.add_bulk([{"name": "n", "data": {"i": i}} for i in range(5)])
+    projector = make_projector()
+    store = projector_module.store
+
+    def store_fails(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise DatabaseError("the database went away")
+
+    monkeypatch.setattr(projector_module, "store", store_fails)
+    with pytest.raises(DatabaseError):
+        projector.catch_up()
+    monkeypatch.setattr(projector_module, "store", store)
+    projector.catch_up()
+    assert JobRecord.objects.filter(queue="q").count() == 5
 
 
 def test_flow_rows_know_their_parent_root_and_children(make_queue, make_projector, flow_producer):

@@ -216,11 +216,13 @@ class Projector:
         before, read_at, self._read_at = fold.events, self._read_at, time.monotonic()
         full = self._read_on(streams, fold)
         rate = (fold.events - before) / max(self._read_at - read_at, 1e-3)
+        # read every stream to its end: none held off, trimmed past or with more to read
+        read_to_end = not full and not fold.lost and len(streams) == len(self.streams)
         self.deferring = self._defer(fold, rate)
         if self.deferring:
             self._ahead = fold
             self.trickling = False
-            self.caught_up = not full and len(streams) == len(self.streams)
+            self.caught_up = read_to_end
             return 0
         if not fold.events:
             if fold.lost:
@@ -228,7 +230,7 @@ class Projector:
                 return 0
             if not streams:
                 return 0
-            self.caught_up = len(streams) == len(self.streams)  # none held off
+            self.caught_up = read_to_end
             wait = self.config.block_ms if block_ms is None else block_ms
             if wait > 0:
                 woke = self.client.xread(
@@ -240,7 +242,7 @@ class Projector:
         applied = self._apply(fold)
         if fold.lost:
             self._recover(fold.lost)
-        self.caught_up = not full and len(streams) == len(self.streams)  # read to the end
+        self.caught_up = read_to_end
         return applied
 
     def _defer(self, fold: _Fold, rate: float) -> bool:
@@ -254,7 +256,7 @@ class Projector:
             and rate >= BUSY_EVENTS_PER_S
             and not fold.lost
             and not fold.to_reconcile
-            and fold.events < READ_AHEAD_BATCHES * self.config.batch_size // 2
+            and fold.events < self._read_ahead_limit // 2
             and time.monotonic() - fold.began < DEFER_BURSTS_S
         )
 
@@ -299,12 +301,17 @@ class Projector:
         batch to give, up to READ_AHEAD_BATCHES batches in ``fold``; returns whether some
         stream still had a full batch at the last read."""
         full = True
-        while full and fold.events < READ_AHEAD_BATCHES * self.config.batch_size:
+        while full and fold.events < self._read_ahead_limit:
             streams = [stream for stream in streams if stream not in fold.lost]
             if not streams:
                 return False
             full = self._read(streams, fold)
         return full
+
+    @property
+    def _read_ahead_limit(self) -> int:
+        """Events held read and unapplied at most (READ_AHEAD_BATCHES batches)."""
+        return READ_AHEAD_BATCHES * self.config.batch_size
 
     def _read_ahead(self) -> None:
         """Between the chunks of a long batch: reads on to the streams' ends into the next
@@ -349,7 +356,9 @@ class Projector:
 
     def _recover(self, lost: list[_Stream]) -> None:
         for stream in lost:
-            if self.hold_off and self._hold(stream):
+            # the stream's end now: a hold's measure of the burst, or the reconcile's end
+            tail = stream_tail(self.client, stream.prefix, stream.queue) or ("0-0", 0)
+            if self.hold_off and self._hold(stream, tail[1]):
                 continue
             stream.held_until = 0.0
             stream.hold_began = None
@@ -359,7 +368,6 @@ class Projector:
                 stream.last_id,
                 stream.queue,
             )
-            tail = stream_tail(self.client, stream.prefix, stream.queue) or ("0-0", 0)
             # only what changed since the last event applied: a rewrite of the history
             # would take longer than the stream holds at the rate that trimmed it, and
             # trim past us again
@@ -370,9 +378,9 @@ class Projector:
             self.reconciles += 1
             stream.recoveries += 1
 
-    def _hold(self, stream: _Stream) -> bool:
-        """Whether to hold off a queue whose stream was trimmed past, instead of
-        reconciling it now.
+    def _hold(self, stream: _Stream, added: int | None) -> bool:
+        """Whether to hold off a queue whose stream was trimmed past (its entries-added
+        now: ``added``), instead of reconciling it now.
 
         Trimmed past: the queue's events came faster than this projector applied them (a
         burst, workers draining a backlog). A reconcile now would read job hashes in the
@@ -382,9 +390,8 @@ class Projector:
         the last hold (the burst goes on), up to HOLD_WHILE_BUSY_S in all; then it is
         reconciled."""
         now = time.monotonic()
-        tail = stream_tail(self.client, stream.prefix, stream.queue)
-        added = tail[1] if tail else None
         if stream.hold_began is None:
+            stream.hold_began = now
             hold = min(0.5 * 2**stream.recoveries, 8.0)
             what = "again" if stream.recoveries else ""
         else:
@@ -397,8 +404,6 @@ class Projector:
                 return False
             hold = min(2 * stream.hold_length, 8.0)
             what = "still busy"
-        if stream.hold_began is None:
-            stream.hold_began = now
         stream.hold_length = hold
         stream.hold_mark = added
         stream.held_until = now + hold
@@ -476,16 +481,23 @@ class Projector:
         return total
 
     def _behind(self) -> bool:
-        pipe = self.client.pipeline(transaction=False)
+        return any(
+            compare_ids(str(info.get("last-generated-id") or "0-0"), stream.last_id) > 0
+            for stream, info in self._stream_infos()
+        )
+
+    def _stream_infos(self) -> list[tuple[_Stream, dict[str, Any]]]:
+        """XINFO STREAM of every stream that exists, in one round trip."""
         streams = list(self.streams.values())
+        pipe = self.client.pipeline(transaction=False)
         for stream in streams:
             pipe.xinfo_stream(stream.key)
-        for stream, info in zip(streams, pipe.execute(raise_on_error=False), strict=True):
-            if isinstance(info, Exception):
-                continue
-            if compare_ids(str(info.get("last-generated-id") or "0-0"), stream.last_id) > 0:
-                return True
-        return False
+        replies = pipe.execute(raise_on_error=False) if streams else []
+        return [
+            (stream, info)
+            for stream, info in zip(streams, replies, strict=True)
+            if not isinstance(info, Exception)
+        ]
 
     def run(self, stop_event: threading.Event, idle_when_caught_up: bool = False) -> None:
         """Project until ``stop_event`` is set (or the lease is lost). With
@@ -518,23 +530,16 @@ class Projector:
         A burst ends the wait once some stream has half a batch to read: over a whole
         wait it could fill the stream, and the workers' trim would pass the projector."""
         deadline = time.monotonic() + seconds
-        streams = list(self.streams.values())
+        half_batch = max(self.config.batch_size // 2, 1)
         while not stop_event.wait(min(GATHER_CHECK_S, max(deadline - time.monotonic(), 0))):
-            if time.monotonic() >= deadline or not streams:
+            if time.monotonic() >= deadline or not self.streams:
                 return
-            pipe = self.client.pipeline(transaction=False)
-            for stream in streams:
-                pipe.xinfo_stream(stream.key)
-            for stream, info in zip(streams, pipe.execute(raise_on_error=False), strict=True):
-                if isinstance(info, Exception) or stream.entries_read is None:
-                    continue
+            for stream, info in self._stream_infos():
                 added = info.get("entries-added")
-                if added is not None and int(added) - stream.entries_read >= self.half_batch:
+                if added is None or stream.entries_read is None:
+                    continue
+                if int(added) - stream.entries_read >= half_batch:
                     return
-
-    @property
-    def half_batch(self) -> int:
-        return max(self.config.batch_size // 2, 1)
 
 
 def _entries_by_stream(reply: Any) -> dict[str, list[Any]]:

@@ -264,7 +264,8 @@ def _write(
     for update, group in groups.items():
         upsert(group, list(update))
 
-    _refresh_children_counts(parents_touched | set(created_keys), set(created_keys))
+    created = set(created_keys)
+    _refresh_children_counts(parents_touched | created, created)
     return len(rows) + sum(len(group) for group in groups.values()), refused
 
 

@@ -11,6 +11,7 @@ from ..models import JobRecord, JobState
 from .parsing import (
     clean_text,
     entry_ms,
+    field_value,
     job_key,
     json_text,
     parse_json,
@@ -82,30 +83,33 @@ class Observation:
     def key(self) -> str:
         return job_key(self.prefix, self.queue, self.job_id)
 
-    def apply_event(self, event: str, entry: dict[str, str], entry_id: str) -> None:
+    def apply_event(self, event: str, fields: list[str], entry_id: str) -> None:
+        """Folds in one event; ``fields`` is the entry's flat [name, value, ...] list."""
         state = _STATE_AFTER_EVENT.get(event)
         if event == "removed":
-            state = _STATE_FROM_REMOVED_PREV.get(entry.get("prev", ""))
+            state = _STATE_FROM_REMOVED_PREV.get(field_value(fields, "prev") or "")
         if state is not None:
             self.state = state
             # Reprocessing finished jobs always pushes to the wait list, even when prioritized.
-            self.maybe_prioritized = event == "waiting" and entry.get("prev") not in (
+            self.maybe_prioritized = event == "waiting" and field_value(fields, "prev") not in (
                 "failed",
                 "completed",
             )
-        if event == "added" and entry.get("name") is not None:
-            self.name = entry["name"]
+        if event == "added":
+            name = field_value(fields, "name")
+            if name is not None:
+                self.name = name
         elif event == "active":
             self.processed_ms = entry_ms(entry_id)
             self.finished_ms = None
         elif event == "completed":
-            self.returnvalue = entry.get("returnvalue")
+            self.returnvalue = field_value(fields, "returnvalue")
             self.finished_ms = entry_ms(entry_id)
         elif event == "failed":
-            self.failed_reason = entry.get("failedReason", "")
+            self.failed_reason = field_value(fields, "failedReason") or ""
             self.finished_ms = entry_ms(entry_id)
         elif event == "progress":
-            self.progress = entry.get("data")
+            self.progress = field_value(fields, "data")
 
 
 def row_from_hash(

@@ -182,6 +182,20 @@ def _has_lone_surrogate(value: Any) -> bool:
     return False
 
 
+def field_value(fields: list[str], name: str) -> str | None:
+    """The value of ``name`` in a stream entry's flat [name, value, ...] field list (the
+    first one: BullMQ writes each name once)."""
+    start = 0
+    while True:
+        try:
+            index = fields.index(name, start)
+        except ValueError:
+            return None
+        if index % 2 == 0:  # a name, not a value that reads the same
+            return fields[index + 1] if index + 1 < len(fields) else None
+        start = index + 1
+
+
 def entry_ms(entry_id: str) -> int:
     return to_int(entry_id.split("-", 1)[0])
 

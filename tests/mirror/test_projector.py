@@ -480,6 +480,34 @@ def test_foreign_returnvalue_from_event_when_hash_is_gone(make_projector, rclien
     assert row.finished_at is not None
 
 
+def test_events_in_another_field_order_and_values_that_read_as_names(
+    make_projector, rclient, prefix
+):
+    """The projector reads entries as Redis sends them (a flat name, value list): a
+    producer that writes jobId before event, a job id that reads as a field name, and a
+    returnvalue that does, still fold as their names say."""
+    rclient.hset(f"{prefix}:q:meta", "opts.maxLenEvents", "10000")
+    events = f"{prefix}:q:events"
+    rclient.xadd(events, {"jobId": "x2", "event": "added", "name": "reordered"})
+    rclient.xadd(
+        events, {"prev": "active", "returnvalue": "7", "jobId": "x2", "event": "completed"}
+    )
+    rclient.xadd(events, {"event": "added", "jobId": "returnvalue", "name": "prev"})
+    rclient.xadd(
+        events,
+        {"event": "failed", "jobId": "returnvalue", "failedReason": "name", "prev": "active"},
+    )
+    make_projector().catch_up()
+    rows = {row.job_id: row for row in JobRecord.objects.filter(queue="q")}
+    assert (rows["x2"].name, rows["x2"].state, rows["x2"].returnvalue) == (
+        "reordered",
+        "completed",
+        7,
+    )
+    odd = rows["returnvalue"]
+    assert (odd.name, odd.state, odd.failed_reason) == ("prev", "failed", "name")
+
+
 def test_after_a_trim_only_what_changed_is_rewritten(
     make_queue, make_worker, make_projector, rclient, prefix
 ):

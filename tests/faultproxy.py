@@ -8,6 +8,10 @@
                      # sent these bytes so far (one kind of connection); new ones pass
     proxy.restore()  # new connections pass again; the held ones stay dead, as after a
                      # host that vanished and came back
+    proxy.mute(b"EVALSHA")  # from the next request containing these bytes on, on any
+                     # connection (open or new, until restore), the answers are dropped
+                     # while requests still reach the server: a reply lost in the
+                     # network (the server did the work, the client never hears of it)
     proxy.reset()    # RST every open connection
     proxy.refuse()   # new connections are reset at once (a closed port)
 
@@ -45,6 +49,8 @@ class FaultProxy:
         self._peers: dict[socket.socket, socket.socket] = {}  # forwarding, both directions
         self._held: list[socket.socket] = []  # open and silent, until close()
         self._sent: dict[socket.socket, bytes] = {}  # a client's first bytes, per client
+        self._muted: set[socket.socket] = set()  # server sides whose bytes are dropped
+        self._mute_after = b""  # mode "mute": a request with these bytes mutes its answers
         self.connections = 0  # accepted so far
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="fault-proxy", daemon=True)
@@ -65,6 +71,11 @@ class FaultProxy:
                 if containing in sent and client in self._peers:
                     self._hold_pair(client)
 
+    def mute(self, request: bytes) -> None:
+        with self._lock:
+            self._mode = "mute"
+            self._mute_after = request
+
     def restore(self) -> None:
         with self._lock:
             self._mode = "pass"
@@ -75,6 +86,7 @@ class FaultProxy:
                 self._selector.unregister(sock)
                 _reset(sock)
             self._peers.clear()
+            self._muted.clear()
 
     def refuse(self) -> None:
         with self._lock:
@@ -136,10 +148,14 @@ class FaultProxy:
             return
         try:
             data = sock.recv(65536)
+            if data and sock in self._muted:
+                return  # read and dropped
             if data:
                 if sock in self._sent and len(self._sent[sock]) < 4096:
                     self._sent[sock] += data[:4096]
                 other.sendall(data)
+                if self._mode == "mute" and sock in self._sent and self._mute_after in data:
+                    self._muted.add(other)  # (a request split across reads is missed)
                 return
         except OSError:
             pass
@@ -147,6 +163,7 @@ class FaultProxy:
         for each in (sock, other):
             self._selector.unregister(each)
             self._peers.pop(each, None)
+            self._muted.discard(each)
             each.close()
 
     def _run(self) -> None:

@@ -212,6 +212,11 @@ class Worker:
         self._lanes_running = 0  # changed on the loop only
         self._lane_fetches = 0  # lanes' finish-and-fetch calls in flight; under _counting
         self._maybe_recorded: set[str] = set()  # ids whose record the lane sent, unanswered
+        # Lock tokens of fetches whose answer was lost (a broken connection): Redis may
+        # have run them, and the jobs they took sit active under these tokens until
+        # _give_back_unanswered finds them (set.update/-= from lane threads: one GIL step)
+        self._unanswered_tokens: set[str] = set()
+        self._giving_back: asyncio.Task | None = None
         self._batch_size = max(1, concurrency // 2)
         self._records_scheduled = False  # a _send_records call is queued on the loop
         self._lanes: list[Any] = []
@@ -500,6 +505,8 @@ class Worker:
             self._started.set()
             watch.stop()
             self._closing = True  # the background loops stop on it too (see _winding_down)
+            if self._giving_back is not None:
+                tasks.append(self._giving_back)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -617,6 +624,7 @@ class Worker:
                 self._outage.back()
             except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
                 self._reserved -= count
+                self._unanswered_tokens.update(tokens)
                 await self._connection_lost(error, retry_delay)
                 retry_delay = min(retry_delay * 2, CONNECTION_RETRY_MAX_S)
                 continue
@@ -634,6 +642,7 @@ class Worker:
                 retry_delay = min(retry_delay * 2, CONNECTION_RETRY_MAX_S)
                 continue
             self._reserved -= count
+            self._give_back_unanswered_soon()
             if fetched:
                 self._start_jobs(self._jobs_from(fetched, tokens))
                 continue
@@ -665,6 +674,59 @@ class Worker:
             if not is_cluster(client):
                 with contextlib.suppress(Exception):
                     await client.connection_pool.disconnect()
+
+    def _give_back_unanswered_soon(self) -> None:
+        """After Redis answered again (on the loop): looks for the jobs that fetches with
+        lost answers took, unless that is under way or there were none."""
+        if self._unanswered_tokens and self._giving_back is None:
+            self._giving_back = self._loop.create_task(self._give_back_unanswered())
+
+    async def _give_back_unanswered(self) -> None:
+        """Moves the jobs fetched under an unanswered token back to the head of the wait
+        list, where this or another worker takes them at once. Left alone, they waited
+        under a lock nobody renews until it ran out and the stalled check saw them: the
+        lock duration and up to two stalled intervals (30-90 s by default), with a
+        stalled count against them. The tokens are not reused, so a job that holds one
+        was taken by a lost fetch; tokens whose fetch never reached Redis match nothing.
+        """
+        try:
+            tokens = set(self._unanswered_tokens)
+            active = await self._aclient.lrange(self.queue.keys.key("active"), 0, -1)
+            if active:
+                pipe = self._aclient.pipeline(transaction=False)
+                for job_id in active:
+                    pipe.get(f"{self.queue.keys.job(job_id)}:lock")
+                locks = await pipe.execute()
+                taken = [
+                    (job_id, lock)
+                    for job_id, lock in zip(active, locks, strict=True)
+                    if lock in tokens
+                ]
+                for job_id, token in taken:
+                    # checks the token: a job the stalled check moved meanwhile is left be
+                    await scripts.arun(
+                        self._aclient,
+                        "move_to_wait",
+                        [self.queue.keys.meta],
+                        [self.queue.keys.qualified, job_id, token],
+                    )
+                if taken:
+                    logger.info(
+                        "queue %s: gave back %d job(s) a fetch took whose answer was lost "
+                        "to the connection fault: %s",
+                        self.queue.name,
+                        len(taken),
+                        ", ".join(job_id for job_id, _ in taken),
+                    )
+                    self._wake.set()
+            self._unanswered_tokens -= tokens
+        except (redis.RedisError, OSError) as error:
+            # kept for the next answer (the stalled check remains the backstop)
+            logger.warning(
+                "queue %s: could not look for jobs of lost fetches: %s", self.queue.name, error
+            )
+        finally:
+            self._giving_back = None
 
     def _rate_limited(self, delay_ms: int) -> None:
         self._limit_until = time.monotonic() + min(delay_ms, MAXIMUM_RATE_LIMIT_DELAY_MS) / 1000
@@ -810,6 +872,7 @@ class Worker:
                 # have recorded it, so a refusal then is no news (see _after_record)
                 self._lost(error)
                 self._maybe_recorded.add(job.id)
+                self._unanswered_tokens.update(tokens)
                 return job, outcome, value
             finally:
                 with self._counting:
@@ -1054,21 +1117,25 @@ class Worker:
         ):
             fetch_tokens = [self._next_token() for _ in range(self._free_slots())]
             self._reserved += len(fetch_tokens)
-            calls = self._with_fetch_next(calls, fetch_tokens)
         delay = 0.1
         resent = False
         while True:
             try:
-                results = await scripts.run_on_lane(lane, calls) if calls else []
+                sent = self._with_fetch_next(calls, fetch_tokens)
+                results = await scripts.run_on_lane(lane, sent) if sent else []
                 self._outage.back()
                 break
             except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
                 # a finish not recorded is retried: worst case Redis already has it and
-                # answers "not active", which is logged below
+                # answers "not active", which is logged below. Its fetch is sent under new
+                # tokens: what the lost one may have taken is given back by its own.
+                self._unanswered_tokens.update(fetch_tokens)
+                fetch_tokens = [self._next_token() for _ in fetch_tokens]
                 await self._connection_lost(error, delay)
                 delay = min(delay * 2, CONNECTION_RETRY_MAX_S)
                 resent = True
         self._reserved -= len(fetch_tokens)
+        self._give_back_unanswered_soon()
         for (job, outcome, value, call, retry_delay_ms), result in zip(
             plans, results, strict=False
         ):

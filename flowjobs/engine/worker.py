@@ -720,10 +720,12 @@ class Worker:
                     )
                     self._wake.set()
             self._unanswered_tokens -= tokens
-        except (redis.RedisError, OSError) as error:
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+            self._lost(error)  # the outage's one line; the tokens wait for the next answer
+        except redis.RedisError as error:
             # kept for the next answer (the stalled check remains the backstop)
             logger.warning(
-                "queue %s: could not look for jobs of lost fetches: %s", self.queue.name, error
+                "queue %s: could not look for the jobs of lost fetches: %s", self.queue.name, error
             )
         finally:
             self._giving_back = None

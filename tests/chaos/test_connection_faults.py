@@ -219,6 +219,37 @@ def test_a_job_a_lost_answer_fetched_runs_at_once(
     assert any("gave back 1 job(s)" in r.getMessage() for r in caplog.records)
 
 
+def test_a_job_an_idle_workers_lost_fetch_took_runs_at_once(proxy, make_queue, prefix, caplog):
+    """The same for an idle worker's own fetch: woken by a new job, its fetch runs in
+    Redis and the answer is lost."""
+    caplog.set_level(logging.INFO, logger="flowjobs")
+    queue = make_queue("q")
+    runs: Counter[str] = Counter()
+    worker = Worker("q", lambda job: runs.update([job.name]), connection=proxy.url, prefix=prefix)
+    try:
+        warm_up = queue.add("warm-up")
+        wait_for(lambda: queue.get_job_state(warm_up.id) == "completed", timeout=10)
+        proxy.mute(b"EVALSHA")  # the worker waits on the marker: its next script is the fetch
+        job = queue.add("job")
+        wait_for(
+            lambda: queue.get_job_state(job.id) == "active",
+            timeout=10,
+            message=lambda: f"the muted fetch did not run: {queue.get_job_counts()}",
+        )
+        proxy.restore()
+        proxy.reset()
+        wait_for(
+            lambda: queue.get_job_state(job.id) == "completed",
+            timeout=15,
+            message=lambda: f"the job a lost fetch took did not run: {queue.get_job_counts()}",
+        )
+    finally:
+        worker.close(timeout=10)
+    assert runs["job"] == 1
+    assert queue.get_job(job.id).stalled_counter == 0
+    assert any("gave back 1 job(s)" in r.getMessage() for r in caplog.records)
+
+
 def test_queue_events_resume_after_a_half_open_cut(proxy, make_queue, prefix, caplog, report):
     from flowjobs.engine import QueueEvents
 

@@ -279,7 +279,7 @@ class Projector:
         infos, read = replies[:-1], replies[-1]
         if isinstance(read, Exception):
             raise read
-        entries_by_key = read or {}
+        entries_by_key = read  # {} when there is nothing (see _entries_by_stream)
         full = False
         for stream, info in zip(streams, infos, strict=True):
             if self._lost(stream, info):

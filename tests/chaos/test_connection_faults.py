@@ -167,6 +167,27 @@ def test_a_busy_worker_finishes_its_jobs_after_a_half_open_cut(
     assert len(back) == 1, back
 
 
+def _given_back_and_run(proxy: FaultProxy, queue: Queue, job_id: str) -> float:
+    """After a muted call: the network is back and the worker's connections are reset (it
+    finds out now, not at its socket timeout); waits for the job the lost answer took to
+    complete and returns the seconds that took."""
+    proxy.restore()
+    proxy.reset()
+    cut = time.monotonic()
+    wait_for(
+        lambda: queue.get_job_state(job_id) == "completed",
+        timeout=15,
+        message=lambda: f"the job a lost answer took did not run: {queue.get_job_counts()}",
+    )
+    return time.monotonic() - cut
+
+
+def _assert_given_back_once(queue: Queue, job_id: str, runs: Counter[str], name: str, caplog):
+    assert runs[name] == 1
+    assert queue.get_job(job_id).stalled_counter == 0
+    assert any("gave back 1 job(s)" in r.getMessage() for r in caplog.records)
+
+
 # 1: the slot's own thread records its job and fetches the next (a direct lane); 3: the
 # event loop records the jobs of the worker's threads and fetches for the free slots
 @pytest.mark.parametrize("concurrency", [1, 3])
@@ -203,20 +224,10 @@ def test_a_job_a_lost_answer_fetched_runs_at_once(
             timeout=10,
             message=lambda: f"the muted call did not run: {queue.get_job_counts()}",
         )
-        proxy.restore()
-        proxy.reset()  # the worker finds out now, not at its socket timeout
-        cut = time.monotonic()
-        wait_for(
-            lambda: queue.get_job_state(second.id) == "completed",
-            timeout=15,
-            message=lambda: f"the job a lost answer fetched did not run: {queue.get_job_counts()}",
-        )
-        report("recovered_s", round(time.monotonic() - cut, 1))
+        report("recovered_s", round(_given_back_and_run(proxy, queue, second.id), 1))
     finally:
         worker.close(timeout=10)
-    assert runs["second"] == 1
-    assert queue.get_job(second.id).stalled_counter == 0
-    assert any("gave back 1 job(s)" in r.getMessage() for r in caplog.records)
+    _assert_given_back_once(queue, second.id, runs, "second", caplog)
 
 
 def test_a_job_an_idle_workers_lost_fetch_took_runs_at_once(proxy, make_queue, prefix, caplog):
@@ -236,18 +247,10 @@ def test_a_job_an_idle_workers_lost_fetch_took_runs_at_once(proxy, make_queue, p
             timeout=10,
             message=lambda: f"the muted fetch did not run: {queue.get_job_counts()}",
         )
-        proxy.restore()
-        proxy.reset()
-        wait_for(
-            lambda: queue.get_job_state(job.id) == "completed",
-            timeout=15,
-            message=lambda: f"the job a lost fetch took did not run: {queue.get_job_counts()}",
-        )
+        _given_back_and_run(proxy, queue, job.id)
     finally:
         worker.close(timeout=10)
-    assert runs["job"] == 1
-    assert queue.get_job(job.id).stalled_counter == 0
-    assert any("gave back 1 job(s)" in r.getMessage() for r in caplog.records)
+    _assert_given_back_once(queue, job.id, runs, "job", caplog)
 
 
 def test_queue_events_resume_after_a_half_open_cut(proxy, make_queue, prefix, caplog, report):

@@ -195,7 +195,8 @@ def test_a_rolled_back_savepoint_keeps_the_rest_of_the_batch(own_redis: RedisSer
     ]
     assert names == ["kept-1", "kept-2"]
     assert outbox._reaper.wait_idle(10)
-    assert not left_in_outbox(), left_in_outbox()
+    left = left_in_outbox()
+    assert not left, left
 
 
 def test_bad_input_raises_before_anything_is_written(own_redis: RedisServer):
@@ -248,7 +249,8 @@ def test_outside_a_transaction_the_job_is_pushed_at_once_or_left_for_the_relay(
     job = enqueue("orders", "now", {"n": 1}, on_commit=True)
     assert job is not None and job.data == {"n": 1}
     assert outbox._reaper.wait_idle(10)
-    assert not left_in_outbox(), left_in_outbox()
+    left = left_in_outbox()
+    assert not left, left
     own_redis.stop()
     assert enqueue("orders", "later", on_commit=True) is None  # no exception
     assert OutboxEntry.objects.count() == 1
@@ -270,7 +272,8 @@ def test_async_twins(own_redis: RedisServer, prefix: str):
     client = own_redis.client(decode_responses=True)
     assert len(added_ids(client, prefix, "orders")) == 4
     assert outbox._reaper.wait_idle(10)
-    assert not left_in_outbox(), left_in_outbox()
+    left = left_in_outbox()
+    assert not left, left
 
 
 def test_checks_warn_about_a_missing_relay_and_an_old_backlog(

@@ -65,6 +65,7 @@ _SPEC: dict[str, tuple[str, Any]] = {
     "CHECK_REDIS": ("bool", True),
     "SHUTDOWN_TIMEOUT": ("optional_seconds", None),
     "SERVICES_NICENESS": ("count", 10),
+    "EVENTS_MAX_LENGTH": ("positive_int", 100_000),
 }
 DEFAULTS: Mapping[str, Any] = MappingProxyType({k: v[1] for k, v in _SPEC.items()})
 
@@ -80,6 +81,7 @@ _QUEUE_SPEC: dict[str, str] = {
     "DEFAULT_JOB_OPTIONS": "job_options",
     "LIMITER": "limiter",
     "SCHEDULERS": "schedulers",
+    "EVENTS_MAX_LENGTH": "positive_int",
 }
 
 # plain, TLS, socket, and the engine's multi-host forms (redis+sentinel://h:p,h:p/service/db,
@@ -109,6 +111,7 @@ class QueueSettings:
     default_job_options: Mapping[str, Any]
     limiter: Mapping[str, int] | None = None
     schedulers: Mapping[str, Any] | None = None
+    events_max_length: int = 100_000
 
 
 @dataclass(frozen=True, eq=False)
@@ -128,6 +131,7 @@ class FlowJobsSettings:
     CHECK_REDIS: bool
     SHUTDOWN_TIMEOUT: float | None
     SERVICES_NICENESS: int
+    EVENTS_MAX_LENGTH: int
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def queue(self, name: str) -> QueueSettings:
@@ -144,6 +148,7 @@ class FlowJobsSettings:
             default_job_options=MappingProxyType(options),
             limiter=MappingProxyType(dict(limiter)) if limiter else None,
             schedulers=own.get("SCHEDULERS"),
+            events_max_length=own.get("EVENTS_MAX_LENGTH", self.EVENTS_MAX_LENGTH),
         )
 
     @property

@@ -502,6 +502,7 @@ class WorkerProcess:
             dispatcher = registry.get_dispatcher(queue, concurrency)
             # also with none declared: the ones dropped from the settings must go
             _sync_schedulers(queue, queue_settings.schedulers)
+            conf.get_queue(queue).set_events_max_length(queue_settings.events_max_length)
             isolated = self.options.pool == "process"
             worker = Worker(
                 queue,

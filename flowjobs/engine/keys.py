@@ -14,6 +14,19 @@ MAX_JOB_ID_LENGTH = 255
 MAX_PREFIX_LENGTH = 100
 _CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 
+# The events stream's cap (meta `opts.maxLenEvents`) when no client has set it: the
+# scripts' default and Node's `streams.events.maxLen` default.
+DEFAULT_EVENTS_MAX_LENGTH = 10_000
+
+
+def events_max_length(meta_value: object) -> int:
+    """The events stream's cap from the raw meta `opts.maxLenEvents` (None: not set)."""
+    try:
+        return int(meta_value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return DEFAULT_EVENTS_MAX_LENGTH
+
+
 # `<prefix>:<queue>:<suffix>` keys of a queue; a job id equal to one would share its key
 QUEUE_KEY_SUFFIXES = frozenset(
     {

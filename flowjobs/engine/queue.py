@@ -31,7 +31,7 @@ from .finishing import (
     plan_failure,
 )
 from .job import Job
-from .keys import QueueKeys
+from .keys import QueueKeys, events_max_length
 from .options import MAX_PRIORITY, EncodedJob, encode_job, now_ms, whole_argument
 from .outbox import AlreadyPushed, PushReceipt, PushTooLate
 
@@ -507,6 +507,19 @@ class Queue:
     def trim_events(self, max_length: int) -> int:
         max_length = whole_argument("trim_events: max_length", max_length, 0)
         return self.client.xtrim(self.keys.events, maxlen=max_length, approximate=True)
+
+    def set_events_max_length(self, max_length: int) -> None:
+        """How many entries the events stream keeps, about (meta ``opts.maxLenEvents``):
+        every script that emits an event trims the stream to it, whichever client runs
+        it. Node's ``Queue`` writes it when it is created, from ``streams.events.maxLen``
+        (default 10,000); the last writer wins."""
+        max_length = whole_argument("set_events_max_length: max_length", max_length, 1)
+        self.client.hset(self.keys.meta, "opts.maxLenEvents", max_length)
+
+    def get_events_max_length(self) -> int:
+        """The events stream's cap (see ``set_events_max_length``); the scripts' default,
+        10,000, when no client has set it yet."""
+        return events_max_length(self.client.hget(self.keys.meta, "opts.maxLenEvents"))
 
     def check_stalled(
         self, max_stalled_count: int = 1, stalled_interval_ms: int = 30_000

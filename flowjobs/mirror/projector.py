@@ -12,6 +12,7 @@ from typing import Any
 import redis
 from django.db import close_old_connections
 
+from ..engine.keys import events_max_length
 from ..lease import FencedLease, fenced_atomic
 from ..models import StreamPosition
 from ..priority import lower_this_thread
@@ -39,10 +40,12 @@ APPLY_CHUNK = 1000
 # may be trimmed past, and the queue is reconciled as before.
 READ_AHEAD_BATCHES = 40
 # While events arrive at BUSY_EVENTS_PER_S or more (workers draining a backlog), run()
-# reads them every DEFER_READ_S but applies them only once the burst slows down, it has
-# held them DEFER_BURSTS_S, or they fill half the read-ahead: reading and folding the
-# events costs about a fifth of applying them (the job hashes, the rows), and the CPU and
-# Redis time that applying takes is what the workers want during the burst. The rows lag
+# applies them only once the burst slows down, it has held them DEFER_BURSTS_S, or they
+# fill half the read-ahead: the CPU and Redis time that applying takes (the job hashes,
+# the rows) is what the workers want during the burst. Every DEFER_READ_S it looks at the
+# streams' lengths and reads them only when one would otherwise fill half of what it keeps
+# (runworker's EVENTS_MAX_LENGTH, 100,000 events: a 25,000-job burst is read after it
+# ends; Node's default 10,000 means a read every look or two at such rates). The rows lag
 # the burst by that much; at lower rates each batch is applied as it is read.
 DEFER_READ_S = 0.05
 DEFER_BURSTS_S = 5.0
@@ -70,6 +73,8 @@ class _Stream:
     hold_began: float | None = None
     hold_length: float = 0.0
     hold_mark: int | None = None
+    # The stream's entries-added at the last look (a read, or a deferred burst's look).
+    added_seen: int | None = None
 
     @property
     def key(self) -> str:
@@ -164,6 +169,7 @@ class Projector:
         self.defer_bursts = False
         self.deferring = False
         self._read_at = -1e18  # when the last step read (monotonic s)
+        self._looked_at = -1e18  # when the streams' entries-added were last seen
 
     # -- bookkeeping ------------------------------------------------------------
 
@@ -217,6 +223,13 @@ class Projector:
     def _step(self, block_ms: int | None) -> int:
         self._heartbeat()
         self.discover()
+        burst_over = False
+        if self.deferring:
+            look = self._look_at_burst()
+            if look == "wait":
+                self.caught_up = False
+                return 0
+            burst_over = look == "over"
         fold, self._ahead = self._ahead or _Fold(), None
         streams = self._readable(fold)
         self.caught_up = False
@@ -225,7 +238,7 @@ class Projector:
         rate = (fold.events - before) / max(self._read_at - read_at, 1e-3)
         # read every stream to its end: none held off, trimmed past or with more to read
         read_to_end = not full and not fold.lost and len(streams) == len(self.streams)
-        self.deferring = self._defer(fold, rate)
+        self.deferring = not burst_over and self._defer(fold, rate)
         if self.deferring:
             self._ahead = fold
             self.trickling = False
@@ -267,6 +280,49 @@ class Projector:
             and time.monotonic() - fold.began < DEFER_BURSTS_S
         )
 
+    def _look_at_burst(self) -> str:
+        """While a burst is deferred, whether to leave its streams unread until the next
+        look, DEFER_READ_S on ("wait"), to read them ("read"), or to read and apply them
+        ("over": events no longer come at BUSY_EVENTS_PER_S). Reading later reads the
+        same events, after the burst, when the workers no longer want the CPU. A stream
+        can wait while its unread events, with twice what came since the last look, stay
+        under half of what it keeps (its meta ``opts.maxLenEvents``; runworker writes
+        EVENTS_MAX_LENGTH there). One round trip."""
+        fold = self._ahead
+        if (
+            fold is None
+            or time.monotonic() - fold.began >= DEFER_BURSTS_S
+            or fold.events >= self._read_ahead_limit // 2
+        ):
+            return "read"
+        streams = self._readable(fold)
+        pipe = self.client.pipeline(transaction=False)
+        for stream in streams:
+            pipe.xinfo_stream(stream.key)
+            pipe.hget(f"{stream.prefix}:{stream.queue}:meta", "opts.maxLenEvents")
+        replies = pipe.execute(raise_on_error=False)
+        now = time.monotonic()
+        elapsed, self._looked_at = now - self._looked_at, now
+        came, can_wait = 0, True
+        for stream, info, cap in zip(streams, replies[::2], replies[1::2], strict=True):
+            if isinstance(info, Exception):
+                can_wait = can_wait and stream.last_id == "0-0"  # none yet, or deleted
+                continue
+            added = info.get("entries-added")
+            seen, stream.added_seen = stream.added_seen, None if added is None else int(added)
+            if stream.added_seen is None or seen is None or stream.entries_read is None:
+                can_wait = False  # Redis before 7.0, or a stream the last read missed
+                continue
+            new = stream.added_seen - seen
+            came += new
+            unread = stream.added_seen - stream.entries_read
+            cap = events_max_length(None if isinstance(cap, Exception) else cap)
+            if self._lost(stream, info) or unread + 2 * new >= cap // 2:
+                can_wait = False
+        if came < BUSY_EVENTS_PER_S * elapsed:
+            return "over"
+        return "wait" if can_wait else "read"
+
     def _read(self, streams: list[_Stream], fold: _Fold) -> bool:
         """Reads the next ``batch_size`` events of each stream into ``fold`` (a stream
         trimmed past its position goes to ``fold.lost`` instead); returns whether any
@@ -281,7 +337,10 @@ class Projector:
             raise read
         entries_by_key = read  # {} when there is nothing (see _entries_by_stream)
         full = False
+        self._looked_at = time.monotonic()
         for stream, info in zip(streams, infos, strict=True):
+            added = None if isinstance(info, Exception) else info.get("entries-added")
+            stream.added_seen = None if added is None else int(added)
             if self._lost(stream, info):
                 fold.lost.append(stream)
                 continue

@@ -39,6 +39,22 @@ def test_burst_processes_every_registered_queue_then_exits_zero(start_worker):
     assert "burst: no jobs left" in output
 
 
+def test_runworker_sets_each_queues_events_cap_from_the_settings(start_worker, settings, prefix):
+    """EVENTS_MAX_LENGTH (QUEUES entries may override it) goes to each queue's meta, where
+    every script that emits an event reads the cap it trims the stream to."""
+    echo, named = conf.get_queue("fj-echo"), conf.get_queue("fj-named")
+    assert echo.get_events_max_length() == named.get_events_max_length() == 10_000
+    worker = start_worker(
+        "fj-echo",
+        "fj-named",
+        "--burst",
+        env={"FLOWJOBS_QUEUES": '{"fj-named": {"EVENTS_MAX_LENGTH": 2000}}'},
+    )
+    assert worker.wait() == 0, worker.output()
+    assert echo.get_events_max_length() == 100_000
+    assert named.get_events_max_length() == 2000
+
+
 def test_unknown_job_name_fails_with_a_clear_reason_and_the_next_job_succeeds(start_worker):
     queue = conf.get_queue("fj-named")
     unknown = queue.add("nope", {}, attempts=3)

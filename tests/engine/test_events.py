@@ -55,3 +55,15 @@ def test_events_stream_is_trimmed(queue, redis_client, prefix):
     redis_client.hset(f"{prefix}:q:meta", "opts.maxLenEvents", 100)
     queue.add_bulk([{"name": "x"} for _ in range(2000)])
     assert redis_client.xlen(f"{prefix}:q:events") < 1000
+
+
+def test_the_events_streams_cap_is_the_queues_meta_as_node_writes_it(queue, redis_client, prefix):
+    """set_events_max_length writes Node's `opts.maxLenEvents`, which every script that
+    emits an event trims the stream to; unset, the cap is the scripts' 10,000."""
+    assert queue.get_events_max_length() == 10_000
+    queue.set_events_max_length(3000)
+    assert redis_client.hget(f"{prefix}:q:meta", "opts.maxLenEvents") == "3000"
+    assert queue.get_events_max_length() == 3000
+    queue.add_bulk([{"name": "x"} for _ in range(2500)])  # 5,000 events
+    # trimmed approximately: whole stream nodes of 100 entries
+    assert 3000 <= redis_client.xlen(f"{prefix}:q:events") < 3100

@@ -277,6 +277,64 @@ def test_a_burst_is_read_on_and_applied_once_it_slows_down(make_queue, make_proj
     assert not projector.deferring and mirrored() == 15
 
 
+def test_a_burst_is_left_unread_while_its_stream_keeps_it(make_queue, make_projector, monkeypatch):
+    """While a burst is deferred, the projector only looks at the streams' lengths. It
+    reads them when a stream's unread events, with twice what came since the last look,
+    would reach half of what the stream keeps (meta `opts.maxLenEvents`), and reads and
+    applies them when the burst ends: read after the burst, they cost the workers
+    nothing during it."""
+    monkeypatch.setattr(projector_module, "BUSY_EVENTS_PER_S", 1, raising=False)
+    monkeypatch.setattr(projector_module, "DEFER_BURSTS_S", 60.0, raising=False)
+    queue = make_queue("q")
+    queue.set_events_max_length(200)  # read at 100 unread
+    queue.add("first", {})
+    projector = make_projector()
+    projector.catch_up()
+    projector.defer_bursts = True  # as run() does
+
+    def burst(jobs: int) -> None:  # two events a job: added, waiting
+        queue.add_bulk([{"name": "burst", "data": {}} for _ in range(jobs)])
+
+    burst(5)
+    assert projector.step(block_ms=0) == 0
+    assert projector.deferring and projector.unapplied_events == 10
+    burst(10)  # 20 unread, 20 new: 60
+    assert projector.step(block_ms=0) == 0
+    assert projector.deferring and projector.unapplied_events == 10  # left unread
+    burst(10)  # 40 unread, 20 new: 80
+    assert projector.step(block_ms=0) == 0
+    assert projector.unapplied_events == 10
+    burst(10)  # 60 unread, 20 new: 100, half the cap
+    assert projector.step(block_ms=0) == 0
+    assert projector.deferring and projector.unapplied_events == 70
+    assert JobRecord.objects.filter(name="burst").count() == 0
+
+    assert projector.step(block_ms=0) == 70  # nothing new: the burst is over
+    assert not projector.deferring
+    assert JobRecord.objects.filter(name="burst").count() == 35
+
+
+def test_a_deferred_burst_is_read_at_the_default_cap_when_the_stream_would_fill(
+    make_queue, make_projector, monkeypatch, rclient, prefix
+):
+    """A queue no client set a cap for keeps the scripts' 10,000 events: a burst that
+    would fill half of that is read, not left to be trimmed past."""
+    monkeypatch.setattr(projector_module, "BUSY_EVENTS_PER_S", 1, raising=False)
+    monkeypatch.setattr(projector_module, "DEFER_BURSTS_S", 60.0, raising=False)
+    queue = make_queue("q")
+    queue.add("first", {})
+    rclient.hdel(f"{prefix}:q:meta", "opts.maxLenEvents")
+    projector = make_projector()
+    projector.catch_up()
+    projector.defer_bursts = True
+    queue.add_bulk([{"name": "burst", "data": {}} for _ in range(5)])
+    assert projector.step(block_ms=0) == 0 and projector.unapplied_events == 10
+    queue.add_bulk([{"name": "burst", "data": {}} for _ in range(1700)])  # 3,400 new
+    assert projector.step(block_ms=0) == 0
+    assert projector.unapplied_events == 3410
+    assert projector.step(block_ms=0) == 3410
+
+
 def test_a_failed_batch_is_read_again_by_the_next_step(make_queue, make_projector, monkeypatch):
     """The projector moves its positions in memory as it reads; a batch whose rows could
     not be written must not be skipped by the next step of the same projector."""

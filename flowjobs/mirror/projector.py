@@ -53,6 +53,11 @@ DEFER_BURSTS_S = 5.0
 # stream's worth a second: 2,500 jobs/s of a worker's four events each), up to
 # HOLD_WHILE_BUSY_S in all; then it is reconciled even in the middle of its burst.
 BUSY_EVENTS_PER_S = 10_000
+# Events at BACKLOG_EVENTS_PER_S or more while some queue has BACKLOG_JOBS or more waiting
+# (its wait list and prioritized set) are a burst too, however slow the machine: workers
+# draining a backlog want every CPU and Redis moment the mirror would take.
+BACKLOG_EVENTS_PER_S = 1_000
+BACKLOG_JOBS = 1_000
 HOLD_WHILE_BUSY_S = 15.0
 # While events gather (see Projector.gather), how often the streams' lengths are checked.
 GATHER_CHECK_S = 0.02
@@ -170,6 +175,7 @@ class Projector:
         self.deferring = False
         self._read_at = -1e18  # when the last step read (monotonic s)
         self._looked_at = -1e18  # when the streams' entries-added were last seen
+        self._backlog = 0  # the most jobs some stream's queue had waiting, at the last read
 
     # -- bookkeeping ------------------------------------------------------------
 
@@ -267,13 +273,13 @@ class Projector:
 
     def _defer(self, fold: _Fold, rate: float) -> bool:
         """Whether to leave ``fold`` unapplied for now and only read on (see
-        DEFER_BURSTS_S): events arrive at BUSY_EVENTS_PER_S or more, ``fold`` is under
+        DEFER_BURSTS_S): events arrive as in a burst (see ``_busy``), ``fold`` is under
         half the read-ahead and younger than DEFER_BURSTS_S, and nothing in it needs a
         recovery or a reconcile."""
         return (
             self.defer_bursts
             and bool(fold.events)
-            and rate >= BUSY_EVENTS_PER_S
+            and _busy(rate, self._backlog)
             and not fold.lost
             and not fold.to_reconcile
             and fold.events < self._read_ahead_limit // 2
@@ -283,7 +289,7 @@ class Projector:
     def _look_at_burst(self) -> str:
         """While a burst is deferred, whether to leave its streams unread until the next
         look, DEFER_READ_S on ("wait"), to read them ("read"), or to read and apply them
-        ("over": events no longer come at BUSY_EVENTS_PER_S). Reading later reads the
+        ("over": events no longer come as in a burst). Reading later reads the
         same events, after the burst, when the workers no longer want the CPU. A stream
         can wait while its unread events, with twice what came since the last look, stay
         under half of what it keeps (its meta ``opts.maxLenEvents``; runworker writes
@@ -298,18 +304,18 @@ class Projector:
         streams = self._readable(fold)
         pipe = self.client.pipeline(transaction=False)
         for stream in streams:
-            pipe.xinfo_stream(stream.key)
+            _look_at(pipe, stream)
             pipe.hget(f"{stream.prefix}:{stream.queue}:meta", "opts.maxLenEvents")
         replies = pipe.execute(raise_on_error=False)
         now = time.monotonic()
         elapsed, self._looked_at = now - self._looked_at, now
         came, can_wait = 0, True
-        for stream, info, cap in zip(streams, replies[::2], replies[1::2], strict=True):
+        before = [stream.added_seen for stream in streams]
+        infos, backlog = _seen(streams, replies, 4)
+        for stream, seen, info, cap in zip(streams, before, infos, replies[3::4], strict=True):
             if isinstance(info, Exception):
                 can_wait = can_wait and stream.last_id == "0-0"  # none yet, or deleted
                 continue
-            added = info.get("entries-added")
-            seen, stream.added_seen = stream.added_seen, None if added is None else int(added)
             if stream.added_seen is None or seen is None or stream.entries_read is None:
                 can_wait = False  # Redis before 7.0, or a stream the last read missed
                 continue
@@ -319,7 +325,7 @@ class Projector:
             cap = events_max_length(None if isinstance(cap, Exception) else cap)
             if self._lost(stream, info) or unread + 2 * new >= cap // 2:
                 can_wait = False
-        if came < BUSY_EVENTS_PER_S * elapsed:
+        if not _busy(came / max(elapsed, 1e-3), backlog):
             return "over"
         return "wait" if can_wait else "read"
 
@@ -329,18 +335,17 @@ class Projector:
         stream had that many or more to read."""
         pipe = self._reader.pipeline(transaction=True)
         for stream in streams:
-            pipe.xinfo_stream(stream.key)
+            _look_at(pipe, stream)
         pipe.xread({stream.key: stream.last_id for stream in streams}, count=self.config.batch_size)
         replies = pipe.execute(raise_on_error=False)
-        infos, read = replies[:-1], replies[-1]
+        read = replies.pop()
         if isinstance(read, Exception):
             raise read
         entries_by_key = read  # {} when there is nothing (see _entries_by_stream)
         full = False
         self._looked_at = time.monotonic()
+        infos, self._backlog = _seen(streams, replies, 3)
         for stream, info in zip(streams, infos, strict=True):
-            added = None if isinstance(info, Exception) else info.get("entries-added")
-            stream.added_seen = None if added is None else int(added)
             if self._lost(stream, info):
                 fold.lost.append(stream)
                 continue
@@ -606,6 +611,37 @@ class Projector:
                     continue
                 if int(added) - stream.entries_read >= half_batch:
                     return
+
+
+def _busy(events_per_s: float, backlog: int) -> bool:
+    """Whether events that come this fast say workers are busy: BUSY_EVENTS_PER_S or
+    more, or BACKLOG_EVENTS_PER_S or more while some queue has BACKLOG_JOBS waiting."""
+    return events_per_s >= BUSY_EVENTS_PER_S or (
+        events_per_s >= BACKLOG_EVENTS_PER_S and backlog >= BACKLOG_JOBS
+    )
+
+
+def _look_at(pipe: Any, stream: _Stream) -> None:
+    """Queues what a look at ``stream`` reads (see ``_seen``): its XINFO STREAM and how
+    many jobs its queue has waiting (wait list, prioritized set)."""
+    pipe.xinfo_stream(stream.key)
+    pipe.llen(f"{stream.prefix}:{stream.queue}:wait")
+    pipe.zcard(f"{stream.prefix}:{stream.queue}:prioritized")
+
+
+def _seen(streams: list[_Stream], replies: list[Any], step: int) -> tuple[list[Any], int]:
+    """Takes in the replies of ``_look_at`` for each stream (``step`` replies apart): sets
+    each stream's ``added_seen``; returns their XINFO replies and the most jobs some
+    queue has waiting."""
+    infos, backlog = [], 0
+    for index, stream in enumerate(streams):
+        info, waiting, prioritized = replies[index * step : index * step + 3]
+        added = None if isinstance(info, Exception) else info.get("entries-added")
+        stream.added_seen = None if added is None else int(added)
+        infos.append(info)
+        counts = [n for n in (waiting, prioritized) if isinstance(n, int)]
+        backlog = max(backlog, sum(counts))
+    return infos, backlog
 
 
 def _entries_by_stream(reply: Any, **_options: Any) -> dict[str, list[Any]]:

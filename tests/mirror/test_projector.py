@@ -314,6 +314,34 @@ def test_a_burst_is_left_unread_while_its_stream_keeps_it(make_queue, make_proje
     assert JobRecord.objects.filter(name="burst").count() == 35
 
 
+def test_events_while_a_queue_has_a_backlog_are_a_burst_however_slowly_they_come(
+    make_queue, make_projector, monkeypatch
+):
+    """Workers draining a backlog on a slow machine send fewer events a second than
+    BUSY_EVENTS_PER_S, and want the CPU as much: BACKLOG_EVENTS_PER_S while some queue
+    has BACKLOG_JOBS waiting is a burst too. Without the backlog, the same pace is
+    applied as it is read."""
+    monkeypatch.setattr(projector_module, "BUSY_EVENTS_PER_S", 10**12, raising=False)
+    monkeypatch.setattr(projector_module, "BACKLOG_EVENTS_PER_S", 1, raising=False)
+    monkeypatch.setattr(projector_module, "BACKLOG_JOBS", 20, raising=False)
+    monkeypatch.setattr(projector_module, "DEFER_BURSTS_S", 60.0, raising=False)
+    queue = make_queue("q")
+    queue.add("first", {})
+    projector = make_projector()
+    projector.catch_up()
+    projector.defer_bursts = True
+
+    queue.add_bulk([{"name": "early", "data": {}} for _ in range(10)])  # 11 waiting
+    assert projector.step(block_ms=0) == 20
+    assert not projector.deferring
+
+    queue.add_bulk([{"name": "burst", "data": {}} for _ in range(10)])  # 21 waiting
+    assert projector.step(block_ms=0) == 0
+    assert projector.deferring and projector.unapplied_events == 20
+    assert projector.step(block_ms=0) == 20  # nothing new: over
+    assert JobRecord.objects.filter(name="burst").count() == 10
+
+
 def test_a_deferred_burst_is_read_at_the_default_cap_when_the_stream_would_fill(
     make_queue, make_projector, monkeypatch, rclient, prefix
 ):

@@ -243,17 +243,25 @@ def test_a_trimmed_past_queue_is_held_off_while_its_burst_goes_on(
     assert JobRecord.objects.filter(queue="q", name="burst").count() == 13
 
 
-def test_a_burst_is_read_on_and_applied_once_it_slows_down(make_queue, make_projector, monkeypatch):
-    """While events pour in (workers draining a backlog), run() only reads them, the
-    cheap part, and applies them once the burst slows down or has been held a while:
-    applying takes CPU and Redis time the workers want during the burst."""
+@pytest.fixture
+def deferring(make_queue, make_projector, monkeypatch):
+    """(queue "q" with one job, a projector caught up with it that defers bursts as
+    run() does); any pace of events is a burst (BUSY_EVENTS_PER_S 1), held a minute."""
     monkeypatch.setattr(projector_module, "BUSY_EVENTS_PER_S", 1, raising=False)
     monkeypatch.setattr(projector_module, "DEFER_BURSTS_S", 60.0, raising=False)
     queue = make_queue("q")
     queue.add("first", {})
     projector = make_projector()
     projector.catch_up()
-    projector.defer_bursts = True  # as run() does
+    projector.defer_bursts = True
+    return queue, projector
+
+
+def test_a_burst_is_read_on_and_applied_once_it_slows_down(deferring, monkeypatch):
+    """While events pour in (workers draining a backlog), run() only reads them, the
+    cheap part, and applies them once the burst slows down or has been held a while:
+    applying takes CPU and Redis time the workers want during the burst."""
+    queue, projector = deferring
 
     def mirrored() -> int:
         return JobRecord.objects.filter(queue="q", name__in=("burst", "more")).count()
@@ -277,20 +285,14 @@ def test_a_burst_is_read_on_and_applied_once_it_slows_down(make_queue, make_proj
     assert not projector.deferring and mirrored() == 15
 
 
-def test_a_burst_is_left_unread_while_its_stream_keeps_it(make_queue, make_projector, monkeypatch):
+def test_a_burst_is_left_unread_while_its_stream_keeps_it(deferring):
     """While a burst is deferred, the projector only looks at the streams' lengths. It
     reads them when a stream's unread events, with twice what came since the last look,
     would reach half of what the stream keeps (meta `opts.maxLenEvents`), and reads and
     applies them when the burst ends: read after the burst, they cost the workers
     nothing during it."""
-    monkeypatch.setattr(projector_module, "BUSY_EVENTS_PER_S", 1, raising=False)
-    monkeypatch.setattr(projector_module, "DEFER_BURSTS_S", 60.0, raising=False)
-    queue = make_queue("q")
+    queue, projector = deferring
     queue.set_events_max_length(200)  # read at 100 unread
-    queue.add("first", {})
-    projector = make_projector()
-    projector.catch_up()
-    projector.defer_bursts = True  # as run() does
 
     def burst(jobs: int) -> None:  # two events a job: added, waiting
         queue.add_bulk([{"name": "burst", "data": {}} for _ in range(jobs)])
@@ -315,21 +317,16 @@ def test_a_burst_is_left_unread_while_its_stream_keeps_it(make_queue, make_proje
 
 
 def test_events_while_a_queue_has_a_backlog_are_a_burst_however_slowly_they_come(
-    make_queue, make_projector, monkeypatch
+    deferring, monkeypatch
 ):
     """Workers draining a backlog on a slow machine send fewer events a second than
     BUSY_EVENTS_PER_S, and want the CPU as much: BACKLOG_EVENTS_PER_S while some queue
     has BACKLOG_JOBS waiting is a burst too. Without the backlog, the same pace is
     applied as it is read."""
+    queue, projector = deferring
     monkeypatch.setattr(projector_module, "BUSY_EVENTS_PER_S", 10**12, raising=False)
     monkeypatch.setattr(projector_module, "BACKLOG_EVENTS_PER_S", 1, raising=False)
     monkeypatch.setattr(projector_module, "BACKLOG_JOBS", 20, raising=False)
-    monkeypatch.setattr(projector_module, "DEFER_BURSTS_S", 60.0, raising=False)
-    queue = make_queue("q")
-    queue.add("first", {})
-    projector = make_projector()
-    projector.catch_up()
-    projector.defer_bursts = True
 
     queue.add_bulk([{"name": "early", "data": {}} for _ in range(10)])  # 11 waiting
     assert projector.step(block_ms=0) == 20
@@ -343,18 +340,12 @@ def test_events_while_a_queue_has_a_backlog_are_a_burst_however_slowly_they_come
 
 
 def test_a_deferred_burst_is_read_at_the_default_cap_when_the_stream_would_fill(
-    make_queue, make_projector, monkeypatch, rclient, prefix
+    deferring, rclient, prefix
 ):
     """A queue no client set a cap for keeps the scripts' 10,000 events: a burst that
     would fill half of that is read, not left to be trimmed past."""
-    monkeypatch.setattr(projector_module, "BUSY_EVENTS_PER_S", 1, raising=False)
-    monkeypatch.setattr(projector_module, "DEFER_BURSTS_S", 60.0, raising=False)
-    queue = make_queue("q")
-    queue.add("first", {})
+    queue, projector = deferring
     rclient.hdel(f"{prefix}:q:meta", "opts.maxLenEvents")
-    projector = make_projector()
-    projector.catch_up()
-    projector.defer_bursts = True
     queue.add_bulk([{"name": "burst", "data": {}} for _ in range(5)])
     assert projector.step(block_ms=0) == 0 and projector.unapplied_events == 10
     queue.add_bulk([{"name": "burst", "data": {}} for _ in range(1700)])  # 3,400 new

@@ -391,13 +391,3 @@ async def run_on_lane(lane: Any, calls: Sequence[Call]) -> list[Any]:
         except ResponseError as error:
             results.append(error)
     return results
-
-
-async def arun_many(client: redis.asyncio.Redis, calls: Sequence[Call]) -> list[Any]:
-    """Runs several scripts in one round trip on a pooled connection."""
-    pool = client.connection_pool
-    connection = await pool.get_connection()
-    try:
-        return await run_on_connection(connection, calls, connection.socket_timeout)
-    finally:
-        await pool.release(connection)

@@ -258,6 +258,36 @@ def test_outside_a_transaction_the_job_is_pushed_at_once_or_left_for_the_relay(
     assert outbox.Relay().drain() == 1
 
 
+def test_an_idle_relay_pass_reads_the_database_once_and_calls_no_redis(own_redis: RedisServer):
+    """The relay looks every half second; with nothing old enough to push, a pass is one
+    query: no Redis clock read, no transaction, no row lock."""
+    from django.test.utils import CaptureQueriesContext
+
+    client = redis.Redis.from_url(own_redis.url)
+    relay = outbox.Relay()
+
+    def redis_calls() -> int:
+        stats = client.info("commandstats")
+        return sum(v["calls"] for k, v in stats.items() if k != "cmdstat_info")
+
+    def one_pass() -> tuple[int, list[str]]:
+        before = redis_calls()
+        with CaptureQueriesContext(db.connection) as queries:
+            outcome = relay.step()
+        assert not outcome.pushed
+        return redis_calls() - before, [query["sql"] for query in queries]
+
+    calls, queries = one_pass()
+    assert (calls, len(queries)) == (0, 1), queries
+    own_redis.stop()  # a young row (the push after the commit could not reach Redis)
+    assert enqueue("orders", "young", on_commit=True) is None
+    own_redis.start()
+    calls, queries = one_pass()
+    assert (calls, len(queries)) == (0, 1), queries
+    assert OutboxEntry.objects.count() == 1
+    assert outbox.Relay(min_age=0).drain() == 1
+
+
 def test_async_twins(own_redis: RedisServer, prefix: str):
     async def produce() -> None:
         job = await aenqueue("orders", "async", {"n": 1}, on_commit=True)

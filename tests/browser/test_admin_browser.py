@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from django.urls import reverse
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
@@ -40,7 +41,10 @@ def report(job: Any) -> dict:
 
 
 def _wait(browser: Any, timeout: float = 15) -> WebDriverWait:
-    return WebDriverWait(browser, timeout)
+    """Polls a condition. The live pages re-render their parts while it polls: an element
+    found just before a re-render is stale when read, and the next poll finds the new one
+    (a CI run failed on that once)."""
+    return WebDriverWait(browser, timeout, ignored_exceptions=(StaleElementReferenceException,))
 
 
 def _log_in(browser: Any, base: str, user: Any) -> None:

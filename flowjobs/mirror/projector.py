@@ -510,9 +510,13 @@ class Projector:
 
     def housekeeping(self) -> None:
         """Periodic full reconcile (drain/obliterate emit no events), the reconciles asked
-        for (``syncjobs --once`` while this projector holds the lease), history pruning."""
+        for (``syncjobs --once`` while this projector holds the lease), history pruning.
+        The periodic reconcile waits while a burst is deferred: it reads every job hash,
+        which the workers' burst wants the Redis time of, and the burst's events, applied
+        after it, would take rows back to states older than the ones it wrote."""
         interval = self.config.reconcile_interval
-        if interval is not None and time.monotonic() - self._reconciled_at >= interval:
+        due = interval is not None and time.monotonic() - self._reconciled_at >= interval
+        if due and not self.deferring:
             self._reconciled_at = time.monotonic()
             for stream in list(self.streams.values()):
                 self._heartbeat()

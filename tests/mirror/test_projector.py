@@ -354,6 +354,32 @@ def test_a_deferred_burst_is_read_at_the_default_cap_when_the_stream_would_fill(
     assert projector.step(block_ms=0) == 3410
 
 
+def test_the_periodic_reconcile_waits_until_a_deferred_burst_is_applied(
+    make_queue, make_projector, monkeypatch
+):
+    """The periodic reconcile finds what left no event (a drain). It reads every job
+    hash, so it waits while a burst is deferred, and runs once the burst is applied."""
+    monkeypatch.setattr(projector_module, "BUSY_EVENTS_PER_S", 1, raising=False)
+    monkeypatch.setattr(projector_module, "DEFER_BURSTS_S", 60.0, raising=False)
+    queue = make_queue("q")
+    gone = queue.add("gone", {})
+    projector = make_projector(reconcile_interval=0.0)
+    projector.catch_up()
+    projector.defer_bursts = True
+    queue.drain()  # no per-job events: only a reconcile sees the job gone
+
+    def still_there() -> bool:
+        return JobRecord.objects.get(job_id=gone.id).in_redis
+
+    queue.add_bulk([{"name": "burst", "data": {}} for _ in range(5)])
+    assert projector.step(block_ms=0) == 0 and projector.deferring
+    projector.housekeeping()
+    assert still_there()
+    assert projector.step(block_ms=0) == 10  # the burst is over: applied
+    projector.housekeeping()
+    assert not still_there()
+
+
 def test_a_failed_batch_is_read_again_by_the_next_step(make_queue, make_projector, monkeypatch):
     """The projector moves its positions in memory as it reads; a batch whose rows could
     not be written must not be skipped by the next step of the same projector."""

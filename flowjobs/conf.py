@@ -109,9 +109,9 @@ class QueueSettings:
     stalled_interval: int
     max_stalled_count: int
     default_job_options: Mapping[str, Any]
+    events_max_length: int
     limiter: Mapping[str, int] | None = None
     schedulers: Mapping[str, Any] | None = None
-    events_max_length: int = 100_000
 
 
 @dataclass(frozen=True, eq=False)

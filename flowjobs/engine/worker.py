@@ -703,12 +703,13 @@ class Worker:
                     if lock in tokens
                 ]
                 for job_id, token in taken:
-                    # checks the token: a job the stalled check moved meanwhile is left be
+                    # checks the token: a job the stalled check moved meanwhile is left be;
+                    # "1": the lost fetch's start is not counted (ats)
                     await scripts.arun(
                         self._aclient,
                         "move_to_wait",
                         [self.queue.keys.meta],
-                        [self.queue.keys.qualified, job_id, token],
+                        [self.queue.keys.qualified, job_id, token, "1"],
                     )
                 if taken:
                     logger.info(

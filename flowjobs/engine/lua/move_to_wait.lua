@@ -5,6 +5,8 @@
 
   KEYS[1]  meta key (routing only)
   ARGV[1]  qk  ARGV[2] jobId  ARGV[3] token
+  ARGV[4]  "1": the job never started (a worker's fetch whose answer was lost took it);
+           its attempts started (ats) go back down by one. Optional.
   Returns  the limiter's remaining ttl ms (>= 0), or -1 / -2 / -6
   Events   waiting (prev active)
 ]]
@@ -20,6 +22,9 @@ if lockResult ~= 0 then
   return lockResult
 end
 if rcall("LREM", qk .. ":active", 1, jobId) > 0 then
+  if ARGV[4] == "1" and (tonumber(rcall("HGET", jobKey, "ats")) or 0) > 0 then
+    rcall("HINCRBY", jobKey, "ats", -1)
+  end
   local priority = tonumber(rcall("HGET", jobKey, "priority")) or 0
   if priority > 0 then
     rcall("ZADD", qk .. ":prioritized", priority * 4294967296, jobId)

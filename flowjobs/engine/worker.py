@@ -237,7 +237,11 @@ class Worker:
 
         Listeners run on the worker's event-loop thread, except that up to concurrency
         4 with a synchronous processor a job's active/completed/failed run on the thread
-        that runs the job (which records it too): keep them quick and thread-safe."""
+        that runs the job (which records it too): keep them quick and thread-safe.
+
+        A worker made with autorun=True already runs: jobs finished before a listener is
+        attached are not told to it. Attach listeners that must see every job to a
+        worker made with autorun=False, then start() it."""
         self._listeners.setdefault(event, []).append(listener)
         return self
 

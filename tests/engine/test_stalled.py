@@ -47,8 +47,10 @@ def test_job_of_a_killed_worker_is_recovered_and_completed(
         lambda job: f"recovered {job.data['n']}",
         stalled_interval=300,
         lock_duration=500,
+        autorun=False,
     )
     worker.on("stalled", stalled.append)
+    worker.start()
     wait_for(lambda: queue.get_job_state(job.id) == "completed", timeout=15)
     recovered = queue.get_job(job.id)
     assert recovered.returnvalue == "recovered 1"

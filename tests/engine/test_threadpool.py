@@ -138,7 +138,7 @@ def test_a_listener_on_the_job_s_thread_may_close_the_worker(queue, make_worker)
     """At concurrency 1 a sync worker's completed listeners run on the job's thread.
     close() from there must not wait for that thread (it would wait for itself)."""
     queue.add_bulk([{"name": "x", "data": {"n": n}} for n in range(5)])
-    worker = make_worker("q", lambda job: job.data["n"])
+    worker = make_worker("q", lambda job: job.data["n"], autorun=False)
     closed = threading.Event()
 
     def on_completed(job, result):

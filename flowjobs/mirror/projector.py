@@ -40,7 +40,7 @@ APPLY_CHUNK = 1000
 # may be trimmed past, and the queue is reconciled as before.
 READ_AHEAD_BATCHES = 40
 # While events arrive at BUSY_EVENTS_PER_S or more (workers draining a backlog), run()
-# applies them only once the burst slows down, it has held them DEFER_BURSTS_S, or they
+# applies them only once the burst slows down, it has held them MIRROR_BURST_LAG_S, or they
 # fill half the read-ahead: the CPU and Redis time that applying takes (the job hashes,
 # the rows) is what the workers want during the burst. Every DEFER_READ_S it looks at the
 # streams' lengths and reads them only when one would otherwise fill half of what it keeps
@@ -48,7 +48,6 @@ READ_AHEAD_BATCHES = 40
 # ends; Node's default 10,000 means a read every look or two at such rates). The rows lag
 # the burst by that much; at lower rates each batch is applied as it is read.
 DEFER_READ_S = 0.05
-DEFER_BURSTS_S = 5.0
 # A queue trimmed past is held off while its events keep coming this fast (a default
 # stream's worth a second: 2,500 jobs/s of a worker's four events each), up to
 # HOLD_WHILE_BUSY_S in all; then it is reconciled even in the middle of its burst.
@@ -273,8 +272,8 @@ class Projector:
 
     def _defer(self, fold: _Fold, rate: float) -> bool:
         """Whether to leave ``fold`` unapplied for now and only read on (see
-        DEFER_BURSTS_S): events arrive as in a burst (see ``_busy``), ``fold`` is under
-        half the read-ahead and younger than DEFER_BURSTS_S, and nothing in it needs a
+        MIRROR_BURST_LAG_S): events arrive as in a burst (see ``_busy``), ``fold`` is under
+        half the read-ahead and younger than MIRROR_BURST_LAG_S, and nothing in it needs a
         recovery or a reconcile."""
         return (
             self.defer_bursts
@@ -283,7 +282,7 @@ class Projector:
             and not fold.lost
             and not fold.to_reconcile
             and fold.events < self._read_ahead_limit // 2
-            and time.monotonic() - fold.began < DEFER_BURSTS_S
+            and time.monotonic() - fold.began < self.config.burst_lag_s
         )
 
     def _look_at_burst(self) -> str:
@@ -297,7 +296,7 @@ class Projector:
         fold = self._ahead
         if (
             fold is None
-            or time.monotonic() - fold.began >= DEFER_BURSTS_S
+            or time.monotonic() - fold.began >= self.config.burst_lag_s
             or fold.events >= self._read_ahead_limit // 2
         ):
             return "read"

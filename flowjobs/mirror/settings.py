@@ -11,6 +11,9 @@ from django.conf import settings as django_settings
 
 _DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 _DEFAULT_PREFIX = "bull"
+# MIRROR_BURST_LAG_S is seconds; a value over this is more likely milliseconds by mistake
+# than an admin meant to lag a burst by minutes
+MAX_BURST_LAG_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,9 @@ class MirrorSettings:
     batch_size: int = 5000
     block_ms: int = 1000
     coalesce_ms: int = 200
+    # how long run() may hold a burst's events unapplied (the rows' lag during a burst;
+    # 0: applied as they are read, the workers paying for it)
+    burst_lag_s: float = 5.0
     lock_ttl_ms: int = 30_000
     discover_interval: float = 5.0
     reconcile_interval: float | None = 900.0
@@ -89,6 +95,7 @@ def mirror_settings() -> MirrorSettings:
         batch_size=int(pick("MIRROR_BATCH_SIZE", MirrorSettings.batch_size)),
         block_ms=int(pick("MIRROR_BLOCK_MS", 1000)),
         coalesce_ms=int(pick("MIRROR_COALESCE_MS", 200)),
+        burst_lag_s=float(pick("MIRROR_BURST_LAG_S", MirrorSettings.burst_lag_s)),
         lock_ttl_ms=int(pick("MIRROR_LOCK_TTL_MS", 30_000)),
         discover_interval=float(pick("MIRROR_DISCOVER_INTERVAL", 5.0)),
         reconcile_interval=(
@@ -114,6 +121,8 @@ def check_settings() -> list[str]:
         problems.append("FLOWJOBS MIRROR_IDLE_STARVED_S must be > 0")
     if current.coalesce_ms < 0:
         problems.append("FLOWJOBS MIRROR_COALESCE_MS must be >= 0")
+    if not 0 <= current.burst_lag_s <= MAX_BURST_LAG_S:
+        problems.append(f"FLOWJOBS MIRROR_BURST_LAG_S must be between 0 and {MAX_BURST_LAG_S:g}")
     for name in ("history_age", "history_count"):
         value = getattr(current, name)
         if value is not None and value < 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -9,6 +10,7 @@ import time
 import pytest
 from django.db import DatabaseError
 
+from flowjobs import mirror
 from flowjobs.engine import Flow
 from flowjobs.mirror import _compare_ids, reconcile
 from flowjobs.mirror import projector as projector_module
@@ -248,10 +250,9 @@ def deferring(make_queue, make_projector, monkeypatch):
     """(queue "q" with one job, a projector caught up with it that defers bursts as
     run() does); any pace of events is a burst (BUSY_EVENTS_PER_S 1), held a minute."""
     monkeypatch.setattr(projector_module, "BUSY_EVENTS_PER_S", 1, raising=False)
-    monkeypatch.setattr(projector_module, "DEFER_BURSTS_S", 60.0, raising=False)
     queue = make_queue("q")
     queue.add("first", {})
-    projector = make_projector()
+    projector = make_projector(burst_lag_s=60.0)
     projector.catch_up()
     projector.defer_bursts = True
     return queue, projector
@@ -278,11 +279,44 @@ def test_a_burst_is_read_on_and_applied_once_it_slows_down(deferring, monkeypatc
     assert not projector.deferring and mirrored() == 10
     assert projector.unapplied_events == 0
 
-    # held no longer than DEFER_BURSTS_S, however fast the events come
-    monkeypatch.setattr(projector_module, "DEFER_BURSTS_S", 0.0, raising=False)
+    # held no longer than MIRROR_BURST_LAG_S, however fast the events come
+    projector.config = dataclasses.replace(projector.config, burst_lag_s=0.3)
     queue.add_bulk([{"name": "more", "data": {}} for _ in range(5)])
+    assert projector.step(block_ms=0) == 0 and projector.deferring
+    began = time.monotonic()
+
+    def applied_while_the_burst_goes_on() -> bool:
+        queue.add("more", {})
+        return projector.step(block_ms=0) > 0
+
+    wait_for(applied_while_the_burst_goes_on, timeout=10, message="a burst held past its lag")
+    assert time.monotonic() - began >= 0.3
+    assert mirrored() > 15
+
+
+def test_with_mirror_burst_lag_s_0_a_burst_is_applied_as_it_is_read(deferring):
+    """MIRROR_BURST_LAG_S 0: the rows follow a burst batch by batch (the admin shows its
+    jobs at once), the workers paying for the applying during the burst."""
+    queue, projector = deferring
+    projector.config = dataclasses.replace(projector.config, burst_lag_s=0.0)
+    queue.add_bulk([{"name": "burst", "data": {}} for _ in range(5)])
     assert projector.step(block_ms=0) == 10
-    assert not projector.deferring and mirrored() == 15
+    assert not projector.deferring
+    assert JobRecord.objects.filter(queue="q", name="burst").count() == 5
+
+
+def test_the_burst_lag_setting_is_read_and_checked(settings, flowjobs_settings):
+    assert mirror.mirror_settings().burst_lag_s == 5.0
+    settings.FLOWJOBS = {**flowjobs_settings, "MIRROR_BURST_LAG_S": 0}
+    assert mirror.mirror_settings().burst_lag_s == 0.0
+    assert mirror.check_settings() == []
+    for wrong in (-1, 5000, "nan"):
+        settings.FLOWJOBS = {**flowjobs_settings, "MIRROR_BURST_LAG_S": wrong}
+        assert mirror.check_settings() == [
+            "FLOWJOBS MIRROR_BURST_LAG_S must be between 0 and 60"
+        ], wrong
+    settings.FLOWJOBS = {**flowjobs_settings, "MIRROR_BURST_LAG_S": "soon"}
+    assert mirror.check_settings()[0].startswith("FLOWJOBS MIRROR_* settings are not valid")
 
 
 def test_a_burst_is_left_unread_while_its_stream_keeps_it(deferring):
@@ -360,10 +394,9 @@ def test_the_periodic_reconcile_waits_until_a_deferred_burst_is_applied(
     """The periodic reconcile finds what left no event (a drain). It reads every job
     hash, so it waits while a burst is deferred, and runs once the burst is applied."""
     monkeypatch.setattr(projector_module, "BUSY_EVENTS_PER_S", 1, raising=False)
-    monkeypatch.setattr(projector_module, "DEFER_BURSTS_S", 60.0, raising=False)
     queue = make_queue("q")
     gone = queue.add("gone", {})
-    projector = make_projector(reconcile_interval=0.0)
+    projector = make_projector(reconcile_interval=0.0, burst_lag_s=60.0)
     projector.catch_up()
     projector.defer_bursts = True
     queue.drain()  # no per-job events: only a reconcile sees the job gone

@@ -127,6 +127,62 @@ def _run_packed(client: redis.Redis, name: str, keys: Sequence[str], args: Seque
         spare.give_back(connection)
 
 
+def hgetall_many(client: redis.Redis, keys: Sequence[str]) -> list[dict[str, Any]]:
+    """HGETALL of each key in one round trip (an empty dict for a missing key), packed
+    directly as `pack_call` packs a script call: redis-py's pipeline (a command object,
+    the generic packer and a reply callback per hash) cost the mirror 15 µs of CPU a
+    hash against 9. An error reply (a key that is not a hash) is raised after every
+    reply was read, as a pipeline raises it; a broken connection is closed."""
+    if not keys:
+        return []
+    if not _plain(client):
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(key)
+        return pipe.execute()
+    spare = SpareConnections.of(client.connection_pool)
+    connection = spare.take()
+    hashes: list[dict[str, Any]] = []
+    error: ResponseError | None = None
+    try:
+        connection.send_packed_command(
+            [b"".join(_packed(b"HGETALL", _arg_bytes(key)) for key in keys)]
+        )
+        for _ in keys:
+            try:
+                reply = connection.read_response()
+            except ResponseError as refused:  # an answer: the next reply follows it
+                error = error or refused
+                reply = {}
+            if not isinstance(reply, dict):  # RESP2: [field, value, ...]
+                pairs = iter(reply)
+                reply = dict(zip(pairs, pairs, strict=True))
+            hashes.append(reply)
+    except BaseException:
+        connection.disconnect()
+        raise
+    finally:
+        spare.give_back(connection)
+    if error is not None:
+        raise error
+    return hashes
+
+
+def _packed(*parts: bytes) -> bytes:
+    """The RESP bytes of one command."""
+    return b"*%d\r\n%b" % (len(parts), b"".join(_bulk(part) for part in parts))
+
+
+def _arg_bytes(value: Arg) -> bytes:
+    """A command argument as Redis gets it (an id read from Redis that is not UTF-8 goes
+    back as the same bytes)."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape")
+    if isinstance(value, bytes):
+        return value
+    return str(value).encode()
+
+
 class SpareConnections:
     """Connections of one pool kept aside for script calls. Taking a connection from a
     redis-py 8 pool and giving it back (its lock, its state checks, its metrics) cost
@@ -307,15 +363,7 @@ def pack_call(name: str, keys: Sequence[str], args: Sequence[Arg]) -> bytes:
     """The RESP bytes of one EVALSHA, built directly (redis-py's generic packer costs
     more than the script itself on the worker's hot path)."""
     parts = [_packed_head(name, 3 + len(keys) + len(args), len(keys))]
-    for value in (*keys, *args):
-        if isinstance(value, str):
-            # an id read from Redis that is not UTF-8 goes back as the same bytes
-            data = value.encode("utf-8", "surrogateescape")
-        elif isinstance(value, bytes):
-            data = value
-        else:
-            data = str(value).encode()
-        parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    parts.extend(_bulk(_arg_bytes(value)) for value in (*keys, *args))
     return b"".join(parts)
 
 

@@ -13,6 +13,7 @@ from django.db import DataError, IntegrityError, connection, transaction
 from django.db.models import Count
 from django.utils import timezone
 
+from ..engine.scripts import hgetall_many
 from ..models import JobRecord, JobState
 from .observation import STATE_STRUCTURES, Observation, event_values, row_from_hash
 from .parsing import to_int
@@ -312,8 +313,7 @@ def read_hashes(client: redis.Redis, observations: list[Observation]) -> None:
     """Set each observation's ``fields`` to its job hash (None when Redis has none)."""
     for start in range(0, len(observations), _HASHES_PER_CALL):
         chunk = observations[start : start + _HASHES_PER_CALL]
-        pipe = client.pipeline(transaction=False)
-        for obs in chunk:
-            pipe.hgetall(obs.key)
-        for obs, fields in zip(chunk, pipe.execute(), strict=True):
+        for obs, fields in zip(
+            chunk, hgetall_many(client, [obs.key for obs in chunk]), strict=True
+        ):
             obs.fields = fields or None

@@ -103,3 +103,38 @@ def test_a_call_interrupted_mid_answer_does_not_leave_its_answer_to_the_next(red
     assert scripts.run(client, "add_jobs", ["flowjobs-test:spare:meta"], [0]) == [0]
     client.close()
     admin.close()
+
+
+def test_hgetall_many_reads_each_hash_as_a_pipeline_would(redis_url, prefix, redis_client):
+    """The mirror's hash reads, packed directly: the same answers as redis-py's pipeline
+    (a missing key is an empty dict), on a kept connection."""
+    redis_client.hset(f"{prefix}:a", mapping={"name": "x", "data": "{}"})
+    redis_client.hset(f"{prefix}:c", mapping={"n": "3"})
+    keys = [f"{prefix}:a", f"{prefix}:b", f"{prefix}:c"]
+    client = sync_client(redis_url)
+    single = sync_client(redis_url, single_connection_client=True)  # the pipeline's path
+    try:
+        expected = [{"name": "x", "data": "{}"}, {}, {"n": "3"}]
+        assert scripts.hgetall_many(client, keys) == expected
+        assert scripts.hgetall_many(single, keys) == expected
+        assert len(scripts.SpareConnections.of(client.connection_pool).idle) == 1
+        assert scripts.hgetall_many(client, []) == []
+    finally:
+        client.close()
+        single.close()
+
+
+def test_hgetall_many_raises_a_refusal_after_reading_every_answer(redis_url, prefix, redis_client):
+    """A key that is not a hash is refused (WRONGTYPE). The answers after it are read
+    all the same, so the kept connection is in step for the next call."""
+    redis_client.set(f"{prefix}:text", "not a hash")
+    redis_client.hset(f"{prefix}:h", "f", "v")
+    client = sync_client(redis_url)
+    try:
+        with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+            scripts.hgetall_many(client, [f"{prefix}:text", f"{prefix}:h"])
+        (kept,) = scripts.SpareConnections.of(client.connection_pool).idle
+        assert kept._sock is not None
+        assert scripts.hgetall_many(client, [f"{prefix}:h"]) == [{"f": "v"}]
+    finally:
+        client.close()

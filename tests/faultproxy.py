@@ -12,6 +12,12 @@
                      # connection (open or new, until restore), the answers are dropped
                      # while requests still reach the server: a reply lost in the
                      # network (the server did the work, the client never hears of it)
+    proxy.delay(b"EVALSHA")  # the next request containing these bytes, and what its client
+                     # sends after it on that connection, waits in the network: not even
+                     # the client closing its connection moves it on (a congested or cut
+                     # path keeps its FIN behind the data); other requests pass
+    proxy.deliver()  # the waiting bytes reach the server after all (the path heals), then
+                     # the closes that waited behind them; new requests pass again
     proxy.reset()    # RST every open connection
     proxy.refuse()   # new connections are reset at once (a closed port)
 
@@ -51,6 +57,9 @@ class FaultProxy:
         self._sent: dict[socket.socket, bytes] = {}  # a client's first bytes, per client
         self._muted: set[socket.socket] = set()  # server sides whose bytes are dropped
         self._mute_after = b""  # mode "mute": a request with these bytes mutes its answers
+        self._delay_after = b""  # mode "delay": a request with these bytes waits, and after it
+        self._delayed: dict[socket.socket, bytes] = {}  # server side: the bytes waiting for it
+        self._closed_behind: list[socket.socket] = []  # server sides whose client has closed
         self.connections = 0  # accepted so far
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="fault-proxy", daemon=True)
@@ -75,6 +84,28 @@ class FaultProxy:
         with self._lock:
             self._mode = "mute"
             self._mute_after = request
+
+    def delay(self, request: bytes) -> None:
+        with self._lock:
+            self._mode = "delay"
+            self._delay_after = request
+
+    def deliver(self) -> None:
+        with self._lock:
+            self._mode = "pass"
+            for upstream, data in self._delayed.items():
+                try:
+                    upstream.sendall(data)
+                except OSError:
+                    pass
+            self._delayed.clear()
+            for upstream in self._closed_behind:
+                try:
+                    upstream.shutdown(socket.SHUT_WR)  # the client's FIN, after its data
+                except OSError:
+                    pass
+                self._held.append(upstream)  # closed by close()
+            self._closed_behind.clear()
 
     def restore(self) -> None:
         with self._lock:
@@ -150,6 +181,22 @@ class FaultProxy:
             data = sock.recv(65536)
             if data and sock in self._muted:
                 return  # read and dropped
+            if sock in self._sent and (
+                other in self._delayed or (self._mode == "delay" and self._delay_after in data)
+            ):
+                if data:
+                    self._delayed[other] = self._delayed.get(other, b"") + data
+                    if self._mode == "delay":
+                        self._mode = "pass"  # one request (and its connection) waits
+                    return
+                # the client closed: its FIN waits behind its data, with the server side
+                self._selector.unregister(sock)
+                self._selector.unregister(other)
+                for each in (sock, other):
+                    self._peers.pop(each, None)
+                sock.close()
+                self._closed_behind.append(other)
+                return
             if data:
                 if sock in self._sent and len(self._sent[sock]) < 4096:
                     self._sent[sock] += data[:4096]

@@ -216,6 +216,10 @@ class Worker:
         # have run them, and the jobs they took sit active under these tokens until
         # _give_back_unanswered finds them (set.update/-= from lane threads: one GIL step)
         self._unanswered_tokens: set[str] = set()
+        # Those looked for once, and until when (monotonic s) they are looked for again at
+        # each lock renewal: a request can reach Redis long after its answer was given up
+        # (a congested or cut path delivers it late, its close behind it)
+        self._looked_for: dict[str, float] = {}
         self._giving_back: asyncio.Task | None = None
         self._batch_size = max(1, concurrency // 2)
         self._records_scheduled = False  # a _send_records call is queued on the loop
@@ -679,10 +683,17 @@ class Worker:
                 with contextlib.suppress(Exception):
                     await client.connection_pool.disconnect()
 
-    def _give_back_unanswered_soon(self) -> None:
+    def _give_back_unanswered_soon(self, again: bool = False) -> None:
         """After Redis answered again (on the loop): looks for the jobs that fetches with
-        lost answers took, unless that is under way or there were none."""
-        if self._unanswered_tokens and self._giving_back is None:
+        lost answers took, unless that is under way or there were none. `again` (at a
+        lock renewal): for those of fetches looked for before, too."""
+        if again and self._looked_for:
+            now = time.monotonic()
+            for token, until in list(self._looked_for.items()):
+                if now >= until:  # past it, the stalled check is the backstop
+                    del self._looked_for[token]
+        wanted = self._unanswered_tokens or (again and self._looked_for)
+        if wanted and self._giving_back is None:
             self._giving_back = self._loop.create_task(self._give_back_unanswered())
 
     async def _give_back_unanswered(self) -> None:
@@ -692,9 +703,12 @@ class Worker:
         lock duration and up to two stalled intervals (30-90 s by default), with a
         stalled count against them. The tokens are not reused, so a job that holds one
         was taken by a lost fetch; tokens whose fetch never reached Redis match nothing.
+        A fetch can reach Redis after this look (a path that delivers it late): each
+        lock renewal looks again, for a lock duration, for the tokens looked for before.
         """
         try:
-            tokens = set(self._unanswered_tokens)
+            new = set(self._unanswered_tokens)
+            tokens = new | self._looked_for.keys()
             active = await self._aclient.lrange(self.queue.keys.key("active"), 0, -1)
             if active:
                 pipe = self._aclient.pipeline(transaction=False)
@@ -724,7 +738,11 @@ class Worker:
                         ", ".join(job_id for job_id, _ in taken),
                     )
                     self._wake.set()
-            self._unanswered_tokens -= tokens
+            look_until = time.monotonic() + self.lock_duration / 1000
+            self._looked_for.update(dict.fromkeys(new, look_until))
+            for _, token in taken:
+                self._looked_for.pop(token, None)  # a token takes one job
+            self._unanswered_tokens -= new
         except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
             self._lost(error)  # the outage's one line; the tokens wait for the next answer
         except redis.RedisError as error:
@@ -1326,6 +1344,7 @@ class Worker:
     async def _lock_renewer(self) -> None:
         while not self._winding_down():
             await asyncio.sleep(self.lock_renew_time / 1000)
+            self._give_back_unanswered_soon(again=True)
             if not self._active:
                 continue
             args: list[Any] = [self.queue.keys.qualified, self.lock_duration]

@@ -322,3 +322,58 @@ def test_cancel_requests_arrive_again_after_a_half_open_cut(proxy, make_queue, p
         worker.close(force=True, timeout=10)
     report("recovered_s", round(recovered, 1))
     assert queue.get_job(long.id).failed_reason == "cancelled: enough"
+
+
+def test_a_job_a_fetch_delivered_late_took_runs_before_its_lock_runs_out(
+    proxy, make_queue, prefix, caplog
+):
+    """An idle worker's fetch waits in the network; the worker gives its answer up, fetches
+    again on a new connection and runs that job. The first fetch reaches Redis later after
+    all and takes the next job under a lock the worker never heard of, after the worker
+    looked for such jobs once. It looks again at each lock renewal for a lock duration, so
+    the job runs then, not after its lock ran out and a stalled check saw it (a minute
+    here)."""
+    caplog.set_level(logging.INFO, logger="flowjobs")
+    queue = make_queue("q")
+    release = threading.Event()
+    runs: Counter[str] = Counter()
+
+    def process(job):
+        runs[job.name] += 1
+        if job.name == "holding":
+            release.wait(20)
+        return job.name
+
+    worker = Worker(
+        "q",
+        process,
+        connection=f"{proxy.url}?socket_timeout=1",
+        prefix=prefix,
+        lock_duration=5000,
+        stalled_interval=60_000,
+    )
+    try:
+        warm_up = queue.add("warm-up")
+        wait_for(lambda: queue.get_job_state(warm_up.id) == "completed", timeout=10)
+        proxy.delay(b"EVALSHA")  # the idle worker's next script call is its fetch
+        holding = queue.add("holding")
+        wait_for(lambda: runs["holding"] == 1, timeout=10)  # fetched again, and running
+        late = queue.add("late")
+        proxy.deliver()  # the first fetch runs now, and takes "late"
+        wait_for(
+            lambda: queue.get_job_state(late.id) == "active",
+            timeout=10,
+            message=lambda: f"the late fetch did not run: {queue.get_job_counts()}",
+        )
+        wait_for(
+            lambda: queue.get_job_state(late.id) == "waiting",
+            timeout=10,
+            message=lambda: f"the late fetch's job was not given back: {queue.get_job_counts()}",
+        )
+        release.set()
+        wait_for(lambda: queue.get_job_state(late.id) == "completed", timeout=10)
+        assert queue.get_job_state(holding.id) == "completed"
+    finally:
+        release.set()
+        worker.close(timeout=10)
+    _assert_given_back_once(queue, late.id, runs, "late", caplog)

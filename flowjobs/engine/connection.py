@@ -34,8 +34,10 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 import redis
 import redis.asyncio
 import redis.asyncio.cluster
+import redis.asyncio.retry
 import redis.asyncio.sentinel
 import redis.cluster
+import redis.retry
 import redis.sentinel
 from redis.connection import parse_url
 
@@ -351,6 +353,12 @@ def _fill_in(
         if kwargs.get(name) is None:
             kwargs[name] = value
     kwargs.update(forced)
+    retry = kwargs.get("retry")
+    if isinstance(retry, redis.retry.Retry):
+        # the given client's policy, for asyncio (redis-py 8 converts it with a warning)
+        kwargs["retry"] = redis.asyncio.retry.Retry(
+            retry._backoff, retry._retries, retry._supported_errors
+        )
     return kwargs
 
 

@@ -138,3 +138,35 @@ def test_hgetall_many_raises_a_refusal_after_reading_every_answer(redis_url, pre
         assert scripts.hgetall_many(client, [f"{prefix}:h"]) == [{"f": "v"}]
     finally:
         client.close()
+
+
+def test_an_asyncio_client_built_from_a_client_object_keeps_its_retry_without_a_warning(
+    redis_url,
+):
+    """A worker given a redis.Redis builds its asyncio clients from it. The given client's
+    retry policy (a synchronous Retry, redis-py's default included) becomes the asyncio
+    one with the same backoff and count, and redis-py 8 warns at every worker start
+    when it has to convert it itself."""
+    import asyncio
+    import warnings
+
+    from redis.backoff import ConstantBackoff
+
+    from flowjobs.engine.connection import async_client
+
+    given = redis.Redis.from_url(redis_url, retry=redis.retry.Retry(ConstantBackoff(0.01), 4))
+
+    async def build_and_ping():
+        client = async_client(given)
+        try:
+            assert await client.ping()
+            return client.connection_pool.connection_kwargs["retry"]
+        finally:
+            await client.aclose()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        retry = asyncio.run(build_and_ping())
+    given.close()
+    assert isinstance(retry, redis.asyncio.retry.Retry)
+    assert retry.get_retries() == 4

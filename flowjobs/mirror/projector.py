@@ -54,7 +54,8 @@ DEFER_READ_S = 0.05
 BUSY_EVENTS_PER_S = 10_000
 # Events at BACKLOG_EVENTS_PER_S or more while some queue has BACKLOG_JOBS or more waiting
 # (its wait list and prioritized set) are a burst too, however slow the machine: workers
-# draining a backlog want every CPU and Redis moment the mirror would take.
+# draining a backlog want every CPU and Redis moment the mirror would take. A burst goes
+# on while its events come at BACKLOG_EVENTS_PER_S, the backlog's last jobs included.
 BACKLOG_EVENTS_PER_S = 1_000
 BACKLOG_JOBS = 1_000
 HOLD_WHILE_BUSY_S = 15.0
@@ -243,7 +244,7 @@ class Projector:
         rate = (fold.events - before) / max(self._read_at - read_at, 1e-3)
         # read every stream to its end: none held off, trimmed past or with more to read
         read_to_end = not full and not fold.lost and len(streams) == len(self.streams)
-        self.deferring = not burst_over and self._defer(fold, rate)
+        self.deferring = not burst_over and self._defer(fold, rate, self.deferring)
         if self.deferring:
             self._ahead = fold
             self.trickling = False
@@ -270,15 +271,16 @@ class Projector:
         self.caught_up = read_to_end
         return applied
 
-    def _defer(self, fold: _Fold, rate: float) -> bool:
+    def _defer(self, fold: _Fold, rate: float, in_burst: bool) -> bool:
         """Whether to leave ``fold`` unapplied for now and only read on (see
-        MIRROR_BURST_LAG_S): events arrive as in a burst (see ``_busy``), ``fold`` is under
+        MIRROR_BURST_LAG_S): events arrive as in a burst (see ``_busy``; `in_burst`: the
+        last step deferred, and the burst goes on), ``fold`` is under
         half the read-ahead and younger than MIRROR_BURST_LAG_S, and nothing in it needs a
         recovery or a reconcile."""
         return (
             self.defer_bursts
             and bool(fold.events)
-            and _busy(rate, self._backlog)
+            and _busy(rate, self._backlog, in_burst)
             and not fold.lost
             and not fold.to_reconcile
             and fold.events < self._read_ahead_limit // 2
@@ -324,7 +326,7 @@ class Projector:
             cap = events_max_length(None if isinstance(cap, Exception) else cap)
             if self._lost(stream, info) or unread + 2 * new >= cap // 2:
                 can_wait = False
-        if not _busy(came / max(elapsed, 1e-3), backlog):
+        if not _busy(came / max(elapsed, 1e-3), backlog, in_burst=True):
             return "over"
         return "wait" if can_wait else "read"
 
@@ -616,11 +618,12 @@ class Projector:
                     return
 
 
-def _busy(events_per_s: float, backlog: int) -> bool:
+def _busy(events_per_s: float, backlog: int, in_burst: bool = False) -> bool:
     """Whether events that come this fast say workers are busy: BUSY_EVENTS_PER_S or
-    more, or BACKLOG_EVENTS_PER_S or more while some queue has BACKLOG_JOBS waiting."""
+    more, or BACKLOG_EVENTS_PER_S or more while some queue has BACKLOG_JOBS waiting or
+    (`in_burst`) a burst is going on: its last jobs come as fast as the others."""
     return events_per_s >= BUSY_EVENTS_PER_S or (
-        events_per_s >= BACKLOG_EVENTS_PER_S and backlog >= BACKLOG_JOBS
+        events_per_s >= BACKLOG_EVENTS_PER_S and (in_burst or backlog >= BACKLOG_JOBS)
     )
 
 

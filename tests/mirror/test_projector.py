@@ -11,7 +11,7 @@ import pytest
 from django.db import DatabaseError
 
 from flowjobs import mirror
-from flowjobs.engine import Flow
+from flowjobs.engine import Flow, Worker
 from flowjobs.mirror import _compare_ids, reconcile
 from flowjobs.mirror import projector as projector_module
 from flowjobs.models import JobRecord, StreamPosition
@@ -371,6 +371,33 @@ def test_events_while_a_queue_has_a_backlog_are_a_burst_however_slowly_they_come
     assert projector.deferring and projector.unapplied_events == 20
     assert projector.step(block_ms=0) == 20  # nothing new: over
     assert JobRecord.objects.filter(name="burst").count() == 10
+
+
+def test_a_backlog_s_burst_goes_on_while_its_last_jobs_are_drained(
+    deferring, monkeypatch, make_queue
+):
+    """A burst a backlog began goes on while events keep coming at BACKLOG_EVENTS_PER_S,
+    after fewer than BACKLOG_JOBS are left waiting: the backlog's last jobs are drained at
+    the pace of the others, and applying the burst then (seen at concurrency 1: 28 µs
+    of CPU a job in the services process) took the CPU from them. It ends when the
+    events stop."""
+    queue, projector = deferring
+    monkeypatch.setattr(projector_module, "BUSY_EVENTS_PER_S", 10**12, raising=False)
+    monkeypatch.setattr(projector_module, "BACKLOG_EVENTS_PER_S", 1, raising=False)
+    monkeypatch.setattr(projector_module, "BACKLOG_JOBS", 20, raising=False)
+    queue.add_bulk([{"name": "burst", "data": {}} for _ in range(21)])  # 22 waiting
+    assert projector.step(block_ms=0) == 0 and projector.deferring
+
+    taker = Worker("q", None, connection=queue.connection, prefix=queue.prefix)
+    try:
+        for n in range(12):  # 10 left waiting; each take writes an "active" event
+            assert taker.get_next_job(f"token-{n}", block=False) is not None
+            assert projector.step(block_ms=0) == 0, f"applied with {21 - n} waiting"
+            assert projector.deferring
+    finally:
+        taker.close()
+    assert projector.step(block_ms=0) == 2 * 21 + 12  # no more events: the burst is over
+    assert not projector.deferring
 
 
 def test_a_deferred_burst_is_read_at_the_default_cap_when_the_stream_would_fill(

@@ -12,7 +12,9 @@ the bench process that runs the Worker, and of Redis, and Redis's command statis
 --stop-services SIGSTOPs runworker's services process for the drain (SIGCONT after it):
 what the mirror and the relay cost the drain. The rate printed is the drain's own (this
 script's clock), not the case's jobs_per_s line (the jobs' timestamps), which it also
-prints. Environment: BENCH_N [20000].
+prints. Environment: BENCH_N [20000]. The same view of a Node BullMQ drain, on the same
+Redis: `NODE_PATH=tests/interop/node_modules REDIS_PORT=P node
+bench/anchors_extra/drain_bullmq_node.cjs [CONCURRENCY]`.
 """
 
 from __future__ import annotations

@@ -244,7 +244,7 @@ class Projector:
         rate = (fold.events - before) / max(self._read_at - read_at, 1e-3)
         # read every stream to its end: none held off, trimmed past or with more to read
         read_to_end = not full and not fold.lost and len(streams) == len(self.streams)
-        self.deferring = not burst_over and self._defer(fold, rate, self.deferring)
+        self.deferring = not burst_over and self._defer(fold, rate)
         if self.deferring:
             self._ahead = fold
             self.trickling = False
@@ -271,16 +271,16 @@ class Projector:
         self.caught_up = read_to_end
         return applied
 
-    def _defer(self, fold: _Fold, rate: float, in_burst: bool) -> bool:
+    def _defer(self, fold: _Fold, rate: float) -> bool:
         """Whether to leave ``fold`` unapplied for now and only read on (see
-        MIRROR_BURST_LAG_S): events arrive as in a burst (see ``_busy``; `in_burst`: the
-        last step deferred, and the burst goes on), ``fold`` is under
+        MIRROR_BURST_LAG_S): events arrive as in a burst (see ``_busy``; one the last
+        step deferred goes on), ``fold`` is under
         half the read-ahead and younger than MIRROR_BURST_LAG_S, and nothing in it needs a
         recovery or a reconcile."""
         return (
             self.defer_bursts
             and bool(fold.events)
-            and _busy(rate, self._backlog, in_burst)
+            and _busy(rate, self._backlog, self.deferring)
             and not fold.lost
             and not fold.to_reconcile
             and fold.events < self._read_ahead_limit // 2

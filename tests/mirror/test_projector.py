@@ -258,7 +258,7 @@ def deferring(make_queue, make_projector, monkeypatch):
     return queue, projector
 
 
-def test_a_burst_is_read_on_and_applied_once_it_slows_down(deferring, monkeypatch):
+def test_a_burst_is_read_on_and_applied_once_it_slows_down(deferring):
     """While events pour in (workers draining a backlog), run() only reads them, the
     cheap part, and applies them once the burst slows down or has been held a while:
     applying takes CPU and Redis time the workers want during the burst."""
@@ -373,9 +373,7 @@ def test_events_while_a_queue_has_a_backlog_are_a_burst_however_slowly_they_come
     assert JobRecord.objects.filter(name="burst").count() == 10
 
 
-def test_a_backlog_s_burst_goes_on_while_its_last_jobs_are_drained(
-    deferring, monkeypatch, make_queue
-):
+def test_a_backlog_s_burst_goes_on_while_its_last_jobs_are_drained(deferring, monkeypatch):
     """A burst a backlog began goes on while events keep coming at BACKLOG_EVENTS_PER_S,
     after fewer than BACKLOG_JOBS are left waiting: the backlog's last jobs are drained at
     the pace of the others, and applying the burst then (seen at concurrency 1: 28 µs

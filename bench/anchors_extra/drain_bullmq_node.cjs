@@ -8,20 +8,10 @@
 // flowjobs' cases, so the two can be read side by side on the same Redis.
 'use strict';
 const { Queue, Worker } = require('bullmq');
-const IORedis = require('ioredis');
+const { CONN, payload, redis } = require('./anchor_common.cjs');
 
-const env = process.env;
-const HOST = env.REDIS_HOST || '127.0.0.1';
-const PORT = parseInt(env.REDIS_PORT || '6390', 10);
-const N = parseInt(env.BENCH_N || '20000', 10);
+const N = parseInt(process.env.BENCH_N || '20000', 10);
 const CONCURRENCY = parseInt(process.argv[2] || '50', 10);
-const CONN = { connection: { host: HOST, port: PORT } };
-const PAD = 'x'.repeat(72);
-const pad6 = (i) => String(i).padStart(6, '0');
-const payload = (i) => ({
-  seq: i, tenant: 'acme-corp', user: `user-${pad6(i)}`,
-  email: `user-${pad6(i)}@example.com`, action: 'send_welcome_email', pad: PAD,
-});
 
 async function redisCpuS(r) {
   const info = await r.info('cpu');
@@ -30,7 +20,7 @@ async function redisCpuS(r) {
 }
 
 async function main() {
-  const r = new IORedis({ host: HOST, port: PORT });
+  const r = redis();
   await r.flushall();
   const queue = new Queue('bench', CONN);
   for (let start = 0; start < N; start += 1000) {

@@ -10,30 +10,17 @@
 const { spawn } = require('node:child_process');
 const { performance } = require('node:perf_hooks');
 const { Queue, Worker } = require('bullmq');
-const IORedis = require('ioredis');
+const { CONN, payload, sleep, fmt, redis } = require('./anchor_common.cjs');
 
 const NAME = 'bullmq-node';
 const CASE = 'W2.c50.p2';
 const QUEUE = 'bench';
 const env = process.env;
-const HOST = env.REDIS_HOST || '127.0.0.1';
-const PORT = parseInt(env.REDIS_PORT || '6390', 10);
 const N = parseInt(env.BENCH_N || '20000', 10);
 const CHUNK = parseInt(env.BENCH_BULK_CHUNK || '1000', 10);
 const PROCESSES = 2;
 const CONCURRENCY = 50;
 const DEADLINE_MS = parseFloat(env.BENCH_CASE_DEADLINE_S || '280') * 1000;
-const CONN = { connection: { host: HOST, port: PORT } };
-
-const PAD = 'x'.repeat(72);
-const pad6 = (i) => String(i).padStart(6, '0');
-const payload = (i) => ({
-  seq: i, tenant: 'acme-corp', user: `user-${pad6(i)}`,
-  email: `user-${pad6(i)}@example.com`, action: 'send_welcome_email', pad: PAD,
-});
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const fmt = (v) => Number(v.toPrecision(6)).toString();
-const redis = () => new IORedis({ host: HOST, port: PORT, maxRetriesPerRequest: null });
 
 async function worker(idx) {
   const r = redis();

@@ -10,31 +10,19 @@
 const { spawn } = require('node:child_process');
 const { performance } = require('node:perf_hooks');
 const { FlowProducer, Worker } = require('bullmq');
-const IORedis = require('ioredis');
+const { CONN, payload, sleep, fmt, redis } = require('./anchor_common.cjs');
 
 const NAME = 'bullmq-node';
 const QUEUE = 'bench';
 const env = process.env;
-const HOST = env.REDIS_HOST || '127.0.0.1';
-const PORT = parseInt(env.REDIS_PORT || '6390', 10);
 const FLOWS = parseInt(env.BENCH_W5_FLOWS || '200', 10);
 const CHILDREN = parseInt(env.BENCH_W5_CHILDREN || '10', 10);
 const WORKERS = parseInt(env.BENCH_W5_WORKERS || '2', 10);
 const CONCURRENCY = parseInt(env.BENCH_W5_CONCURRENCY || '10', 10);
 const DEADLINE_MS = parseFloat(env.BENCH_CASE_DEADLINE_S || '280') * 1000;
-const CONN = { connection: { host: HOST, port: PORT } };
 
-const PAD = 'x'.repeat(72);
-const pad6 = (i) => String(i).padStart(6, '0');
-const payload = (i) => ({
-  seq: i, tenant: 'acme-corp', user: `user-${pad6(i)}`,
-  email: `user-${pad6(i)}@example.com`, action: 'send_welcome_email', pad: PAD,
-});
 const nowMs = () => performance.timeOrigin + performance.now();
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const fmt = (v) => Number(v.toPrecision(6)).toString();
 const emit = (metric, value) => process.stdout.write(`${NAME} W5.flows ${metric} ${fmt(value)}\n`);
-const redis = () => new IORedis({ host: HOST, port: PORT, maxRetriesPerRequest: null });
 
 function flowSpec(seq) {
   const children = [];

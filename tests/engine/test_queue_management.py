@@ -154,6 +154,15 @@ def test_obliterate_refuses_active_jobs_unless_forced(queue, redis_url, prefix, 
     assert list(redis_client.scan_iter(match=f"{prefix}:q:*")) == []
 
 
+def test_obliterate_takes_a_big_queue_count_jobs_at_a_time(queue, redis_client, prefix):
+    # Once a call's budget was spent, the next state's range read 0..-1 (all of it): a
+    # set too big for Lua's unpack (about 8,000) made every later call fail.
+    queue.add_bulk([{"name": "w"} for _ in range(10)])
+    queue.add_bulk([{"name": "p", "opts": {"priority": 1}} for _ in range(8_100)])
+    queue.obliterate(count=5)
+    assert list(redis_client.scan_iter(match=f"{prefix}:q:*")) == []
+
+
 def test_retention_by_count_and_removal(queue, make_worker, redis_client, prefix):
     for i in range(5):
         queue.add("kept", {"i": i}, remove_on_complete=2)

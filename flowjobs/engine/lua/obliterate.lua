@@ -16,6 +16,9 @@ if not force and rcall("LLEN", qk .. ":active") > 0 then
 end
 
 local function removeFrom(suffix, isList)
+  if budget <= 0 then
+    return -- (a range of 0 .. -1 would be the whole state)
+  end
   local key = qk .. ":" .. suffix
   local ids
   if isList then
@@ -32,7 +35,7 @@ local function removeFrom(suffix, isList)
     if isList then
       rcall("LTRIM", key, #ids, -1)
     else
-      rcall("ZREM", key, unpack(ids))
+      rcall("ZREMRANGEBYRANK", key, 0, #ids - 1) -- the ids just read: no unpack limit
     end
   end
   budget = budget - #ids

@@ -3,9 +3,13 @@ a script's whole text, every helper definition included, on every call)."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
+
 import pytest
 
 from flowjobs.engine import scripts
+from tests.helpers import wait_for
 
 SCRIPT = """local rcall = redis.call
 
@@ -61,3 +65,86 @@ def test_a_helper_not_closed_by_a_line_of_its_own_is_refused():
     text = "local function a()\n  return 1 end\nlocal function b()\n  return 2\nend\nreturn b()\n"
     with pytest.raises(ValueError, match="must end with a line that is just `end`"):
         scripts.without_unused_functions(text)
+
+
+LAZY_SCRIPT = """local rcall = redis.call
+
+local function hot(k)
+  return rcall("GET", k)
+end
+
+--- @lazy
+local function cold(k)
+  return "cold:" .. hot(k)
+end
+
+--- @lazy
+local function colder(k)
+  return cold(k) .. "!"
+end
+
+if ARGV[1] == "cold" then
+  return colder(KEYS[1])
+end
+return hot(KEYS[1])
+"""
+
+
+def test_lazy_helpers_are_made_by_their_first_call_and_called_the_same(redis_client, prefix):
+    text = scripts.with_lazy_helpers(LAZY_SCRIPT)
+    assert "return lazy().colder(KEYS[1])" in text and "return hot(KEYS[1])" in text
+    # inside the lazy block the helpers call each other directly
+    assert 'return cold(k) .. "!"' in text and "@lazy" not in text
+    key = f"{prefix}:k"
+    redis_client.set(key, "v")
+    assert redis_client.eval(text, 1, key, "cold") == "cold:v!"
+    assert redis_client.eval(text, 1, key, "hot") == "v"
+
+
+def test_a_lazy_helper_used_other_than_by_a_call_is_refused():
+    text = LAZY_SCRIPT.replace('return hot(KEYS[1])\n"', "").replace(
+        "return hot(KEYS[1])\n", "return type(cold)\n"
+    )
+    with pytest.raises(ValueError, match="lazy helper cold is used other than by a call"):
+        scripts.with_lazy_helpers(text)
+
+
+def test_every_script_compiles_on_redis(redis_client):
+    for name in scripts.script_names():
+        text, sha = scripts.source(name)
+        assert redis_client.script_load(text) == sha, name
+
+
+def test_a_plain_job_is_added_taken_and_finished_without_making_the_lazy_helpers(
+    monkeypatch, queue, make_worker, redis_client, prefix
+):
+    """The lazy helpers (flows, groups, deduplication, delays, removal) cost a plain job
+    nothing: counted here by a script text that counts each making of them."""
+    counter = f"{prefix}:lazy-made"
+    plain_source = scripts.source
+
+    @functools.cache
+    def counting_source(name: str) -> tuple[str, str]:
+        text = plain_source(name)[0].replace(
+            "  if lazyHelpers == nil then\n",
+            f'  if lazyHelpers == nil then\n  redis.call("HINCRBY", "{counter}", "{name}", 1)\n',
+        )
+        return text, hashlib.sha1(text.encode()).hexdigest()
+
+    monkeypatch.setattr(scripts, "source", counting_source)
+    scripts._packed_head.cache_clear()  # it keeps each script's SHA
+    try:
+        queue.add("plain", {"n": 1})
+        queue.add("prioritized", {"n": 2}, priority=5, job_id="custom-id")
+        queue.add_bulk([{"name": "bulk", "opts": {"remove_on_complete": 1}} for _ in range(3)])
+        done: list[str] = []
+        worker = make_worker("q", lambda job: done.append(job.id), concurrency=2, autorun=False)
+        worker.start()
+        wait_for(lambda: len(done) == 5)
+        worker.close()
+        assert redis_client.hgetall(counter) == {}
+        queue.add("delayed", delay=60_000)  # a delay is made by a lazy helper: the count works
+        assert redis_client.hgetall(counter) == {"add_jobs": "1"}
+    finally:
+        monkeypatch.undo()
+        scripts._packed_head.cache_clear()

@@ -72,6 +72,7 @@ end
 
 -- Marker "1" carries the due time of the earliest delayed job so that idle
 -- workers block exactly until then.
+--- @lazy
 local function addDelayMarker(qk)
   local first = rcall("ZRANGE", qk .. ":delayed", 0, 0, "WITHSCORES")
   if first[2] then
@@ -107,6 +108,7 @@ end
 
 -- Score of a delayed job: due ms * 4096 plus a sequence that keeps FIFO order
 -- among jobs due in the same millisecond.
+--- @lazy
 local function delayedScore(qk, dueMs)
   local base = dueMs * 4096
   local last = rcall("ZREVRANGEBYSCORE", qk .. ":delayed", base + 4095, base, "WITHSCORES", "LIMIT", 0, 1)
@@ -116,6 +118,7 @@ local function delayedScore(qk, dueMs)
   return base
 end
 
+--- @lazy
 local function addDelayed(qk, jobId, dueMs)
   rcall("ZADD", qk .. ":delayed", delayedScore(qk, dueMs), jobId)
   emit(qk, "delayed", "jobId", jobId, "delay", dueMs)
@@ -183,6 +186,7 @@ end
 -- A job id whose key holds something other than a hash (a foreign producer's
 -- list or string) cannot be run or recorded: the script that meets it takes it
 -- out of active and reports it as failed on the events stream.
+--- @lazy
 local function reportNotAJob(qk, jobId, keyType, prev)
   emit(qk, "failed", "jobId", jobId, "failedReason",
     "the job key holds a " .. keyType .. ", not a job hash", "prev", prev)
@@ -194,6 +198,7 @@ local function removeJobKeys(jobKey)
 end
 
 -- Splits "<prefix>:<queue>:<id>" into the queue's qualified name and the id.
+--- @lazy
 local function splitJobKey(jobKey)
   local qk, jobId = string.match(jobKey, "^(.*):([^:]+)$")
   return qk, jobId

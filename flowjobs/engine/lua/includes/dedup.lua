@@ -10,6 +10,7 @@
   restarts the ttl), replace (a still-delayed owner is replaced by the new job).
 ]]
 
+--- @lazy
 local function ownDedupKey(dedupKey, jobId, de)
   local ttl = tonumber(de.ttl)
   if ttl and ttl > 0 and not de.keepLastIfActive then
@@ -19,12 +20,14 @@ local function ownDedupKey(dedupKey, jobId, de)
   end
 end
 
+--- @lazy
 local function emitDeduplicated(qk, keptId, dedupId, droppedId)
   emit(qk, "deduplicated", "jobId", keptId, "deduplicationId", dedupId, "deduplicatedJobId", droppedId)
 end
 
 -- An owner key without ttl whose job no longer exists (lost in an outage) is
 -- stale: the new job takes it over.
+--- @lazy
 local function takeOverStaleDedupKey(qk, dedupKey, de, ownerId, jobId)
   if rcall("PTTL", dedupKey) == -1 and rcall("EXISTS", qk .. ":" .. ownerId) == 0 then
     rcall("DEL", qk .. ":dn:" .. de.id)
@@ -36,6 +39,7 @@ end
 
 -- keepLastIfActive: while the owner is active, remember the newest attempt
 -- (overwriting any earlier one) so it runs after the owner.
+--- @lazy
 local function keepIfOwnerActive(qk, de, ownerId, jobId, spec)
   if not de.keepLastIfActive or not rcall("LPOS", qk .. ":active", ownerId) then
     return false
@@ -55,6 +59,7 @@ end
 
 -- Returns the id of the job kept instead of `jobId` (nothing to store), or
 -- nil when the new job goes ahead.
+--- @lazy
 local function deduplicateJob(qk, spec, jobId)
   local de = spec.de
   local dedupKey = qk .. ":de:" .. de.id
@@ -119,6 +124,7 @@ end
 
 -- When a job with a deduplication id finishes: release the key it owns
 -- (unless a ttl still runs), then turn a pending `dn:` job into a real one.
+--- @lazy
 local function finishDeduplicated(qk, dedupId, jobId, now)
   local dedupKey = qk .. ":de:" .. dedupId
   local ttl = rcall("PTTL", dedupKey)

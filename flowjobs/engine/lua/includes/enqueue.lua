@@ -6,6 +6,7 @@
 ]]
 
 -- extra: flat list of additional hash fields (parentKey, parent, rjk, deid).
+--- @lazy
 local function storeAndEnqueue(qk, jobId, name, data, optsJson, timestamp, delay, priority, lifo, extra)
   local jobKey = qk .. ":" .. jobId
   rcall("HSET", jobKey, "name", name, "data", data, "opts", optsJson, "timestamp", timestamp,

@@ -37,6 +37,7 @@ end
 
 -- The next job in round-robin order over the groups (and the plain queue),
 -- moved to active; nil when no group can run now.
+--- @lazy
 local function takeFromRing(qk, limits, now, rerouteGrouped)
   local ring = qk .. ":groups:ready"
   for _ = 1, rcall("ZCARD", ring) do

@@ -21,11 +21,13 @@
 
 local plainTurn = ":plain"
 
+--- @lazy
 local function groupKey(qk, gid, suffix)
   return qk .. ":group:" .. gid .. ":" .. suffix
 end
 
 -- Gives group `gid` (or the plain queue) a turn after everyone already waiting.
+--- @lazy
 local function giveTurn(qk, member)
   local ring = qk .. ":groups:ready"
   if rcall("ZSCORE", ring, member) then
@@ -38,11 +40,13 @@ local function giveTurn(qk, member)
   rcall("ZADD", ring, rcall("INCR", qk .. ":groups:turn"), member)
 end
 
+--- @lazy
 local function groupIsHeld(qk, gid)
   return rcall("SISMEMBER", qk .. ":groups:maxed", gid) == 1
     or rcall("ZSCORE", qk .. ":groups:limited", gid) ~= false
 end
 
+--- @lazy
 local function enqueueGrouped(qk, jobId, gid, toFront)
   if toFront then
     rcall("RPUSH", groupKey(qk, gid, "wait"), jobId)
@@ -81,6 +85,7 @@ local function groupLimits(concurrency, max, duration)
 end
 
 -- Rate-limited groups whose window has passed get a turn again.
+--- @lazy
 local function releaseLimitedGroups(qk, now)
   local limitedKey = qk .. ":groups:limited"
   local due = rcall("ZRANGEBYSCORE", limitedKey, 0, now, "LIMIT", 0, 1000)
@@ -94,6 +99,7 @@ end
 
 -- Takes the next job of group `gid`, or nil when the group cannot run now (it is
 -- then parked in maxed or limited, or dropped from the ring when it has no jobs).
+--- @lazy
 local function takeFromGroup(qk, gid, limits, now)
   local activeSet = groupKey(qk, gid, "active")
   if limits.concurrency and rcall("SCARD", activeSet) >= limits.concurrency then
@@ -145,6 +151,7 @@ end
 -- A group can stay "maxed" after its jobs left active through a path that does
 -- not know groups (a BullMQ worker, a stalled job moved by BullMQ). Jobs that
 -- are neither locked nor active no longer count; such groups get a turn back.
+--- @lazy
 local function healMaxedGroups(qk, limits)
   local healed = false
   for _, gid in ipairs(rcall("SRANDMEMBER", qk .. ":groups:maxed", 50)) do

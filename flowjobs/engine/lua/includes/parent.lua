@@ -36,6 +36,7 @@ end
 
 -- Moves a parent out of waiting-children (or delayed) into its queue,
 -- honouring its own delay and priority; it goes to the front of the line.
+--- @lazy
 local function releaseParent(parent, now, fromState)
   local fields = rcall("HMGET", parent.key, "priority", "delay")
   local priority = tonumber(fields[1]) or 0
@@ -58,6 +59,7 @@ local function releaseParent(parent, now, fromState)
   end
 end
 
+--- @lazy
 local function releaseParentIfReady(parent, now)
   if rcall("SCARD", parent.key .. ":dependencies") == 0 and rcall("EXISTS", parent.key) == 1
       and rcall("ZREM", parent.qk .. ":waiting-children", parent.id) == 1 then
@@ -65,6 +67,7 @@ local function releaseParentIfReady(parent, now)
   end
 end
 
+--- @lazy
 local function onChildCompleted(parent, childKey, returnvalue, now)
   if rcall("SREM", parent.key .. ":dependencies", childKey) == 1 then
     rcall("HSET", parent.key .. ":processed", childKey, returnvalue)
@@ -72,6 +75,7 @@ local function onChildCompleted(parent, childKey, returnvalue, now)
   end
 end
 
+--- @lazy
 local function onChildFailed(parent, childKey, failedReason, now)
   if parent.fpof then
     rcall("SREM", parent.key .. ":dependencies", childKey)

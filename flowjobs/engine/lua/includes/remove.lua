@@ -5,6 +5,7 @@
 local stateSuffixes = {"completed", "waiting-children", "delayed", "failed", "prioritized"}
 
 -- Takes a job out of whichever state holds it; returns that state's name.
+--- @lazy
 local function takeOutOfState(qk, jobId)
   for _, suffix in ipairs(stateSuffixes) do
     if rcall("ZREM", qk .. ":" .. suffix, jobId) == 1 then
@@ -24,6 +25,7 @@ local function takeOutOfState(qk, jobId)
   return "unknown"
 end
 
+--- @lazy
 local function childKeysOf(jobKey)
   local keys = rcall("HKEYS", jobKey .. ":processed")
   for _, key in ipairs(rcall("HKEYS", jobKey .. ":failed")) do
@@ -38,6 +40,7 @@ local function childKeysOf(jobKey)
   return keys
 end
 
+--- @lazy
 local function isLockedTree(jobKey, withChildren)
   if rcall("EXISTS", jobKey .. ":lock") == 1 then
     return true
@@ -52,6 +55,7 @@ local function isLockedTree(jobKey, withChildren)
   return false
 end
 
+--- @lazy
 local function releaseDedupKey(qk, jobKey, jobId)
   local dedupId = rcall("HGET", jobKey, "deid")
   if dedupId then
@@ -62,6 +66,7 @@ local function releaseDedupKey(qk, jobKey, jobId)
   end
 end
 
+--- @lazy
 local function removeTree(qk, jobId, withChildren, now)
   local jobKey = qk .. ":" .. jobId
   unlinkFromParent(jobKey, now)
@@ -83,6 +88,7 @@ local function removeTree(qk, jobId, withChildren, now)
 end
 
 -- Hard removal used by clean/drain/obliterate: no per-job events.
+--- @lazy
 local function removeQuietly(qk, jobId, now)
   local jobKey = qk .. ":" .. jobId
   unlinkFromParent(jobKey, now)
@@ -91,6 +97,7 @@ local function removeQuietly(qk, jobId, now)
 end
 
 -- The pending iteration of a job scheduler is protected from removal.
+--- @lazy
 local function isCurrentSchedulerIteration(qk, jobId)
   local rjk = rcall("HGET", qk .. ":" .. jobId, "rjk")
   if not rjk then

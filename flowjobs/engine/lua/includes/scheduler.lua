@@ -8,6 +8,7 @@
 -- the first run is at startDate, at the next slot shifted by offset, or now;
 -- later runs follow the previous one, catching up to the current slot when
 -- runs were missed.
+--- @lazy
 local function everyNextMillis(prevMillis, every, now, offset, startDate)
   offset = tonumber(offset)
   local nextMillis
@@ -42,6 +43,7 @@ end
 -- Stores and enqueues iteration `jobId` of scheduler `schedulerId`: the
 -- template data, and the iteration options (which carry repeat, prevMillis
 -- and repeatJobKey so any worker, Node's included, can produce the next one).
+--- @lazy
 local function addIteration(qk, schedulerId, jobId, name, data, opts, now, delay)
   opts.delay = delay
   opts.jobId = jobId

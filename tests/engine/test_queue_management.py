@@ -172,3 +172,22 @@ def test_retention_by_count_and_removal(queue, make_worker, redis_client, prefix
     worker.close()
     assert queue.get_job_counts("completed")["completed"] == 2
     assert redis_client.exists(f"{prefix}:q:6") == 0
+
+
+def test_age_retention_with_a_big_limit_removes_thousands_at_once(
+    queue, make_worker, redis_client, prefix
+):
+    # 9,000 finished jobs past their age: one finish removes them all (its limit allows
+    # it). Taken out of the set in one ZREM, they were more than Lua's unpack takes,
+    # and the finish itself failed: the job stayed active.
+    old = {f"old{i}": 1 for i in range(9_000)}
+    redis_client.zadd(f"{prefix}:q:completed", old)
+    keep = {"age": 60, "limit": 10_000}
+    job = queue.add("new", remove_on_complete=keep)
+    done = []
+    worker = make_worker("q", lambda job: done.append(job.id), autorun=False)
+    worker.start()
+    wait_for(lambda: queue.get_job_counts("completed")["completed"] == 1)
+    worker.close()
+    assert done == [job.id]
+    assert redis_client.zrange(f"{prefix}:q:completed", 0, -1) == [job.id]

@@ -9,8 +9,8 @@ local function removeFinishedJobs(qk, setKey, ids, now)
     unlinkFromParent(jobKey, now)
     removeJobKeys(jobKey)
   end
-  if #ids > 0 then
-    rcall("ZREM", setKey, unpack(ids))
+  for i = 1, #ids, 5000 do -- (Lua's unpack takes about 8,000 at most; `limit` may be more)
+    rcall("ZREM", setKey, unpack(ids, i, math.min(i + 4999, #ids)))
   end
 end
 

@@ -315,13 +315,15 @@ class EncodedJob:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def script_args(self) -> list[str]:
+        # ts, delay and priority as text: the script stores them as given (Redis 7.0
+        # formats a number argument of redis.call with "%.17g", slower than the HSET)
         spec: dict[str, Any] = {
             "qk": self.queue_key,
             "id": self.job_id,
             "name": self.name,
-            "ts": self.timestamp,
-            "delay": self.delay,
-            "priority": self.priority,
+            "ts": str(self.timestamp),
+            "delay": str(self.delay),
+            "priority": str(self.priority),
             "lifo": self.lifo,
         }
         if self.parent_key:

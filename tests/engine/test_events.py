@@ -67,3 +67,26 @@ def test_the_events_streams_cap_is_the_queues_meta_as_node_writes_it(queue, redi
     queue.add_bulk([{"name": "x"} for _ in range(2500)])  # 5,000 events
     # trimmed approximately: whole stream nodes of 100 entries
     assert 3000 <= redis_client.xlen(f"{prefix}:q:events") < 3100
+
+
+def test_a_foreign_events_cap_that_xadd_refuses_does_not_stop_jobs(
+    queue, make_worker, redis_client, prefix
+):
+    """The cap goes to XADD as the stored text when it is a whole number; another value a
+    foreign client wrote is made one ("1e4", "12.5"), or, unusable ("-5", "many"), set
+    back to the default: XADD refusing it would fail every script that emits an event."""
+    meta = f"{prefix}:q:meta"
+    for stored, used in [("1e4", "10000"), ("12.5", "12"), ("-5", None), ("many", None)]:
+        redis_client.hset(meta, "opts.maxLenEvents", stored)
+        job = queue.add("x")
+        assert job.id
+        if used is None:  # reset to the default, as for an unset cap
+            assert redis_client.hget(meta, "opts.maxLenEvents") == "10000"
+        else:  # left as written
+            assert redis_client.hget(meta, "opts.maxLenEvents") == stored
+    done: list[str] = []
+    worker = make_worker("q", lambda job: done.append(job.id), autorun=False)
+    worker.start()
+    wait_for(lambda: len(done) == 4)
+    worker.close()
+    assert queue.get_job_counts("completed")["completed"] == 4

@@ -20,5 +20,5 @@ local name = ARGV[6]
 if name == "" then
   name = nil
 end
-return fetchJobs(ARGV[1], tonumber(ARGV[2]), tokens, tonumber(ARGV[3]), tonumber(ARGV[4]),
+return fetchJobs(ARGV[1], ARGV[2], tokens, ARGV[3], tonumber(ARGV[4]),
   tonumber(ARGV[5]), name)

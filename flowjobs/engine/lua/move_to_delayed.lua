@@ -28,7 +28,7 @@ if ARGV[6] ~= "1" then
 end
 rcall("HSET", jobKey, "delay", math.max(0, due - now))
 addDelayed(qk, jobId, due)
-local fetched = fetchNextFromArgv(qk, now, 8)
+local fetched = fetchNextFromArgv(qk, ARGV[3], 8)
 if fetched then
   return fetched
 end

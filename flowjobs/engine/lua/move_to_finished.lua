@@ -65,11 +65,11 @@ if keepCount == 0 then
   unlinkFromParent(jobKey, now)
   removeJobKeys(jobKey)
 else
-  rcall("ZADD", setKey, now, jobId)
+  rcall("ZADD", setKey, ARGV[3], jobId) -- ARGV[3]: now as text (see base.lua)
   if target == "completed" then
-    rcall("HSET", jobKey, "returnvalue", value, "finishedOn", now)
+    rcall("HSET", jobKey, "returnvalue", value, "finishedOn", ARGV[3])
   else
-    rcall("HSET", jobKey, "failedReason", value, "finishedOn", now)
+    rcall("HSET", jobKey, "failedReason", value, "finishedOn", ARGV[3])
     rcall("HDEL", jobKey, "defa")
   end
   applyRetention(qk, setKey, keepCount, tonumber(ARGV[8]), tonumber(ARGV[9]), now)
@@ -87,7 +87,7 @@ if ARGV[11] ~= "" then
   updateMetrics(qk, target, tonumber(ARGV[11]), now)
 end
 
-local fetched = fetchNextFromArgv(qk, now, 13)
+local fetched = fetchNextFromArgv(qk, ARGV[3], 13)
 if fetched then
   return fetched
 end

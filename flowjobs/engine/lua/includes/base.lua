@@ -7,6 +7,24 @@
 ]]
 local rcall = redis.call
 
+-- Arguments of redis.call go as text where they can: Redis 7.0 formats a number
+-- argument with "%.17g", 0.6 to 1.3 us each (more than many whole commands), so
+-- constants are written as strings and times are passed on as the caller's text.
+
+-- The events cap as text for MAXLEN: a whole number as stored, else made one ("1e4",
+-- "12.5"); nil when unset or not a number of 0 or more (a value a foreign client wrote
+-- that XADD would refuse, failing every script that emits an event).
+local function eventsCapText(value)
+  if not value or string.find(value, "^%d+$") then
+    return value or nil
+  end
+  local number = tonumber(value)
+  if number and number >= 0 and number < math.huge then
+    return string.format("%d", math.floor(number))
+  end
+  return nil
+end
+
 -- Read once per script run and queue: a script may emit many events.
 local maxEventsOf = {}
 local function maxEvents(qk)
@@ -14,9 +32,9 @@ local function maxEvents(qk)
   if cached then
     return cached
   end
-  local value = tonumber(rcall("HGET", qk .. ":meta", "opts.maxLenEvents"))
+  local value = eventsCapText(rcall("HGET", qk .. ":meta", "opts.maxLenEvents"))
   if not value then
-    value = 10000
+    value = "10000"
     rcall("HSET", qk .. ":meta", "opts.maxLenEvents", value)
   end
   maxEventsOf[qk] = value
@@ -32,7 +50,7 @@ local function queueMeta(qk)
     meta = rcall("HMGET", qk .. ":meta", "paused", "concurrency", "max", "duration",
       "groupConcurrency", "groupMax", "groupDuration", "opts.maxLenEvents")
     metaOf[qk] = meta
-    maxEventsOf[qk] = maxEventsOf[qk] or tonumber(meta[8])
+    maxEventsOf[qk] = maxEventsOf[qk] or eventsCapText(meta[8])
   end
   return meta
 end
@@ -45,7 +63,7 @@ end
 -- may hold a non-integer there; that must not abort the script half-way (its
 -- earlier writes would stay), so such a counter restarts at 1.
 local function incrementCounter(jobKey, field)
-  local value = redis.pcall("HINCRBY", jobKey, field, 1)
+  local value = redis.pcall("HINCRBY", jobKey, field, "1")
   if type(value) == "table" and value.err then
     rcall("HSET", jobKey, field, 1)
     return 1
@@ -67,7 +85,7 @@ local function isPausedOrMaxed(qk)
 end
 
 local function addWakeMarker(qk)
-  rcall("ZADD", qk .. ":marker", 0, "0")
+  rcall("ZADD", qk .. ":marker", "0", "0")
 end
 
 -- Marker "1" carries the due time of the earliest delayed job so that idle
@@ -82,7 +100,8 @@ end
 
 local function addToPrioritized(qk, jobId, priority)
   local counter = rcall("INCR", qk .. ":pc")
-  rcall("ZADD", qk .. ":prioritized", priority * 4294967296 + counter % 4294967296, jobId)
+  local score = priority * 4294967296 + counter % 4294967296
+  rcall("ZADD", qk .. ":prioritized", string.format("%d", score), jobId)
 end
 
 --- @include "includes/groups"
@@ -126,7 +145,8 @@ local function addDelayed(qk, jobId, dueMs)
 end
 
 local function promoteDueJobs(qk, now)
-  local ids = rcall("ZRANGEBYSCORE", qk .. ":delayed", 0, (now + 1) * 4096 - 1, "LIMIT", 0, 1000)
+  local ids = rcall("ZRANGEBYSCORE", qk .. ":delayed", "0", string.format("%d", (now + 1) * 4096 - 1),
+    "LIMIT", "0", "1000")
   if #ids == 0 then
     return
   end
@@ -136,7 +156,7 @@ local function promoteDueJobs(qk, now)
     local fields = rcall("HMGET", jobKey, "priority", "gid")
     enqueueReady(qk, jobId, tonumber(fields[1]) or 0, false, fields[2] or false)
     emit(qk, "waiting", "jobId", jobId, "prev", "delayed")
-    rcall("HSET", jobKey, "delay", 0)
+    rcall("HSET", jobKey, "delay", "0")
   end
   if not isPausedOrMaxed(qk) then
     addWakeMarker(qk)
@@ -171,7 +191,7 @@ local function takeFromActive(qk, jobKey, jobId, token, gid)
   if lockResult ~= 0 then
     return lockResult
   end
-  if rcall("LREM", qk .. ":active", -1, jobId) == 0 then
+  if rcall("LREM", qk .. ":active", "-1", jobId) == 0 then
     return -3
   end
   groupJobLeftActive(qk, jobKey, jobId, gid)

@@ -13,7 +13,7 @@ local function takePlain(qk, rerouteGrouped)
   while true do
     local jobId = rcall("RPOPLPUSH", waitKey, activeKey)
     if jobId and string.sub(jobId, 1, 2) == "0:" then
-      rcall("LREM", activeKey, 1, jobId)
+      rcall("LREM", activeKey, "1", jobId)
       jobId = rcall("RPOPLPUSH", waitKey, activeKey)
     end
     if not jobId then
@@ -29,7 +29,7 @@ local function takePlain(qk, rerouteGrouped)
     if not gid then
       return jobId
     end
-    rcall("LREM", activeKey, 1, jobId)
+    rcall("LREM", activeKey, "1", jobId)
     rcall("SREM", groupKey(qk, gid, "active"), jobId)
     enqueueGrouped(qk, jobId, gid, true)
   end
@@ -64,7 +64,9 @@ local function takeFromRing(qk, limits, now, rerouteGrouped)
   return nil
 end
 
-local function fetchJobs(qk, now, tokens, lockDuration, limiterMax, limiterDuration, workerName)
+-- nowText, lockDuration: the caller's text (see base.lua on numbers as arguments).
+local function fetchJobs(qk, nowText, tokens, lockDuration, limiterMax, limiterDuration, workerName)
+  local now = tonumber(nowText)
   local meta = queueMeta(qk)
   promoteDueJobs(qk, now)
 
@@ -123,12 +125,12 @@ local function fetchJobs(qk, now, tokens, lockDuration, limiterMax, limiterDurat
     local jobKey = qk .. ":" .. jobId
     local written
     if workerName then
-      written = redis.pcall("HSET", jobKey, "processedOn", now, "pb", workerName)
+      written = redis.pcall("HSET", jobKey, "processedOn", nowText, "pb", workerName)
     else
-      written = redis.pcall("HSET", jobKey, "processedOn", now)
+      written = redis.pcall("HSET", jobKey, "processedOn", nowText)
     end
     if type(written) == "table" and written.err then
-      rcall("LREM", qk .. ":active", 1, jobId)
+      rcall("LREM", qk .. ":active", "1", jobId)
       reportNotAJob(qk, jobId, rcall("TYPE", jobKey)["ok"], "waiting")
     else
       local token = tokens[#jobs + 1]
@@ -151,11 +153,11 @@ local function fetchJobs(qk, now, tokens, lockDuration, limiterMax, limiterDurat
     return {jobs, 0, 0}
   end
   local nextDue = 0
-  local first = rcall("ZRANGE", qk .. ":delayed", 0, 0, "WITHSCORES")
+  local first = rcall("ZRANGE", qk .. ":delayed", "0", "0", "WITHSCORES")
   if first[2] then
     nextDue = math.floor(tonumber(first[2]) / 4096)
   end
-  local limited = rcall("ZRANGE", qk .. ":groups:limited", 0, 0, "WITHSCORES")
+  local limited = rcall("ZRANGE", qk .. ":groups:limited", "0", "0", "WITHSCORES")
   if limited[2] and (nextDue == 0 or tonumber(limited[2]) < nextDue) then
     nextDue = tonumber(limited[2])
   end
@@ -166,7 +168,7 @@ end
 -- duration, limiter max and duration; ARGV[at + 3]: the worker's name ("" for none);
 -- ARGV[at + 4 ..]: one token per free slot (none: no fetch). Returns fetchJobs' reply when
 -- it took jobs or says when to look again, else nil.
-local function fetchNextFromArgv(qk, now, at)
+local function fetchNextFromArgv(qk, nowText, at)
   if #ARGV < at + 4 then
     return nil
   end
@@ -178,7 +180,7 @@ local function fetchNextFromArgv(qk, now, at)
   if name == "" then
     name = nil
   end
-  local fetched = fetchJobs(qk, now, tokens, tonumber(ARGV[at]), tonumber(ARGV[at + 1]),
+  local fetched = fetchJobs(qk, nowText, tokens, ARGV[at], tonumber(ARGV[at + 1]),
     tonumber(ARGV[at + 2]), name)
   if #fetched[1] > 0 or fetched[2] > 0 or fetched[3] > 0 then
     return fetched

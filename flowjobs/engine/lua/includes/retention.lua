@@ -22,7 +22,8 @@ local function applyRetention(qk, setKey, keepCount, keepAge, keepLimit, now)
     removeFinishedJobs(qk, setKey, ids, now)
   end
   if keepCount > 0 then
-    local extra = rcall("ZREVRANGE", setKey, keepCount, keepCount + 999)
+    local extra = rcall("ZREVRANGE", setKey, string.format("%d", keepCount),
+      string.format("%d", keepCount + 999))
     removeFinishedJobs(qk, setKey, extra, now)
   end
 end

@@ -8,7 +8,7 @@
 ]]
 --- @include "includes/base"
 
-local qk, duration = ARGV[1], tonumber(ARGV[2])
+local qk, duration = ARGV[1], ARGV[2] -- as text (see base.lua on numbers as arguments)
 local lost = {}
 for i = 3, #ARGV, 2 do
   local jobId, token = ARGV[i], ARGV[i + 1]

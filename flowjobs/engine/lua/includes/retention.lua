@@ -18,7 +18,8 @@ end
 -- old jobs per call, like BullMQ.
 local function applyRetention(qk, setKey, keepCount, keepAge, keepLimit, now)
   if keepAge then
-    local ids = rcall("ZRANGEBYSCORE", setKey, "-inf", now - keepAge * 1000, "LIMIT", 0, keepLimit or 1000)
+    local ids = rcall("ZRANGEBYSCORE", setKey, "-inf", string.format("%d", now - keepAge * 1000),
+      "LIMIT", "0", keepLimit and string.format("%d", keepLimit) or "1000")
     removeFinishedJobs(qk, setKey, ids, now)
   end
   if keepCount > 0 then

@@ -94,3 +94,19 @@ def test_exposition_reports_redis_down(redis_url, prefix):
     found = samples(metrics.exposition())
     metrics.close()
     assert found[("flowjobs_redis_up", ())] == 0
+
+
+def test_foreign_values_in_the_metrics_hash_do_not_stop_finishes(
+    queue, make_worker, redis_client, prefix
+):
+    """A count or a time in the metrics hash that is not a number (written by another
+    client) made every finish's script fail, and the job stay active: the count restarts
+    at 1 and the minute starts anew."""
+    key = f"{prefix}:q:metrics:completed"
+    redis_client.hset(key, mapping={"count": "many", "prevTS": "yesterday", "prevCount": "?"})
+    queue.add_bulk([{"name": "ok"} for _ in range(2)])
+    worker = make_worker("q", process, metrics_max_data_points=60, autorun=False)
+    worker.start()
+    wait_for(lambda: queue.get_job_counts("completed")["completed"] == 2)
+    fields = redis_client.hgetall(key)
+    assert fields["count"] == "2" and fields["prevTS"].isdigit()

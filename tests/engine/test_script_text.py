@@ -138,13 +138,20 @@ def scripts_changed(monkeypatch: pytest.MonkeyPatch, change: Callable[[str, str]
 
 def add_and_run_plain_jobs(queue, make_worker) -> None:  # noqa: ANN001
     """Plain, prioritized (with an id) and bulk-added jobs, run by a worker that takes
-    the next job with each finish, and whose finishes apply retention by count and age."""
+    the next job with each finish, and whose finishes apply retention by count and age
+    and count metrics."""
     queue.add("plain", {"n": 1})
     queue.add("prioritized", {"n": 2}, priority=5, job_id="custom-id")
     keep = {"age": 3600, "count": 1}
     queue.add_bulk([{"name": "bulk", "opts": {"remove_on_complete": keep}} for _ in range(3)])
     done: list[str] = []
-    worker = make_worker("q", lambda job: done.append(job.id), concurrency=2, autorun=False)
+    worker = make_worker(
+        "q",
+        lambda job: done.append(job.id),
+        concurrency=2,
+        metrics_max_data_points=60,
+        autorun=False,
+    )
     worker.start()
     wait_for(lambda: len(done) == 5)
     worker.close()

@@ -29,23 +29,27 @@ local function applyRetention(qk, setKey, keepCount, keepAge, keepLimit, now)
   end
 end
 
+-- A count or time another client left that is not a number restarts the count at 1
+-- (incrementCounter) or the minute (as if unset): a script error there would leave the
+-- finish half-written.
 local function updateMetrics(qk, target, maxPoints, now)
   local key = qk .. ":metrics:" .. target
   local previous = rcall("HMGET", key, "count", "prevTS", "prevCount")
   local count = tonumber(previous[1]) or 0
-  rcall("HINCRBY", key, "count", 1)
-  if not previous[2] then
-    rcall("HSET", key, "prevTS", now, "prevCount", 0)
+  incrementCounter(key, "count")
+  local previousTime = tonumber(previous[2])
+  if not previousTime then
+    rcall("HSET", key, "prevTS", string.format("%d", now), "prevCount", "0")
     return
   end
-  local minutes = math.min(math.floor(now / 60000) - math.floor(tonumber(previous[2]) / 60000), maxPoints)
+  local minutes = math.min(math.floor(now / 60000) - math.floor(previousTime / 60000), maxPoints)
   if minutes > 0 then
     local dataKey = key .. ":data"
-    rcall("LPUSH", dataKey, count - (tonumber(previous[3]) or 0))
+    rcall("LPUSH", dataKey, string.format("%d", count - (tonumber(previous[3]) or 0)))
     for _ = 2, minutes do
-      rcall("LPUSH", dataKey, 0)
+      rcall("LPUSH", dataKey, "0")
     end
-    rcall("LTRIM", dataKey, 0, maxPoints - 1)
-    rcall("HSET", key, "prevCount", count, "prevTS", now)
+    rcall("LTRIM", dataKey, "0", string.format("%d", maxPoints - 1))
+    rcall("HSET", key, "prevCount", string.format("%d", count), "prevTS", string.format("%d", now))
   end
 end

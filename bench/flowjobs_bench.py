@@ -58,6 +58,7 @@ CASES = [
     "W1.add",
     "W1.add.enqueue",
     "W1.add.tasks",
+    "W1.add.taskjob",
     "W1.bulk",
     "W2.c1",
     "W2.c50",
@@ -226,9 +227,9 @@ def w1_add() -> None:
 
 
 def w1_add_django(case: str) -> None:
-    """W1.add through the Django layer, one by one: `flowjobs.enqueue.enqueue()` (.enqueue) or
-    django.tasks' `Task.enqueue()` on the FlowJobsBackend (.tasks), on bench_site with
-    its default settings (no enqueue on commit)."""
+    """W1.add through the Django layer, one by one: `flowjobs.enqueue.enqueue()` (.enqueue),
+    django.tasks' `Task.enqueue()` on the FlowJobsBackend (.tasks) or `Queue.add` of the job
+    that makes (.taskjob), on bench_site with its default settings (no enqueue on commit)."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="flowjobs-bench-site-") as site_dir:
@@ -245,6 +246,24 @@ def w1_add_django(case: str) -> None:
 
             def add(i: int) -> None:
                 record.enqueue(**payload(i))
+        elif case == "W1.add.taskjob":
+            # Queue.add of the job Task.enqueue makes (its queue's default options, a
+            # priority, a UUID id, the task's data): what .tasks adds beyond it is the
+            # django.tasks layer's own cost
+            import uuid
+
+            from bench_site.tasks import record
+
+            from flowjobs import conf
+            from flowjobs.tasks.results import to_bullmq_priority
+
+            task_queue = conf.get_queue(record.queue_name)
+            priority = to_bullmq_priority(record.priority)
+
+            def add(i: int) -> None:
+                data = {"args": [], "kwargs": payload(i), "backend": "default"}
+                job_id = uuid.uuid4().hex
+                task_queue.add(record.module_path, data, priority=priority, job_id=job_id)
         else:
 
             def add(i: int) -> None:
@@ -708,6 +727,7 @@ def main(argv: list[str]) -> int:
         "W1.add": w1_add,
         "W1.add.enqueue": lambda: w1_add_django("W1.add.enqueue"),
         "W1.add.tasks": lambda: w1_add_django("W1.add.tasks"),
+        "W1.add.taskjob": lambda: w1_add_django("W1.add.taskjob"),
         "W1.bulk": w1_bulk,
         "W2.c1": lambda: w2(1, "W2.c1", noop_async),
         "W2.c50": lambda: w2(50, "W2.c50", noop_async),

@@ -229,6 +229,20 @@ def _arg_bytes(value: Arg) -> bytes:
     return str(value).encode()
 
 
+_forks = 0
+
+
+def _count_fork() -> None:
+    global _forks
+    _forks += 1
+
+
+# Forks of this process's line, counted in each child: what was made before a fork (the
+# parent's kept connections) is not the child's to use. Reading
+# it costs no system call; os.getpid() is one on every call (glibc keeps no pid).
+os.register_at_fork(after_in_child=_count_fork)
+
+
 class SpareConnections:
     """Connections of one pool kept aside for script calls. Taking a connection from a
     redis-py 8 pool and giving it back (its lock, its state checks, its metrics) cost
@@ -245,14 +259,14 @@ class SpareConnections:
 
     def __init__(self, pool: Any) -> None:
         self.pool = pool
-        self.pid = os.getpid()
+        self.forks = _forks
         self.idle: list[Any] = []
         self.limit = max(1, pool.max_connections // 4) if type(pool) is redis.ConnectionPool else 0
 
     @classmethod
     def of(cls, pool: Any) -> SpareConnections:
         spare = getattr(pool, cls._ATTRIBUTE, None)
-        if spare is None or spare.pid != os.getpid():
+        if spare is None or spare.forks != _forks:
             spare = cls(pool)
             setattr(pool, cls._ATTRIBUTE, spare)
         return spare

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
-import uuid
+import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -139,6 +140,37 @@ def _queue_problem(name: Any) -> str | None:
     return None
 
 
+class RandomIds:
+    """`uuid.uuid4().hex`, from a pool of `os.urandom` bytes: uuid4 makes a getrandom()
+    system call for each id, 11 µs of a 300 µs `enqueue` here (between round trips a
+    system call costs far more than in a tight loop). The bytes are the same kernel
+    randomness; a forked child starts a pool of its own."""
+
+    POOL_BYTES = 4096
+
+    def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()  # (one a parent's thread held at the fork stays held)
+        self._pool = b""
+        self._at = 0
+
+    def new(self) -> str:
+        with self._lock:
+            if self._at + 16 > len(self._pool):
+                self._pool, self._at = os.urandom(self.POOL_BYTES), 0
+            raw = bytearray(self._pool[self._at : self._at + 16])
+            self._at += 16
+        raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+        raw[8] = (raw[8] & 0x3F) | 0x80  # the RFC 4122 variant
+        return raw.hex()
+
+
+TASK_IDS = RandomIds()
+
+
 class FlowJobsBackend(BaseTaskBackend):
     """A ``TASKS`` backend that runs tasks as flowjobs jobs (see ``flowjobs.tasks``).
 
@@ -235,7 +267,7 @@ class FlowJobsBackend(BaseTaskBackend):
         # No validate_task() here: Django validated this Task when it was made (its
         # __post_init__, which using() runs too), and the job's own encoding below checks
         # the options again; validating twice more cost a third of an enqueue.
-        requested_id = getattr(task, "job_id", None) or uuid.uuid4().hex
+        requested_id = getattr(task, "job_id", None) or TASK_IDS.new()
         try:
             # TaskResult normalizes the arguments to plain JSON (Django's normalize_json):
             # the job carries that copy, so nothing walks them twice.

@@ -135,6 +135,7 @@ VARIANT_NOTES = {
     ".runworker": " (manage.py runworker, default settings, sync processor)",
     ".enqueue": " (flowjobs.enqueue)",
     ".tasks": " (django.tasks Task.enqueue)",
+    ".taskjob": " (Queue.add of the job Task.enqueue makes)",
 }
 FLOWJOBS_ONLY_SUFFIXES = tuple(VARIANT_NOTES)
 

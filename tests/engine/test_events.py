@@ -73,20 +73,22 @@ def test_a_foreign_events_cap_that_xadd_refuses_does_not_stop_jobs(
     queue, make_worker, redis_client, prefix
 ):
     """The cap goes to XADD as the stored text when it is a whole number; another value a
-    foreign client wrote is made one ("1e4", "12.5"), or, unusable ("-5", "many"), set
-    back to the default: XADD refusing it would fail every script that emits an event."""
+    foreign client wrote is made one ("1e4", "12.5", 10^15 for more), or, unusable ("-5",
+    "x"), set back to the default: XADD refusing it would fail every script that emits
+    an event."""
     meta = f"{prefix}:q:meta"
-    for stored, used in [("1e4", "10000"), ("12.5", "12"), ("-5", None), ("many", None)]:
+    huge = "9" * 25  # past what XADD takes: 10^15
+    for stored, kept in [("1e4", True), ("12.5", True), (huge, True), ("-5", False), ("x", False)]:
         redis_client.hset(meta, "opts.maxLenEvents", stored)
         job = queue.add("x")
         assert job.id
-        if used is None:  # reset to the default, as for an unset cap
+        if not kept:  # reset to the default, as for an unset cap
             assert redis_client.hget(meta, "opts.maxLenEvents") == "10000"
         else:  # left as written
             assert redis_client.hget(meta, "opts.maxLenEvents") == stored
     done: list[str] = []
     worker = make_worker("q", lambda job: done.append(job.id), autorun=False)
     worker.start()
-    wait_for(lambda: len(done) == 4)
+    wait_for(lambda: len(done) == 5)
     worker.close()
-    assert queue.get_job_counts("completed")["completed"] == 4
+    assert queue.get_job_counts("completed")["completed"] == 5

@@ -12,15 +12,15 @@ local rcall = redis.call
 -- constants are written as strings and times are passed on as the caller's text.
 
 -- The events cap as text for MAXLEN: a whole number as stored, else made one ("1e4",
--- "12.5"); nil when unset or not a number of 0 or more (a value a foreign client wrote
--- that XADD would refuse, failing every script that emits an event).
+-- "12.5"; past 10^15, 10^15); nil when unset or not a number of 0 or more (a value a
+-- foreign client wrote that XADD would refuse, failing every script that emits an event).
 local function eventsCapText(value)
-  if not value or string.find(value, "^%d+$") then
+  if not value or (#value <= 15 and string.find(value, "^%d+$")) then
     return value or nil
   end
   local number = tonumber(value)
-  if number and number >= 0 and number < math.huge then
-    return string.format("%d", math.floor(number))
+  if number and number >= 0 then
+    return string.format("%d", math.floor(math.min(number, 1e15)))
   end
   return nil
 end

@@ -140,3 +140,22 @@ def test_rate_limit_ttl(queue):
     assert 4_000 < queue.get_rate_limit_ttl() <= 5_000  # the counter is above meta max
     queue.remove_rate_limit_key()
     assert queue.get_rate_limit_ttl() == 0
+
+
+@pytest.mark.parametrize("foreign", ["1e3", "lots", "hash"])
+def test_a_foreign_value_at_the_limiter_key_does_not_stop_fetches(
+    foreign, queue, make_worker, redis_client, prefix
+):
+    """A count INCRBY would refuse (another client's) at the queue's limiter key failed
+    every fetch of a rate-limited worker, after the fetch had begun writing: it is
+    dropped, and the window starts anew."""
+    key = f"{prefix}:q:limiter"
+    if foreign == "hash":
+        redis_client.hset(key, "count", 1)
+    else:
+        redis_client.set(key, foreign)
+    queue.add_bulk([{"name": "x"} for _ in range(3)])
+    done: list[str] = []
+    make_worker("q", lambda job: done.append(job.id), limiter={"max": 10, "duration": 60_000})
+    wait_for(lambda: len(done) == 3)
+    assert redis_client.get(key) == "3"

@@ -84,6 +84,21 @@ local function isPausedOrMaxed(qk)
   return false
 end
 
+-- A rate limiter's count of jobs taken in its window. A value INCRBY would refuse
+-- (another client's "1e3", a hash) is dropped: the fetch's INCRBY would fail it
+-- half-written.
+local function limiterUsed(limiterKey)
+  local value = redis.pcall("GET", limiterKey)
+  if not value then
+    return 0
+  end
+  if type(value) == "string" and string.find(value, "^%-?%d+$") then
+    return tonumber(value)
+  end
+  rcall("DEL", limiterKey)
+  return 0
+end
+
 local function addWakeMarker(qk)
   rcall("ZADD", qk .. ":marker", "0", "0")
 end

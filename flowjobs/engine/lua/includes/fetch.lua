@@ -75,7 +75,7 @@ local function fetchJobs(qk, nowText, tokens, lockDuration, limiterMax, limiterD
   local limiterKey = qk .. ":limiter"
   local used = 0
   if maxJobs then
-    used = tonumber(rcall("GET", limiterKey) or "0")
+    used = limiterUsed(limiterKey)
     if used >= maxJobs then
       local ttl = rcall("PTTL", limiterKey)
       if ttl > 0 then

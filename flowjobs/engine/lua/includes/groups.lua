@@ -109,7 +109,7 @@ local function takeFromGroup(qk, gid, limits, now)
   local limiterKey = groupKey(qk, gid, "limiter")
   local used = 0
   if limits.max then
-    used = tonumber(rcall("GET", limiterKey) or "0")
+    used = limiterUsed(limiterKey)
     if used >= limits.max then
       local ttl = rcall("PTTL", limiterKey)
       if ttl > 0 then

@@ -9,6 +9,7 @@ import hashlib
 from collections.abc import Callable
 
 import pytest
+import redis
 
 from flowjobs.engine import scripts
 from tests.helpers import wait_for
@@ -207,3 +208,16 @@ local pcallCounted = function(...) return countNumbers(redis.pcall, ...) end
         assert {k: v for k, v in numbers.items() if not k.startswith("move_stalled")} == {}
         queue.add("delayed", delay=60_000)  # a delayed job's score is a number: the count works
         assert "add_jobs ZADD" in redis_client.hgetall(counter)
+
+
+def test_a_packed_call_is_the_command_redis_py_would_send():
+    """pack_call builds EVALSHA's RESP bytes itself: the same bytes as redis-py's packer
+    for text (ASCII and not), bytes, whole numbers and floats."""
+    keys = ["bull:q:meta", "bull:q:ü"]
+    args = ["bull:q", "", "déjà vu", b"\x00\xff raw", 0, -1, 1796412526465, 2.5, "x" * 600]
+    packed = scripts.pack_call("move_to_finished", keys, args)
+    sha = scripts.source("move_to_finished")[1]
+    expected = b"".join(redis.Connection().pack_command("EVALSHA", sha, len(keys), *keys, *args))
+    assert packed == expected
+    # an id read from Redis that is not UTF-8 goes back as the same bytes
+    assert scripts.pack_call("move_to_finished", [], ["\udcff"]).endswith(b"$1\r\n\xff\r\n")

@@ -75,7 +75,7 @@ for i, spec in ipairs(jobs) do
   local counter = rcall("INCR", qk .. ":id")
   local jobId = spec.id
   if jobId == "" then
-    jobId = string.format("%d", counter) -- (tostring takes twice as long)
+    jobId = wholeText(counter)
   end
   local jobKey = qk .. ":" .. jobId
   local parentJson = nil

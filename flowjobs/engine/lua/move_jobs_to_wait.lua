@@ -23,11 +23,8 @@ if #ids > 0 then
     end
     emit(qk, "waiting", "jobId", jobId, "prev", state)
   end
-  for i = 1, #ids, 5000 do
-    local chunk = {unpack(ids, i, math.min(i + 4999, #ids))}
-    rcall("ZREM", KEYS[1], unpack(chunk))
-    rcall("LPUSH", qk .. ":wait", unpack(chunk))
-  end
+  rcallInChunks("ZREM", KEYS[1], ids)
+  rcallInChunks("LPUSH", qk .. ":wait", ids)
   if not isPausedOrMaxed(qk) then
     addWakeMarker(qk)
   end

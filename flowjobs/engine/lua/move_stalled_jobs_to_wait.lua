@@ -58,8 +58,5 @@ for _, jobId in ipairs(candidates) do
     end
   end
 end
-local active = rcall("LRANGE", activeKey, 0, -1)
-for i = 1, #active, 5000 do
-  rcall("SADD", stalledKey, unpack(active, i, math.min(i + 4999, #active)))
-end
+rcallInChunks("SADD", stalledKey, rcall("LRANGE", activeKey, "0", "-1"))
 return moved

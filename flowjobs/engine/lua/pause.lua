@@ -20,10 +20,7 @@ else
     if rcall("EXISTS", qk .. ":wait") == 0 then
       rcall("RENAME", legacy, qk .. ":wait")
     else
-      local ids = rcall("LRANGE", legacy, 0, -1)
-      for i = 1, #ids, 5000 do
-        rcall("RPUSH", qk .. ":wait", unpack(ids, i, math.min(i + 4999, #ids)))
-      end
+      rcallInChunks("RPUSH", qk .. ":wait", rcall("LRANGE", legacy, "0", "-1"))
       rcall("DEL", legacy)
     end
   end

@@ -9,22 +9,19 @@ local function removeFinishedJobs(qk, setKey, ids, now)
     unlinkFromParent(jobKey, now)
     removeJobKeys(jobKey)
   end
-  for i = 1, #ids, 5000 do -- (Lua's unpack takes about 8,000 at most; `limit` may be more)
-    rcall("ZREM", setKey, unpack(ids, i, math.min(i + 4999, #ids)))
-  end
+  rcallInChunks("ZREM", setKey, ids) -- (`limit` may be over what unpack takes)
 end
 
 -- keepCount -1 keeps everything; keepAge (seconds) trims at most keepLimit
 -- old jobs per call, like BullMQ.
 local function applyRetention(qk, setKey, keepCount, keepAge, keepLimit, now)
   if keepAge then
-    local ids = rcall("ZRANGEBYSCORE", setKey, "-inf", string.format("%d", now - keepAge * 1000),
-      "LIMIT", "0", keepLimit and string.format("%d", keepLimit) or "1000")
+    local ids = rcall("ZRANGEBYSCORE", setKey, "-inf", wholeText(now - keepAge * 1000),
+      "LIMIT", "0", keepLimit and wholeText(keepLimit) or "1000")
     removeFinishedJobs(qk, setKey, ids, now)
   end
   if keepCount > 0 then
-    local extra = rcall("ZREVRANGE", setKey, string.format("%d", keepCount),
-      string.format("%d", keepCount + 999))
+    local extra = rcall("ZREVRANGE", setKey, wholeText(keepCount), wholeText(keepCount + 999))
     removeFinishedJobs(qk, setKey, extra, now)
   end
 end
@@ -39,17 +36,17 @@ local function updateMetrics(qk, target, maxPoints, now)
   incrementCounter(key, "count")
   local previousTime = tonumber(previous[2])
   if not previousTime then
-    rcall("HSET", key, "prevTS", string.format("%d", now), "prevCount", "0")
+    rcall("HSET", key, "prevTS", wholeText(now), "prevCount", "0")
     return
   end
   local minutes = math.min(math.floor(now / 60000) - math.floor(previousTime / 60000), maxPoints)
   if minutes > 0 then
     local dataKey = key .. ":data"
-    rcall("LPUSH", dataKey, string.format("%d", count - (tonumber(previous[3]) or 0)))
+    rcall("LPUSH", dataKey, wholeText(count - (tonumber(previous[3]) or 0)))
     for _ = 2, minutes do
       rcall("LPUSH", dataKey, "0")
     end
-    rcall("LTRIM", dataKey, "0", string.format("%d", maxPoints - 1))
-    rcall("HSET", key, "prevCount", string.format("%d", count), "prevTS", string.format("%d", now))
+    rcall("LTRIM", dataKey, "0", wholeText(maxPoints - 1))
+    rcall("HSET", key, "prevCount", wholeText(count), "prevTS", wholeText(now))
   end
 end

@@ -355,9 +355,14 @@ def _fill_in(
     kwargs.update(forced)
     retry = kwargs.get("retry")
     if isinstance(retry, redis.retry.Retry):
-        # the given client's policy, for asyncio (redis-py 8 converts it with a warning)
+        # the given client's policy, for asyncio (redis-py 8 converts it with a warning),
+        # all of it: its error check too, where this redis-py has one
+        checks = getattr(retry, "_is_retryable", None)
         kwargs["retry"] = redis.asyncio.retry.Retry(
-            retry._backoff, retry._retries, retry._supported_errors
+            retry._backoff,
+            retry._retries,
+            retry._supported_errors,
+            **({"is_retryable": checks} if checks is not None else {}),
         )
     return kwargs
 

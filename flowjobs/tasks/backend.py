@@ -144,7 +144,8 @@ class RandomIds:
     """`uuid.uuid4().hex`, from a pool of `os.urandom` bytes: uuid4 makes a getrandom()
     system call for each id, 11 µs of a 300 µs `enqueue` here (between round trips a
     system call costs far more than in a tight loop). The bytes are the same kernel
-    randomness; a forked child starts a pool of its own."""
+    randomness; a forked child starts a pool of its own. The two bit settings below are
+    what `uuid.UUID(bytes=..., version=4)` does, at a tenth of its 3.8 µs."""
 
     POOL_BYTES = 4096
 

@@ -145,7 +145,7 @@ def test_an_asyncio_client_built_from_a_client_object_keeps_its_retry_without_a_
 ):
     """A worker given a redis.Redis builds its asyncio clients from it. The given client's
     retry policy (a synchronous Retry, redis-py's default included) becomes the asyncio
-    one with the same backoff and count, and redis-py 8 warns at every worker start
+    one with the same backoff, count and error check, and redis-py 8 warns at every worker start
     when it has to convert it itself."""
     import asyncio
     import warnings
@@ -154,7 +154,13 @@ def test_an_asyncio_client_built_from_a_client_object_keeps_its_retry_without_a_
 
     from flowjobs.engine.connection import async_client
 
-    given = redis.Redis.from_url(redis_url, retry=redis.retry.Retry(ConstantBackoff(0.01), 4))
+    def checks(error: Exception) -> bool:
+        return True
+
+    policy = redis.retry.Retry(ConstantBackoff(0.01), 4)
+    if hasattr(policy, "is_retryable"):  # redis-py 8
+        policy.is_retryable = checks
+    given = redis.Redis.from_url(redis_url, retry=policy)
 
     async def build_and_ping():
         client = async_client(given)
@@ -170,3 +176,4 @@ def test_an_asyncio_client_built_from_a_client_object_keeps_its_retry_without_a_
     given.close()
     assert isinstance(retry, redis.asyncio.retry.Retry)
     assert retry.get_retries() == 4
+    assert getattr(retry, "is_retryable", checks) is checks  # its own check, kept

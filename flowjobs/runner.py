@@ -603,10 +603,12 @@ class WorkerProcess:
         for closer in closers:
             closer.start()
         while any(c.is_alive() for c in closers):
-            if self.signals.event.wait(POLL_S):
-                self.signals.event.clear()
-                if self.signals.count >= 2:
-                    return self._force("second signal")
+            # the count, not the event, says a second signal came: one that came between
+            # the line above and the event's clear() left the event unset
+            self.signals.event.wait(POLL_S)
+            self.signals.event.clear()
+            if self.signals.count >= 2:
+                return self._force("second signal")
         if any(w.active_count for w in self.workers):
             return self._force("shutdown timeout")
         from . import signals

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import redis
@@ -138,10 +138,23 @@ class Queue:
 
     def add(self, name: str, data: Any = None, **options: Any) -> Job:
         """Adds one job; with an existing `job_id` returns that job unchanged."""
+        return self.add_with(name, data, options)
+
+    def add_with(
+        self,
+        name: str,
+        data: Any,
+        options: dict[str, Any],
+        meanwhile: Callable[[EncodedJob], None] | None = None,
+    ) -> Job:
+        """`add` with the options as a dict; `meanwhile(encoded_job)`, when given, runs
+        while Redis writes the job (see `add_encoded`)."""
         with telemetry.add_span(self.name, name) as metadata:
             if metadata is not None and options.get("telemetry") is None:
-                options["telemetry"] = metadata
-            return self.add_encoded([self.encode(name, data, **options)])[0]
+                options = {**options, "telemetry": metadata}
+            encoded = self.encode(name, data, **options)
+            after_send = None if meanwhile is None else lambda: meanwhile(encoded)
+            return self.add_encoded([encoded], meanwhile=after_send)[0]
 
     def add_bulk(self, jobs: Iterable[dict[str, Any] | tuple]) -> list[Job]:
         """Adds many jobs atomically: every job is validated first, then all are
@@ -170,29 +183,47 @@ class Queue:
         return encoded
 
     def add_encoded(
-        self, jobs: Sequence[EncodedJob], receipt: PushReceipt | None = None
+        self,
+        jobs: Sequence[EncodedJob],
+        receipt: PushReceipt | None = None,
+        meanwhile: Callable[[], None] | None = None,
     ) -> list[Job]:
-        """Writes jobs checked by `encode`; with `receipt`, as the push of an outbox entry."""
-        result = run_add(self.client, self.keys.meta, jobs, receipt, self.connection, "add")
-        added = []
-        for job, job_id in zip(jobs, result, strict=True):
-            fields = {
-                "name": job.name,
-                "data": job.data_json,
-                "timestamp": str(job.timestamp),
-                "delay": str(job.delay),
-                "priority": str(job.priority),
-            }
-            instance = Job(
-                self if job.queue_key == self.keys.qualified else _queue_for(self, job.queue_key),
-                job_id,
-                fields,
-            )
-            instance.opts = job.opts
-            instance.parent_key = job.parent_key
-            instance.parent = job.parent
-            added.append(instance)
+        """Writes jobs checked by `encode`; with `receipt`, as the push of an outbox entry.
+        The `Job`s returned are built while Redis writes them (their ids, which Redis
+        gives, set after), and so is `meanwhile()` run: work that would otherwise wait
+        for the answer. It must not fail on input (the jobs may be written already)."""
+        added: list[Job] = []
+
+        def build() -> None:
+            for job in jobs:
+                added.append(self._added_job(job))
+            if meanwhile is not None:
+                meanwhile()
+
+        ids = run_add(self.client, self.keys.meta, jobs, receipt, self.connection, "add", build)
+        for instance, job_id in zip(added, ids, strict=True):
+            instance.id = job_id
         return added
+
+    def _added_job(self, job: EncodedJob) -> Job:
+        """The `Job` of an encoded job, as written (its id, until Redis answers, the one
+        asked for, or "")."""
+        fields = {
+            "name": job.name,
+            "data": job.data_json,
+            "timestamp": str(job.timestamp),
+            "delay": str(job.delay),
+            "priority": str(job.priority),
+        }
+        instance = Job(
+            self if job.queue_key == self.keys.qualified else _queue_for(self, job.queue_key),
+            job.job_id or "",
+            fields,
+        )
+        instance.opts = job.opts
+        instance.parent_key = job.parent_key
+        instance.parent = job.parent
+        return instance
 
     # --- reading ---------------------------------------------------------------------------
     def get_job(self, job_id: str) -> Job | None:
@@ -718,8 +749,10 @@ def run_add(
     receipt: PushReceipt | None,
     connection: Connection,
     operation: str,
+    meanwhile: Callable[[], None] | None = None,
 ) -> list[str]:
-    """Runs the add script for encoded jobs (of any queues) and returns their ids."""
+    """Runs the add script for encoded jobs (of any queues) and returns their ids;
+    `meanwhile` as in `scripts.run`."""
     args: list[Any] = [len(jobs)]
     for job in jobs:
         args.extend(job.script_args())
@@ -728,7 +761,7 @@ def run_add(
         keys += receipt.keys()
         args += receipt.args()
     try:
-        result = scripts.run(client, "add_jobs", keys, args)
+        result = scripts.run(client, "add_jobs", keys, args, meanwhile)
     except (redis.ConnectionError, redis.TimeoutError) as error:
         raise connection_failed(operation, jobs, connection, error) from error
     if result[0] == 1 and receipt is not None:

@@ -13,7 +13,7 @@ import hashlib
 import math
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -140,9 +140,22 @@ def _plain(client: Any) -> bool:
     return type(client) is redis.Redis and client.connection is None
 
 
-def run(client: redis.Redis, name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+def run(
+    client: redis.Redis,
+    name: str,
+    keys: Sequence[str],
+    args: Sequence[Arg],
+    meanwhile: Callable[[], None] | None = None,
+) -> Any:
+    """Runs script `name`. `meanwhile()`, when given, runs after the call is sent and
+    before its answer is read: the caller's own work done while Redis runs the script
+    (one call at a time is a round trip of waiting otherwise). It must not fail on
+    input: the call may already be written when it runs. If it raises anyway, the
+    connection is closed (its answer unread) and the error raised."""
     if _plain(client):
-        return _run_packed(client, name, keys, args)
+        return _run_packed(client, name, keys, args, meanwhile)
+    if meanwhile is not None:
+        meanwhile()
     text, sha = source(name)
     try:
         try:
@@ -162,13 +175,19 @@ def out_of_memory(name: str, error: OutOfMemoryError) -> RedisOutOfMemory:
     )
 
 
-def _run_packed(client: redis.Redis, name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+def _run_packed(
+    client: redis.Redis,
+    name: str,
+    keys: Sequence[str],
+    args: Sequence[Arg],
+    meanwhile: Callable[[], None] | None,
+) -> Any:
     """`run` on a pooled connection with the call packed by `pack_call` (redis-py's
     generic command path costs about as much as the round trip)."""
     spare = SpareConnections.of(client.connection_pool)
     connection = spare.take()
     try:
-        return _run_on(connection, name, keys, args)
+        return _run_on(connection, name, keys, args, meanwhile)
     finally:
         spare.give_back(connection)
 
@@ -296,13 +315,22 @@ class SpareConnections:
             self.pool.release(connection)
 
 
-def _run_on(connection: Any, name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-    """One packed script call on a sync connection. A call that may have reached Redis
-    is never re-sent: a connection the call did not end on an answer (broken, timed
-    out, interrupted) is closed, as what is left unread would be taken for the next
-    call's answer, and the error raised."""
+def _run_on(
+    connection: Any,
+    name: str,
+    keys: Sequence[str],
+    args: Sequence[Arg],
+    meanwhile: Callable[[], None] | None = None,
+) -> Any:
+    """One packed script call on a sync connection, `meanwhile` (see `run`) run while it
+    is under way. A call that may have reached Redis is never re-sent: a connection the
+    call did not end on an answer (broken, timed out, interrupted, `meanwhile` raised)
+    is closed, as what is left unread would be taken for the next call's answer, and the
+    error raised."""
     try:
         connection.send_packed_command([pack_call(name, keys, args)])
+        if meanwhile is not None:
+            meanwhile()
         try:
             return connection.read_response()
         except NoScriptError:

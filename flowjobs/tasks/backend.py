@@ -13,6 +13,7 @@ import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from datetime import datetime
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -26,13 +27,14 @@ from django.utils.module_loading import import_string
 
 from .. import conf, outbox
 from ..engine import FlowJobsError, Job, Queue
-from ..engine.options import now_ms
+from ..engine.options import EncodedJob, now_ms
 from ..outbox_entry import OutboxKind
 from . import execution
 from .results import (
     STATUS_BY_STATE,
     from_bullmq_priority,
     from_ms,
+    plain_json,
     result_from_job,
     to_bullmq_priority,
     to_ms,
@@ -270,46 +272,44 @@ class FlowJobsBackend(BaseTaskBackend):
         # the options again; validating twice more cost a third of an enqueue.
         requested_id = getattr(task, "job_id", None) or TASK_IDS.new()
         try:
-            # TaskResult normalizes the arguments to plain JSON (Django's normalize_json):
-            # the job carries that copy, so nothing walks them twice.
-            result = TaskResult(
-                task=task,
-                id=requested_id,
-                status=TaskResultStatus.READY,
-                enqueued_at=None,
-                started_at=None,
-                finished_at=None,
-                last_attempted_at=None,
-                args=args,
-                kwargs=kwargs,
-                backend=self.alias,
-                errors=[],
-                worker_ids=[],
-            )
+            # As TaskResult normalizes them (Django's normalize_json), before anything is
+            # written: the job carries this copy.
+            data = {
+                "args": plain_json(args),
+                "kwargs": plain_json(kwargs),
+                "backend": self.alias,
+            }
         except (TypeError, ValueError) as error:
-            # Raised before anything is written: the job data must be plain JSON.
             raise TypeError(
                 f"Task {task.module_path}: arguments must be JSON-serializable "
                 f"(lists, dicts, str, int, float, bool, None): {error}"
             ) from None
-        data = {"args": result.args, "kwargs": result.kwargs, "backend": self.alias}
         options = {**self._job_options(task), "job_id": requested_id}
         queue = conf.get_queue(task.queue_name)
 
         delay = 0
         if task.run_after is not None:
             delay = max(0, math.ceil(to_ms(task.run_after) - now_ms()))
+        options["delay"] = delay
         if not self._on_commit(task):
-            job = queue.add(task.module_path, data, delay=delay, **options)
+            made: list[TaskResult] = []
+
+            def ready(encoded: EncodedJob) -> None:
+                enqueued_at = from_ms(encoded.timestamp)
+                made.append(self._ready_result(task, requested_id, data, enqueued_at))
+
+            # The result is made while Redis writes the job: it waits for nothing else.
+            job = queue.add_with(task.module_path, data, options, meanwhile=ready)
+            result = made[0]
             # A deduplicated task is the job that already owns the id.
             object.__setattr__(result, "id", job.id)
-            object.__setattr__(result, "enqueued_at", from_ms(job.timestamp))
             execution.send(task_enqueued, type(self), result)
             return result
 
         # Through the outbox: the job is a row of the caller's transaction (validated
         # now, pushed after the commit, by the relay if Redis cannot take it then).
-        encoded = queue.encode(task.module_path, data, delay=delay, **options)
+        encoded = queue.encode(task.module_path, data, **options)
+        result = self._ready_result(task, requested_id, data, None)  # enqueued at the commit
 
         def enqueued() -> None:
             object.__setattr__(result, "enqueued_at", from_ms(encoded.timestamp))
@@ -318,6 +318,25 @@ class FlowJobsBackend(BaseTaskBackend):
         outbox.stage(OutboxKind.JOBS, [encoded], None)
         transaction.on_commit(enqueued, robust=True)
         return result
+
+    def _ready_result(
+        self, task: Task, result_id: str, data: dict[str, Any], enqueued_at: datetime | None
+    ) -> TaskResult:
+        """The READY result of a task job whose data is `data`."""
+        return TaskResult(
+            task=task,
+            id=result_id,
+            status=TaskResultStatus.READY,
+            enqueued_at=enqueued_at,
+            started_at=None,
+            finished_at=None,
+            last_attempted_at=None,
+            args=data["args"],
+            kwargs=data["kwargs"],
+            backend=self.alias,
+            errors=[],
+            worker_ids=[],
+        )
 
     # ------------------------------------------------------------------ results
     def get_result(self, result_id: str) -> TaskResult:

@@ -33,7 +33,6 @@ from django.tasks.base import (
 )
 from django.tasks.signals import task_finished, task_started
 from django.utils import timezone
-from django.utils.json import normalize_json
 from django.utils.module_loading import import_string
 
 from .. import registry
@@ -45,6 +44,7 @@ from .results import (
     attempts_of,
     class_path,
     from_bullmq_priority,
+    plain_json,
     result_from_job,
 )
 
@@ -213,7 +213,7 @@ def run_task_job(job: Job) -> Any:
             value = task.call(TaskContext(task_result=result), *args, **kwargs)
         else:
             value = task.call(*args, **kwargs)
-        value = normalize_json(value)
+        value = plain_json(value)
     except BaseException as error:
         record["error"] = _error_record(error)
         _save_attempts_quietly(job, records)

@@ -25,6 +25,7 @@ from django.tasks.base import (
     TaskResultStatus,
 )
 from django.utils import timezone
+from django.utils.json import normalize_json
 
 from ..engine import Job
 from .errors import TaskAborted
@@ -37,6 +38,7 @@ __all__ = [
     "class_path",
     "from_bullmq_priority",
     "from_ms",
+    "plain_json",
     "result_from_job",
     "to_bullmq_priority",
     "to_ms",
@@ -71,6 +73,24 @@ def from_bullmq_priority(stored: int) -> int:
     if stored <= 0 or not TASK_MIN_PRIORITY <= priority <= TASK_MAX_PRIORITY:
         return DEFAULT_TASK_PRIORITY
     return priority
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def plain_json(value: Any) -> Any:
+    """Django's ``normalize_json(value)``, the same result, quicker on plain values: exact
+    dicts, lists, tuples and scalars are walked here (Django tests each against the
+    ``Mapping`` and ``Sequence`` ABCs, a third of an enqueue's Python for a dozen
+    arguments); anything else, subclasses included, goes to Django's."""
+    kind = type(value)
+    if kind in _SCALARS:
+        return value
+    if kind is dict:
+        return {plain_json(key): plain_json(item) for key, item in value.items()}
+    if kind is list or kind is tuple:
+        return [plain_json(item) for item in value]
+    return normalize_json(value)
 
 
 def from_ms(ms: Any) -> datetime | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections.abc
+import enum
 from datetime import timedelta
 
 import pytest
@@ -9,9 +11,11 @@ from django.db import transaction
 from django.tasks import TaskResultStatus, task, task_backends
 from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
 from django.utils import timezone
+from django.utils.json import normalize_json
 
 from flowjobs import conf, registry
 from flowjobs.tasks import from_bullmq_priority, to_bullmq_priority
+from flowjobs.tasks.results import plain_json
 from tests.taskapp import tasks
 
 from .test_running import finished
@@ -125,6 +129,45 @@ def test_arguments_must_be_json():
     with pytest.raises(TypeError, match="tasks.add: arguments must be JSON-serializable"):
         tasks.add.enqueue(object(), 1)
     assert conf.get_queue("tasks").get_job_counts("prioritized") == {"prioritized": 0}
+
+
+def _shape(value):  # noqa: ANN001, ANN202 - the value with every part's exact type
+    if isinstance(value, dict):
+        return (dict, [(_shape(k), _shape(v)) for k, v in value.items()])
+    if isinstance(value, list):
+        return (list, [_shape(item) for item in value])
+    return (type(value), value)
+
+
+class _Level(enum.IntEnum):
+    HIGH = 2
+
+
+class _Pairs(collections.abc.Sequence):
+    def __getitem__(self, index):  # noqa: ANN001, ANN204
+        return [("a", 1), ("b", 2)][index]
+
+    def __len__(self) -> int:
+        return 2
+
+
+def test_plain_json_is_djangos_normalization():
+    """The enqueue's quick walk of the arguments gives what Django's normalize_json gives,
+    exact types and subclasses alike, and refuses what it refuses with its errors."""
+    values = [
+        None, True, 0, -7, 2.5, "text", b"bytes", (1, (2, [3])), [("a", 1)],
+        {"k": [1, {"n": None}], 2: "int key"}, collections.OrderedDict(a=1),
+        {"level": _Level.HIGH}, _Pairs(), ["x", _Level.HIGH, {"deep": (True,)}],
+        type("Text", (str,), {})("sub"),
+    ]  # fmt: skip
+    for value in values:
+        assert _shape(plain_json(value)) == _shape(normalize_json(value)), value
+    for bad in ({1, 2}, [object()], {"k": b"\xff"}):
+        with pytest.raises((TypeError, ValueError)) as ours:
+            plain_json(bad)
+        with pytest.raises((TypeError, ValueError)) as djangos:
+            normalize_json(bad)
+        assert (type(ours.value), str(ours.value)) == (type(djangos.value), str(djangos.value))
 
 
 @pytest.mark.django_db(transaction=True)

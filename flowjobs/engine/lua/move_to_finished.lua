@@ -39,8 +39,23 @@ if target == "completed"
   end
 end
 local fields = rcall("HMGET", jobKey, "deid", "parentKey", "parent", "gid")
+local keepCount = tonumber(ARGV[7])
+local setKey = qk .. ":" .. target
+-- The set first, before the job leaves active (see refuseForeignKey): a ZADD refused
+-- here has written nothing. (No TYPE check: this is every job's path.)
+local addedToSet = 0
+if keepCount ~= 0 then
+  addedToSet = redis.pcall("ZADD", setKey, "NX", ARGV[3], jobId) -- ARGV[3]: now as text
+  if type(addedToSet) == "table" then
+    lazy().refuseForeignKey(setKey, "zset", jobId)
+    error(addedToSet) -- refused for another reason
+  end
+end
 local taken = takeFromActive(qk, jobKey, jobId, token, fields[4] or false)
 if taken ~= 0 then
+  if addedToSet == 1 then
+    rcall("ZREM", setKey, jobId)
+  end
   return taken
 end
 setFieldsFromJson(jobKey, ARGV[12])
@@ -59,13 +74,13 @@ if parent then
 end
 
 local attemptsMade = incrementCounter(jobKey, "atm")
-local keepCount = tonumber(ARGV[7])
-local setKey = qk .. ":" .. target
 if keepCount == 0 then
   unlinkFromParent(jobKey, now)
   removeJobKeys(jobKey)
 else
-  rcall("ZADD", setKey, ARGV[3], jobId) -- ARGV[3]: now as text (see base.lua)
+  if addedToSet == 0 then -- it was in the set already: its time is now
+    rcall("ZADD", setKey, ARGV[3], jobId)
+  end
   if target == "completed" then
     rcall("HSET", jobKey, "returnvalue", value, "finishedOn", ARGV[3])
   else

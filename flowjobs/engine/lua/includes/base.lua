@@ -110,6 +110,20 @@ local function limiterUsed(limiterKey)
   return 0
 end
 
+-- Redis keeps the writes a script made before one of its commands failed. A queue key
+-- that another client filled with another kind of value makes the command writing it
+-- fail: a move checks its destination before it writes anything, so that the job stays
+-- where it was instead of being in no state. kind: what TYPE says of the right value.
+--- @lazy
+local function refuseForeignKey(key, kind, jobId)
+  local found = rcall("TYPE", key)["ok"]
+  if found ~= kind and found ~= "none" then
+    error(redis.error_reply("ERR flowjobs: " .. key .. " holds a " .. found .. ", not a "
+      .. kind .. " (another client's value): job " .. jobId .. " left where it was, "
+      .. "nothing written; delete or rename that key"))
+  end
+end
+
 local function addWakeMarker(qk)
   rcall("ZADD", qk .. ":marker", "0", "0")
 end
@@ -178,9 +192,10 @@ local function promoteDueJobs(qk, now)
   end
   for _, jobId in ipairs(ids) do
     local jobKey = qk .. ":" .. jobId
-    rcall("ZREM", qk .. ":delayed", jobId)
     local fields = rcall("HMGET", jobKey, "priority", "gid")
+    -- in line first: refused (a foreign value there), the job is still delayed
     enqueueReady(qk, jobId, tonumber(fields[1]) or 0, false, fields[2] or false)
+    rcall("ZREM", qk .. ":delayed", jobId)
     emit(qk, "waiting", "jobId", jobId, "prev", "delayed")
     rcall("HSET", jobKey, "delay", "0")
   end

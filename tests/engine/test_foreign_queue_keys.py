@@ -1,0 +1,101 @@
+"""A queue key that holds the wrong kind of value (another client wrote a string where the
+queue keeps a sorted set): the script that meets it refuses before writing, with an error
+that names the key, and the job it was moving is not lost."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from tests.helpers import wait_for
+
+
+@pytest.mark.parametrize("outcome", ["completed", "failed"])
+def test_a_finish_refused_by_a_foreign_value_leaves_the_job_to_run_again(
+    outcome, queue, make_worker, redis_client, prefix
+):
+    """Redis does not undo a script's writes when a command fails half-way: a ZADD refused
+    after the job had left `active` lost it (in no state; no stalled check finds it). Now
+    nothing is written: the job stays active, the worker says which key is wrong, and once
+    the key is mended the stalled check gives the job its run."""
+    foreign_key = f"{prefix}:q:{outcome}"
+    redis_client.set(foreign_key, "another client's value")
+    job = queue.add("x", {"n": 1}, attempts=1)
+    errors: list[str] = []
+    runs = threading.Semaphore(0)
+
+    def processor(job):  # noqa: ANN001, ANN202
+        runs.release()
+        if outcome == "failed":
+            raise ValueError("the job fails")
+        return "done"
+
+    worker = make_worker("q", processor, autorun=False, lock_duration=500, stalled_interval=200)
+    worker.on("error", lambda error: errors.append(str(error)))
+    worker.start()
+    wait_for(lambda: errors, message="no error for the refused finish")
+    assert foreign_key in errors[0] and "holds a string" in errors[0], errors[0]
+    assert redis_client.lrange(f"{prefix}:q:active", 0, -1) == [job.id]
+    assert redis_client.get(foreign_key) == "another client's value"  # not overwritten
+    assert redis_client.hget(f"{prefix}:q:{job.id}", "finishedOn") is None
+    assert redis_client.hget(f"{prefix}:q:{job.id}", "atm") in (None, "0")
+
+    redis_client.delete(foreign_key)
+    wait_for(lambda: queue.get_job_state(job.id) == outcome, timeout=15)
+    assert runs.acquire(timeout=0) and runs.acquire(timeout=0)  # run again, then recorded
+    worker.close()
+
+
+@pytest.mark.parametrize(
+    ("destination", "backoff"), [("delayed", {"type": "fixed", "delay": 50}), ("wait", None)]
+)
+def test_a_retry_refused_by_a_foreign_value_leaves_the_job_active(
+    destination, backoff, queue, make_worker, redis_client, prefix
+):
+    """A failed attempt that is retried goes to `delayed` (with a backoff) or back to
+    `wait`; a foreign value there (written while the job ran) refuses the move before
+    anything is written: the job stays active, its attempt not counted, and runs again
+    once the key is mended."""
+    foreign_key = f"{prefix}:q:{destination}"
+    job = queue.add("x", {"n": 1}, attempts=3, backoff=backoff)
+    errors: list[str] = []
+    runs: list[str] = []
+
+    def processor(job):  # noqa: ANN001, ANN202
+        runs.append(job.id)
+        if len(runs) == 1:
+            redis_client.set(foreign_key, "another client's value")
+            raise ValueError("the first attempt fails")
+        return "done"
+
+    worker = make_worker("q", processor, autorun=False, lock_duration=500, stalled_interval=200)
+    worker.on("error", lambda error: errors.append(str(error)))
+    worker.start()
+    wait_for(lambda: errors, message="no error for the refused retry")
+    assert f"{foreign_key} holds a string" in errors[0], errors[0]
+    assert redis_client.lrange(f"{prefix}:q:active", 0, -1) == [job.id]
+    assert redis_client.hget(f"{prefix}:q:{job.id}", "atm") in (None, "0")
+    redis_client.delete(foreign_key)
+    wait_for(lambda: queue.get_job_state(job.id) == "completed", timeout=15)
+    assert len(runs) == 2
+    worker.close()
+
+
+def test_a_due_delayed_job_stays_delayed_while_its_wait_list_is_foreign(
+    queue, make_worker, redis_client, prefix
+):
+    """Promoting a due job took it out of `delayed` before pushing it on `wait`: a foreign
+    value at `wait` lost it. Now it is pushed first; refused, it is still delayed."""
+    job = queue.add("x", {"n": 1}, delay=1)
+    wait_key = f"{prefix}:q:wait"
+    redis_client.set(wait_key, "another client's value")
+    errors: list[str] = []
+    worker = make_worker("q", lambda job: "done", autorun=False)
+    worker.on("error", lambda error: errors.append(str(error)))
+    worker.start()
+    wait_for(lambda: errors, message="no error for the refused promotion")
+    assert redis_client.zrange(f"{prefix}:q:delayed", 0, -1) == [job.id]
+    redis_client.delete(wait_key)
+    wait_for(lambda: queue.get_job_state(job.id) == "completed", timeout=15)
+    worker.close()

@@ -11,6 +11,16 @@ import pytest
 from tests.helpers import wait_for
 
 
+def _first_error(make_worker, processor, errors: list[str], what: str):  # noqa: ANN001, ANN202
+    """A started worker with short locks (the stalled check soon runs a job again) whose
+    errors go to `errors`, once the first arrived."""
+    worker = make_worker("q", processor, autorun=False, lock_duration=500, stalled_interval=200)
+    worker.on("error", lambda error: errors.append(str(error)))
+    worker.start()
+    wait_for(lambda: errors, message=f"no error for {what}")
+    return worker
+
+
 @pytest.mark.parametrize("outcome", ["completed", "failed"])
 def test_a_finish_refused_by_a_foreign_value_leaves_the_job_to_run_again(
     outcome, queue, make_worker, redis_client, prefix
@@ -31,10 +41,7 @@ def test_a_finish_refused_by_a_foreign_value_leaves_the_job_to_run_again(
             raise ValueError("the job fails")
         return "done"
 
-    worker = make_worker("q", processor, autorun=False, lock_duration=500, stalled_interval=200)
-    worker.on("error", lambda error: errors.append(str(error)))
-    worker.start()
-    wait_for(lambda: errors, message="no error for the refused finish")
+    worker = _first_error(make_worker, processor, errors, "the refused finish")
     assert foreign_key in errors[0] and "holds a string" in errors[0], errors[0]
     assert redis_client.lrange(f"{prefix}:q:active", 0, -1) == [job.id]
     assert redis_client.get(foreign_key) == "another client's value"  # not overwritten
@@ -69,10 +76,7 @@ def test_a_retry_refused_by_a_foreign_value_leaves_the_job_active(
             raise ValueError("the first attempt fails")
         return "done"
 
-    worker = make_worker("q", processor, autorun=False, lock_duration=500, stalled_interval=200)
-    worker.on("error", lambda error: errors.append(str(error)))
-    worker.start()
-    wait_for(lambda: errors, message="no error for the refused retry")
+    worker = _first_error(make_worker, processor, errors, "the refused retry")
     assert f"{foreign_key} holds a string" in errors[0], errors[0]
     assert redis_client.lrange(f"{prefix}:q:active", 0, -1) == [job.id]
     assert redis_client.hget(f"{prefix}:q:{job.id}", "atm") in (None, "0")

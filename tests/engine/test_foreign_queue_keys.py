@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+import redis
 
 from tests.helpers import wait_for
 
@@ -103,3 +104,29 @@ def test_a_due_delayed_job_stays_delayed_while_its_wait_list_is_foreign(
     redis_client.delete(wait_key)
     wait_for(lambda: queue.get_job_state(job.id) == "completed", timeout=15)
     worker.close()
+
+
+def test_the_stalled_check_leaves_stalled_jobs_active_while_wait_is_foreign(
+    queue, redis_client, prefix
+):
+    """The stalled check took a job out of `active` and then pushed it on `wait`: a foreign
+    value there lost it. Now the check refuses first; the job is moved once it is mended."""
+    job = queue.add("x", {"n": 1})
+    redis_client.lmove(f"{prefix}:q:wait", f"{prefix}:q:active", "RIGHT", "LEFT")  # no lock
+    assert queue.check_stalled(stalled_interval_ms=10) == []  # marks it a candidate
+    wait_key = f"{prefix}:q:wait"
+    redis_client.set(wait_key, "another client's value")
+
+    def refused() -> str | None:
+        try:
+            queue.check_stalled(stalled_interval_ms=10)
+        except redis.ResponseError as error:
+            return str(error)
+        return None
+
+    error = wait_for(refused)
+    assert f"{wait_key} holds a string" in error and "the stalled jobs left as it was" in error
+    assert redis_client.lrange(f"{prefix}:q:active", 0, -1) == [job.id]
+    redis_client.delete(wait_key)
+    assert wait_for(lambda: queue.check_stalled(stalled_interval_ms=10)) == [job.id]
+    assert redis_client.lrange(wait_key, 0, -1) == [job.id]

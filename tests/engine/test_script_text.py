@@ -162,10 +162,14 @@ def test_a_plain_job_is_added_taken_and_finished_without_making_the_lazy_helpers
     monkeypatch, queue, make_worker, redis_client, prefix
 ):
     """The lazy helpers (flows, groups, deduplication, delays, removal) cost a plain job
-    nothing: counted here by a script text that counts each making of them."""
+    nothing: counted here by a script text that counts each making of them. (Not in the
+    stalled check, which runs once an interval, not once a job: it makes them to check
+    its wait list's type.)"""
     counter = f"{prefix}:lazy-made"
 
     def counting(name: str, text: str) -> str:
+        if name == "move_stalled_jobs_to_wait":
+            return text
         return text.replace(
             "  if lazyHelpers == nil then\n",
             f'  if lazyHelpers == nil then\n  redis.call("HINCRBY", "{counter}", "{name}", 1)\n',

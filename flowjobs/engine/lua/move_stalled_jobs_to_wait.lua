@@ -18,6 +18,7 @@ if rcall("SET", KEYS[1], now, "PX", interval, "NX") == false then
   return {}
 end
 local stalledKey, activeKey = qk .. ":stalled", qk .. ":active"
+lazy().refuseForeignKey(qk .. ":wait", "list", "the stalled jobs")
 rcall("XTRIM", qk .. ":events", "MAXLEN", "~", maxEvents(qk))
 
 -- A stalled job goes back to wait (marked to fail once it stalled too often).

@@ -18,7 +18,7 @@
 local qk, jobId, now, token = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local due = tonumber(ARGV[5])
 local jobKey = qk .. ":" .. jobId
-lazy().refuseForeignKey(qk .. ":delayed", "zset", jobId)
+lazy().refuseForeignKey(qk .. ":delayed", "zset", "job " .. jobId)
 local taken = takeFromActive(qk, jobKey, jobId, token)
 if taken ~= 0 then
   return taken

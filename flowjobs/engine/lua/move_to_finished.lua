@@ -47,7 +47,7 @@ local addedToSet = 0
 if keepCount ~= 0 then
   addedToSet = redis.pcall("ZADD", setKey, "NX", ARGV[3], jobId) -- ARGV[3]: now as text
   if type(addedToSet) == "table" then
-    lazy().refuseForeignKey(setKey, "zset", jobId)
+    lazy().refuseForeignKey(setKey, "zset", "job " .. jobId)
     error(addedToSet) -- refused for another reason
   end
 end

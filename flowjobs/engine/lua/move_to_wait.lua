@@ -17,8 +17,8 @@ local jobKey = qk .. ":" .. jobId
 if rcall("EXISTS", jobKey) == 0 then
   return -1
 end
-lazy().refuseForeignKey(qk .. ":wait", "list", jobId)
-lazy().refuseForeignKey(qk .. ":prioritized", "zset", jobId)
+lazy().refuseForeignKey(qk .. ":wait", "list", "job " .. jobId)
+lazy().refuseForeignKey(qk .. ":prioritized", "zset", "job " .. jobId)
 local lockResult = releaseLock(qk, jobKey, jobId, token)
 if lockResult ~= 0 then
   return lockResult

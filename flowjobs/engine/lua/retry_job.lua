@@ -12,8 +12,8 @@
 
 local qk, jobId, now, token = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local jobKey = qk .. ":" .. jobId
-lazy().refuseForeignKey(qk .. ":wait", "list", jobId)
-lazy().refuseForeignKey(qk .. ":prioritized", "zset", jobId)
+lazy().refuseForeignKey(qk .. ":wait", "list", "job " .. jobId)
+lazy().refuseForeignKey(qk .. ":prioritized", "zset", "job " .. jobId)
 promoteDueJobs(qk, now)
 local taken = takeFromActive(qk, jobKey, jobId, token)
 if taken ~= 0 then

@@ -113,14 +113,15 @@ end
 -- Redis keeps the writes a script made before one of its commands failed. A queue key
 -- that another client filled with another kind of value makes the command writing it
 -- fail: a move checks its destination before it writes anything, so that the job stays
--- where it was instead of being in no state. kind: what TYPE says of the right value.
+-- where it was instead of being in no state. kind: what TYPE says of the right value;
+-- what: the jobs the script would have moved ("job 7").
 --- @lazy
-local function refuseForeignKey(key, kind, jobId)
+local function refuseForeignKey(key, kind, what)
   local found = rcall("TYPE", key)["ok"]
   if found ~= kind and found ~= "none" then
     error(redis.error_reply("ERR flowjobs: " .. key .. " holds a " .. found .. ", not a "
-      .. kind .. " (another client's value): job " .. jobId .. " left where it was, "
-      .. "nothing written; delete or rename that key"))
+      .. kind .. " (another client's value): nothing written, " .. what
+      .. " left as it was; delete or rename that key"))
   end
 end
 

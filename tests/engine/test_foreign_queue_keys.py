@@ -130,3 +130,40 @@ def test_the_stalled_check_leaves_stalled_jobs_active_while_wait_is_foreign(
     redis_client.delete(wait_key)
     assert wait_for(lambda: queue.check_stalled(stalled_interval_ms=10)) == [job.id]
     assert redis_client.lrange(wait_key, 0, -1) == [job.id]
+
+
+def test_a_foreign_value_at_the_events_stream_loses_events_not_jobs(
+    queue, make_worker, redis_client, prefix
+):
+    """The events stream tells of what the scripts did. A foreign value at its key made
+    every XADD fail after the script's writes: a fetched job was left active without its
+    worker knowing (then failed as stalled), a finish half-done. Events are dropped now;
+    every job is run and recorded, and the stalled check, pause and clean still work."""
+    events_key = f"{prefix}:q:events"
+    redis_client.set(events_key, "another client's value")
+    ok = queue.add("ok", {"n": 1})
+    bad = queue.add("bad", {"n": 2}, attempts=2)
+    later = queue.add("later", {"n": 3}, delay=1)
+
+    def processor(job):  # noqa: ANN001, ANN202
+        if job.name == "bad":
+            raise ValueError("always")
+        return job.name
+
+    errors: list[BaseException] = []
+    worker = make_worker("q", processor, autorun=False)
+    worker.on("error", errors.append)
+    worker.start()
+    wait_for(lambda: queue.get_job_counts("completed", "failed") == {"completed": 2, "failed": 1})
+    worker.close()
+    assert errors == []
+    assert [queue.get_job_state(job.id) for job in (ok, bad, later)] == [
+        "completed",
+        "failed",
+        "completed",
+    ]
+    assert queue.check_stalled(stalled_interval_ms=10) == []
+    queue.pause()
+    queue.resume()
+    assert sorted(queue.clean(0, 10, "completed")) == sorted([ok.id, later.id])
+    assert redis_client.get(events_key) == "another client's value"

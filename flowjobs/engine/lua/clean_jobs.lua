@@ -65,5 +65,5 @@ else
     end
   end
 end
-rcall("XADD", qk .. ":events", "MAXLEN", "~", maxEvents(qk), "*", "event", "cleaned", "count", #removed)
+emit(qk, "cleaned", "count", #removed)
 return removed

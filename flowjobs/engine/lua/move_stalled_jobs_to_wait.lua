@@ -19,7 +19,7 @@ if rcall("SET", KEYS[1], now, "PX", interval, "NX") == false then
 end
 local stalledKey, activeKey = qk .. ":stalled", qk .. ":active"
 lazy().refuseForeignKey(qk .. ":wait", "list", "the stalled jobs")
-rcall("XTRIM", qk .. ":events", "MAXLEN", "~", maxEvents(qk))
+redis.pcall("XTRIM", qk .. ":events", "MAXLEN", "~", maxEvents(qk)) -- pcall: as emit's XADD
 
 -- A stalled job goes back to wait (marked to fail once it stalled too often).
 local function requeueStalled(jobId, jobKey)

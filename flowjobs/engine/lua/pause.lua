@@ -32,5 +32,5 @@ else
     addDelayMarker(qk)
   end
 end
-rcall("XADD", qk .. ":events", "MAXLEN", "~", maxEvents(qk), "*", "event", action)
+emit(qk, action)
 return 0

@@ -7,17 +7,16 @@
   Returns  0 removed, 1 no such scheduler
   Events   removed (prev delayed) for the pending iteration
 ]]
-local rcall = redis.call
+--- @include "includes/base"
+
 local qk, schedulerId = ARGV[1], ARGV[2]
 local repeatKey = qk .. ":repeat"
 local millis = rcall("ZSCORE", repeatKey, schedulerId)
 if millis then
   local jobId = "repeat:" .. schedulerId .. ":" .. millis
   if rcall("ZREM", qk .. ":delayed", jobId) == 1 then
-    local jobKey = qk .. ":" .. jobId
-    rcall("DEL", jobKey, jobKey .. ":logs", jobKey .. ":dependencies", jobKey .. ":processed",
-      jobKey .. ":failed", jobKey .. ":unsuccessful")
-    rcall("XADD", qk .. ":events", "*", "event", "removed", "jobId", jobId, "prev", "delayed")
+    removeJobKeys(qk .. ":" .. jobId)
+    emit(qk, "removed", "jobId", jobId, "prev", "delayed")
   end
 end
 if rcall("ZREM", repeatKey, schedulerId) == 1 then

@@ -66,8 +66,11 @@ local function queueMeta(qk)
   return meta
 end
 
+-- An event on the queue's stream. pcall: the stream tells of what the scripts did, the
+-- job's keys are what they did; a foreign value at the stream's key (which no listener
+-- can read either) loses the event, not the script's remaining writes.
 local function emit(qk, event, ...)
-  rcall("XADD", qk .. ":events", "MAXLEN", "~", maxEvents(qk), "*", "event", event, ...)
+  redis.pcall("XADD", qk .. ":events", "MAXLEN", "~", maxEvents(qk), "*", "event", event, ...)
 end
 
 -- HINCRBY of a job's counter (ats, atm, stc). A hash written by a foreign producer

@@ -74,7 +74,7 @@ local function deduplicateJob(qk, spec, jobId)
     end
     if rcall("ZREM", qk .. ":delayed", ownerId) == 1 then
       removeJobKeys(qk .. ":" .. ownerId)
-      rcall("XADD", qk .. ":events", "*", "event", "removed", "jobId", ownerId, "prev", "delayed")
+      emit(qk, "removed", "jobId", ownerId, "prev", "delayed")
       emitDeduplicated(qk, jobId, de.id, ownerId)
       rcall("DEL", qk .. ":dn:" .. de.id)
       if ttl and ttl > 0 and not de.extend and not de.keepLastIfActive then

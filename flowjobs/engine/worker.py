@@ -777,13 +777,29 @@ class Worker:
             await self._blocking_task
             self._outage.back()
         except asyncio.CancelledError:
-            if self._closing:
-                return
-            # cancelled because slots freed up: the connection was reset, make a new one
+            # closing, or slots freed up: the connection was reset, the next wait makes a
+            # new one
+            return
         except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
             await self._connection_lost(error, 1.0)
+            return
+        except redis.ResponseError as error:
+            refused = error
+        else:
+            return
         finally:
             self._blocking_task = None
+        # another client's value at the marker key (BZPOPMIN refuses it): the marker only
+        # wakes this worker, which fetches on a timer instead, rather than stopping
+        logger.error(
+            "waiting for jobs of queue %s on %s failed (%s); fetching every %.1fs",
+            self.queue.keys.qualified,
+            self.queue.keys.marker,
+            refused,
+            timeout,
+        )
+        self._emit("error", refused)
+        await self._wait_wake(timeout)
 
     def _start_jobs(self, jobs: list[Job]) -> None:
         for job in jobs:

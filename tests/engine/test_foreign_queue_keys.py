@@ -167,3 +167,41 @@ def test_a_foreign_value_at_the_events_stream_loses_events_not_jobs(
     queue.resume()
     assert sorted(queue.clean(0, 10, "completed")) == sorted([ok.id, later.id])
     assert redis_client.get(events_key) == "another client's value"
+
+
+def test_an_add_refused_by_a_foreign_wait_list_leaves_nothing_to_mistake_for_the_job(
+    queue, redis_client, prefix
+):
+    """The add wrote the job's hash and then pushed it on `wait`: refused there, the hash
+    stayed, and the producer's retry with the same job_id was answered with that hash as
+    the job added, which was in no state. Now the push comes first: refused, nothing is
+    written, and the retry once the key is mended adds the job."""
+    wait_key = f"{prefix}:q:wait"
+    redis_client.set(wait_key, "another client's value")
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        queue.add("x", {"n": 1}, job_id="order-7")
+    assert not redis_client.exists(f"{prefix}:q:order-7")
+    redis_client.delete(wait_key)
+    job = queue.add("x", {"n": 1}, job_id="order-7")
+    assert job.id == "order-7"
+    assert redis_client.lrange(wait_key, 0, -1) == ["order-7"]
+
+
+def test_a_foreign_value_at_the_marker_costs_wake_ups_not_jobs(
+    queue, make_worker, redis_client, prefix
+):
+    """The marker only wakes idle workers. A foreign value there failed every add after it
+    had written the job (the producer told it failed); the add now succeeds, and a worker
+    still takes the jobs (its wait on the marker fails, and it fetches again)."""
+    marker_key = f"{prefix}:q:marker"
+    redis_client.set(marker_key, "another client's value")
+    jobs = [queue.add("x", {"n": n}) for n in range(3)]
+    assert queue.get_job_counts("waiting") == {"waiting": 3}
+    worker = make_worker("q", lambda job: job.data["n"], autorun=False, drain_delay=0.2)
+    worker.on("error", lambda error: None)
+    worker.start()
+    wait_for(lambda: [queue.get_job_state(job.id) for job in jobs] == ["completed"] * 3)
+    late = queue.add("x", {"n": 3})
+    wait_for(lambda: queue.get_job_state(late.id) == "completed")
+    worker.close()
+    assert redis_client.get(marker_key) == "another client's value"

@@ -128,19 +128,25 @@ for i, spec in ipairs(jobs) do
       table.insert(fields, "gid")
       table.insert(fields, spec.gid)
     end
-    rcall("HSET", jobKey, unpack(fields))
-    emit(qk, "added", "jobId", jobId, "name", spec.name)
-
     local delay = tonumber(spec.delay)
     local priority = tonumber(spec.priority)
-    if spec.waitChildren then
-      rcall("ZADD", qk .. ":waiting-children", spec.ts, jobId)
-      emit(qk, "waiting-children", "jobId", jobId)
-    elseif delay > 0 then
-      addDelayed(qk, jobId, tonumber(spec.ts) + delay)
+    if spec.waitChildren or delay > 0 then
+      rcall("HSET", jobKey, unpack(fields))
+      emit(qk, "added", "jobId", jobId, "name", spec.name)
+      if spec.waitChildren then
+        rcall("ZADD", qk .. ":waiting-children", spec.ts, jobId)
+        emit(qk, "waiting-children", "jobId", jobId)
+      else
+        addDelayed(qk, jobId, tonumber(spec.ts) + delay)
+      end
     else
+      -- in line before the hash: a line that refuses the job (another client's value at
+      -- its key) leaves no job hash, which a retry with the same id would take for the
+      -- job added (see refuseForeignKey)
       enqueueReady(qk, jobId, priority, spec.lifo and priority == 0,
         type(spec.gid) == "string" and spec.gid)
+      rcall("HSET", jobKey, unpack(fields))
+      emit(qk, "added", "jobId", jobId, "name", spec.name)
       if not isPausedOrMaxed(qk) then
         addWakeMarker(qk)
       end

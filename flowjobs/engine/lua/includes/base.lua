@@ -128,8 +128,10 @@ local function refuseForeignKey(key, kind, what)
   end
 end
 
+-- The marker only wakes idle workers (and they fetch on a timer too): pcall, so that a
+-- foreign value at its key costs the wake-up, not the script's other writes.
 local function addWakeMarker(qk)
-  rcall("ZADD", qk .. ":marker", "0", "0")
+  redis.pcall("ZADD", qk .. ":marker", "0", "0")
 end
 
 -- Marker "1" carries the due time of the earliest delayed job so that idle
@@ -138,7 +140,7 @@ end
 local function addDelayMarker(qk)
   local first = rcall("ZRANGE", qk .. ":delayed", 0, 0, "WITHSCORES")
   if first[2] then
-    rcall("ZADD", qk .. ":marker", math.floor(tonumber(first[2]) / 4096), "1")
+    redis.pcall("ZADD", qk .. ":marker", math.floor(tonumber(first[2]) / 4096), "1") -- as above
   end
 end
 

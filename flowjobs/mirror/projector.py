@@ -59,6 +59,9 @@ BUSY_EVENTS_PER_S = 10_000
 BACKLOG_EVENTS_PER_S = 1_000
 BACKLOG_JOBS = 1_000
 HOLD_WHILE_BUSY_S = 15.0
+# A queue whose events key holds another kind of value than a stream (another client's)
+# is left out of the reads this long, then looked at again.
+NOT_A_STREAM_HOLD_S = 30.0
 # While events gather (see Projector.gather), how often the streams' lengths are checked.
 GATHER_CHECK_S = 0.02
 
@@ -258,7 +261,8 @@ class Projector:
                 return 0
             self.caught_up = read_to_end
             wait = self.config.block_ms if block_ms is None else block_ms
-            if wait > 0:
+            streams = self._readable(fold)  # less any the reads held off
+            if wait > 0 and streams:
                 woke = self.client.xread(
                     {stream.key: stream.last_id for stream in streams}, count=1, block=wait
                 )
@@ -341,7 +345,16 @@ class Projector:
         replies = pipe.execute(raise_on_error=False)
         read = replies.pop()
         if isinstance(read, Exception):
-            raise read
+            # One XREAD reads every stream: a key that is not one fails it for all.
+            foreign = [
+                stream for index, stream in enumerate(streams) if _is_wrong_type(replies[index * 3])
+            ]
+            if not foreign:
+                raise read
+            for stream in foreign:
+                self._hold_not_a_stream(stream)
+            rest = [stream for stream in streams if stream not in foreign]
+            return self._read(rest, fold) if rest else False
         entries_by_key = read  # {} when there is nothing (see _entries_by_stream)
         full = False
         self._looked_at = time.monotonic()
@@ -358,6 +371,18 @@ class Projector:
             if entries:
                 fold.add(stream, entries)
         return full
+
+    def _hold_not_a_stream(self, stream: _Stream) -> None:
+        stream.held_until = time.monotonic() + NOT_A_STREAM_HOLD_S
+        kind = self.client.type(stream.key)
+        logger.warning(
+            "events key %s holds a %s, not a stream (another client's value): queue %s is "
+            "not mirrored; looking again in %.0f s",
+            stream.key,
+            kind,
+            stream.queue,
+            NOT_A_STREAM_HOLD_S,
+        )
 
     def _readable(self, fold: _Fold) -> list[_Stream]:
         """The streams to read now: not held off, not trimmed past (in ``fold``)."""
@@ -648,6 +673,11 @@ def _seen(streams: list[_Stream], replies: list[Any], step: int) -> tuple[list[A
         counts = [n for n in (waiting, prioritized) if isinstance(n, int)]
         backlog = max(backlog, sum(counts))
     return infos, backlog
+
+
+def _is_wrong_type(reply: Any) -> bool:
+    """Whether a reply is Redis's refusal of a key holding another kind of value."""
+    return isinstance(reply, redis.ResponseError) and str(reply).startswith("WRONGTYPE")
 
 
 def _entries_by_stream(reply: Any, **_options: Any) -> dict[str, list[Any]]:

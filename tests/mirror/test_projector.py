@@ -803,3 +803,28 @@ def test_a_trimmed_past_queue_is_held_off_before_its_recovery(
     trimmed_past()
     projector.step(block_ms=0)
     assert projector.reconciles == 2 and 0 < projector.held_for() <= 0.5
+
+
+def test_a_queue_whose_events_key_is_not_a_stream_does_not_stop_the_others(
+    make_queue, make_projector, rclient, prefix, caplog
+):
+    """The projector reads every queue's stream in one XREAD, which a key holding another
+    kind of value (another client's string at `bad:events`) made fail for all of them:
+    no queue was mirrored. That queue is held off, named in a warning, and looked at
+    again later; the others are mirrored."""
+    rclient.hset(f"{prefix}:bad:meta", "opts.maxLenEvents", "10000")
+    rclient.set(f"{prefix}:bad:events", "another client's value")
+    good = make_queue("good")
+    first = good.add("first", {"n": 1})
+    projector = make_projector()
+    projector.catch_up()
+    assert set(_rows("good")) == {first.id}
+    assert any(
+        f"{prefix}:bad:events" in record.getMessage() and "not a stream" in record.getMessage()
+        for record in caplog.records
+    )
+    second = good.add("second", {"n": 2})
+    projector.step(block_ms=50)  # idle reads (XREAD BLOCK) leave the held stream out too
+    projector.catch_up()
+    assert set(_rows("good")) == {first.id, second.id}
+    assert rclient.get(f"{prefix}:bad:events") == "another client's value"

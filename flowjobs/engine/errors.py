@@ -45,6 +45,12 @@ class RedisOutOfMemory(FlowJobsError, redis.exceptions.OutOfMemoryError):
     redis-py's error, so `except redis.ResponseError` still catches it."""
 
 
+class ForeignKeyValue(FlowJobsError, redis.exceptions.ResponseError):
+    """One of a queue's own keys holds another kind of value than the queue keeps there
+    (another client wrote it), and Redis refused the call (WRONGTYPE). The message names
+    the keys; delete or rename them. It subclasses redis-py's error, as Redis's refusal."""
+
+
 class JobNotFound(FlowJobsError, LookupError):
     """The job does not exist (any more) in Redis."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import InvalidQueueName
 
@@ -121,6 +122,39 @@ class QueueKeys:
     @property
     def marker(self) -> str:
         return self.key("marker")
+
+
+# What TYPE says of each of a queue's own keys that its scripts write (BullMQ's layout).
+QUEUE_KEY_TYPES = {
+    "meta": "hash",
+    "id": "string",
+    "pc": "string",
+    "wait": "list",
+    "active": "list",
+    "prioritized": "zset",
+    "delayed": "zset",
+    "waiting-children": "zset",
+    "completed": "zset",
+    "failed": "zset",
+    "marker": "zset",
+    "stalled": "set",
+    "events": "stream",
+}
+
+
+def foreign_values(client: Any, qualified: str) -> list[str]:
+    """Which of queue `qualified`'s own keys hold another kind of value than the queue
+    keeps there (another client's), as "<key> holds a <type>, not a <type>". One round
+    trip; for the error paths of scripts that Redis refused with WRONGTYPE."""
+    pipe = client.pipeline(transaction=False)
+    for suffix in QUEUE_KEY_TYPES:
+        pipe.type(f"{qualified}:{suffix}")
+    found = []
+    for (suffix, kind), held in zip(QUEUE_KEY_TYPES.items(), pipe.execute(), strict=True):
+        held = held.decode() if isinstance(held, bytes) else str(held)
+        if held not in (kind, "none"):
+            found.append(f"{qualified}:{suffix} holds a {held}, not a {kind}")
+    return found
 
 
 def split_queue_key(qualified: str) -> tuple[str, str]:

@@ -15,6 +15,7 @@ from .connection import Connection, async_client, check_cluster_prefix, describe
 from .errors import (
     ConnectionFailed,
     FlowJobsError,
+    ForeignKeyValue,
     InvalidArgument,
     InvalidJobOptions,
     QueueHasActiveJobs,
@@ -31,7 +32,7 @@ from .finishing import (
     plan_failure,
 )
 from .job import Job
-from .keys import QueueKeys, events_max_length
+from .keys import QueueKeys, events_max_length, foreign_values
 from .options import MAX_PRIORITY, EncodedJob, encode_job, now_ms, whole_argument
 from .outbox import AlreadyPushed, PushReceipt, PushTooLate
 
@@ -764,6 +765,11 @@ def run_add(
         result = scripts.run(client, "add_jobs", keys, args, meanwhile)
     except (redis.ConnectionError, redis.TimeoutError) as error:
         raise connection_failed(operation, jobs, connection, error) from error
+    except redis.ResponseError as error:
+        described = foreign_value_error(client, operation, jobs, error)
+        if described is None:
+            raise
+        raise described from error
     if result[0] == 1 and receipt is not None:
         raise AlreadyPushed(f"{operation}: outbox entry {receipt.key} was already pushed")
     if result[0] == 2 and receipt is not None:
@@ -774,13 +780,38 @@ def run_add(
     return result[1:]
 
 
-def connection_failed(
-    operation: str, jobs: Sequence[EncodedJob], connection: Connection, error: BaseException
-) -> ConnectionFailed:
+def foreign_value_error(
+    client: redis.Redis, operation: str, jobs: Sequence[EncodedJob], error: redis.ResponseError
+) -> ForeignKeyValue | None:
+    """A WRONGTYPE refusal of an add as `ForeignKeyValue`, naming the queue keys that hold
+    another client's value; None for any other refusal, or when no such key is found."""
+    if not str(error).startswith("WRONGTYPE"):
+        return None
+    found = [
+        found
+        for queue_key in dict.fromkeys(job.queue_key for job in jobs)
+        for found in foreign_values(client, queue_key)
+    ]
+    if not found:
+        return None
+    return ForeignKeyValue(
+        f"{operation}: {'; '.join(found)} (another client's value); "
+        f"{_what(jobs)} not added: delete or rename that key"
+    )
+
+
+def _what(jobs: Sequence[EncodedJob]) -> str:
     first = jobs[0]
     what = f'job "{first.name}" for queue "{first.queue_key}"'
     if len(jobs) > 1:
         what = f"{len(jobs)} jobs ({what}, ...)"
+    return what
+
+
+def connection_failed(
+    operation: str, jobs: Sequence[EncodedJob], connection: Connection, error: BaseException
+) -> ConnectionFailed:
+    what = _what(jobs)
     if isinstance(error, redis.AuthenticationError):
         return ConnectionFailed(
             f"{operation}: Redis at {describe(connection)} refused the credentials ({error}); "

@@ -9,6 +9,7 @@ import threading
 import pytest
 import redis
 
+from flowjobs.engine import ForeignKeyValue
 from tests.helpers import wait_for
 
 
@@ -178,8 +179,13 @@ def test_an_add_refused_by_a_foreign_wait_list_leaves_nothing_to_mistake_for_the
     written, and the retry once the key is mended adds the job."""
     wait_key = f"{prefix}:q:wait"
     redis_client.set(wait_key, "another client's value")
-    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+    with pytest.raises(ForeignKeyValue) as refused:
         queue.add("x", {"n": 1}, job_id="order-7")
+    assert str(refused.value) == (
+        f"add: {wait_key} holds a string, not a list (another client's value); "
+        f'job "x" for queue "{prefix}:q" not added: delete or rename that key'
+    )
+    assert isinstance(refused.value, redis.ResponseError)  # as Redis's own refusal was
     assert not redis_client.exists(f"{prefix}:q:order-7")
     redis_client.delete(wait_key)
     job = queue.add("x", {"n": 1}, job_id="order-7")
@@ -205,3 +211,25 @@ def test_a_foreign_value_at_the_marker_costs_wake_ups_not_jobs(
     wait_for(lambda: queue.get_job_state(late.id) == "completed")
     worker.close()
     assert redis_client.get(marker_key) == "another client's value"
+
+
+@pytest.mark.parametrize(
+    ("suffix", "options", "kind"),
+    [
+        ("delayed", {"delay": 60_000}, "zset"),
+        ("prioritized", {"priority": 3}, "zset"),
+        ("id", {}, "string"),
+        ("meta", {}, "hash"),
+    ],
+)
+def test_an_add_refused_by_a_foreign_value_names_the_key_and_writes_no_job(
+    suffix, options, kind, queue, redis_client, prefix
+):
+    key = f"{prefix}:q:{suffix}"
+    redis_client.rpush(key, "another client's list")
+    with pytest.raises(ForeignKeyValue, match=f"{key} holds a list, not a {kind}"):
+        queue.add("x", {"n": 1}, job_id="order-8", **options)
+    assert not redis_client.exists(f"{prefix}:q:order-8")
+    redis_client.delete(key)
+    assert queue.add("x", {"n": 1}, job_id="order-8", **options).id == "order-8"
+    assert queue.get_job_state("order-8") in ("delayed", "prioritized", "waiting")

@@ -72,6 +72,7 @@ end
 local result = {0}
 for i, spec in ipairs(jobs) do
   local qk = spec.qk
+  maxEvents(qk) -- reads the meta hash (kept for the events) before the first write
   local counter = rcall("INCR", qk .. ":id")
   local jobId = spec.id
   if jobId == "" then
@@ -130,23 +131,24 @@ for i, spec in ipairs(jobs) do
     end
     local delay = tonumber(spec.delay)
     local priority = tonumber(spec.priority)
-    if spec.waitChildren or delay > 0 then
-      rcall("HSET", jobKey, unpack(fields))
-      emit(qk, "added", "jobId", jobId, "name", spec.name)
-      if spec.waitChildren then
-        rcall("ZADD", qk .. ":waiting-children", spec.ts, jobId)
-        emit(qk, "waiting-children", "jobId", jobId)
-      else
-        addDelayed(qk, jobId, tonumber(spec.ts) + delay)
-      end
+    -- In place before the hash: a place that refuses the job (another client's value at
+    -- its key) leaves no job hash, which a retry with the same id would take for the job
+    -- added (see refuseForeignKey). Told of (events, markers) after.
+    if spec.waitChildren then
+      rcall("ZADD", qk .. ":waiting-children", spec.ts, jobId)
+    elseif delay > 0 then
+      placeDelayed(qk, jobId, tonumber(spec.ts) + delay)
     else
-      -- in line before the hash: a line that refuses the job (another client's value at
-      -- its key) leaves no job hash, which a retry with the same id would take for the
-      -- job added (see refuseForeignKey)
       enqueueReady(qk, jobId, priority, spec.lifo and priority == 0,
         type(spec.gid) == "string" and spec.gid)
-      rcall("HSET", jobKey, unpack(fields))
-      emit(qk, "added", "jobId", jobId, "name", spec.name)
+    end
+    rcall("HSET", jobKey, unpack(fields))
+    emit(qk, "added", "jobId", jobId, "name", spec.name)
+    if spec.waitChildren then
+      emit(qk, "waiting-children", "jobId", jobId)
+    elseif delay > 0 then
+      delayedPlaced(qk, jobId, tonumber(spec.ts) + delay)
+    else
       if not isPausedOrMaxed(qk) then
         addWakeMarker(qk)
       end

@@ -183,11 +183,23 @@ local function delayedScore(qk, dueMs)
   return base
 end
 
+-- A delayed job in its set (placeDelayed), then told of (delayedPlaced): an add puts
+-- the job in place before it writes the job's hash, and tells of it after.
 --- @lazy
-local function addDelayed(qk, jobId, dueMs)
+local function placeDelayed(qk, jobId, dueMs)
   rcall("ZADD", qk .. ":delayed", delayedScore(qk, dueMs), jobId)
+end
+
+--- @lazy
+local function delayedPlaced(qk, jobId, dueMs)
   emit(qk, "delayed", "jobId", jobId, "delay", dueMs)
   addDelayMarker(qk)
+end
+
+--- @lazy
+local function addDelayed(qk, jobId, dueMs)
+  placeDelayed(qk, jobId, dueMs)
+  delayedPlaced(qk, jobId, dueMs)
 end
 
 local function promoteDueJobs(qk, now)

@@ -50,6 +50,7 @@ from .connection import (
 from .errors import (
     DelayedError,
     FlowJobsError,
+    ForeignKeyValue,
     InvalidJobData,
     InvalidWorkerOptions,
     JobCancelled,
@@ -72,6 +73,7 @@ from .finishing import (
 )
 from .isolation import ProcessorTimedOut, ProcessPool, processor_path, resolve_processor
 from .job import Job
+from .keys import foreign_values
 from .options import now_ms
 from .queue import Queue
 from .threadpool import ThreadPool, carried
@@ -636,9 +638,10 @@ class Worker:
                 await self._connection_lost(error, retry_delay)
                 retry_delay = min(retry_delay * 2, CONNECTION_RETRY_MAX_S)
                 continue
-            except redis.ResponseError as error:
+            except redis.ResponseError as refused:
                 # a script error must not stop the worker (and with it the queue)
                 self._reserved -= count
+                error = await self._described(refused)
                 logger.error(
                     "fetching jobs of queue %s failed (%s); retrying in %.1fs",
                     self.queue.keys.qualified,
@@ -661,6 +664,23 @@ class Worker:
                 self._processed_since_drained = False
                 self._emit("drained")
             await self._wait_for_marker(delay_until)
+
+    async def _described(self, error: redis.RedisError) -> redis.RedisError:
+        """Redis's WRONGTYPE refusal as `ForeignKeyValue` naming the queue's keys that hold
+        another client's value (looked up on a thread: the loop goes on), else `error`."""
+        if not isinstance(error, redis.ResponseError) or not str(error).startswith("WRONGTYPE"):
+            return error
+        try:
+            found = await asyncio.to_thread(
+                foreign_values, self.queue.client, self.queue.keys.qualified
+            )
+        except redis.RedisError:
+            return error
+        if not found:
+            return error
+        return ForeignKeyValue(
+            f"{'; '.join(found)} (another client's value): delete or rename that key"
+        )
 
     async def _connection_lost(self, error: BaseException, delay: float) -> None:
         """Logged once per outage. The pool's other connections went the same way as
@@ -1376,7 +1396,7 @@ class Worker:
                 )
                 await self._check_cancel_requests()
             except redis.RedisError as error:
-                self._emit("error", error)
+                self._emit("error", await self._described(error))
                 continue
             if lost:
                 self._emit("lock_renewal_failed", list(lost))
@@ -1410,7 +1430,7 @@ class Worker:
                     )
                     self._emit("stalled", job_id)
             except redis.RedisError as error:
-                self._emit("error", error)
+                self._emit("error", await self._described(error))
             if self._winding_down():
                 return
             await asyncio.sleep(self.stalled_interval / 1000)

@@ -233,3 +233,24 @@ def test_an_add_refused_by_a_foreign_value_names_the_key_and_writes_no_job(
     redis_client.delete(key)
     assert queue.add("x", {"n": 1}, job_id="order-8", **options).id == "order-8"
     assert queue.get_job_state("order-8") in ("delayed", "prioritized", "waiting")
+
+
+def test_a_fetch_refused_by_a_foreign_value_names_the_key(queue, make_worker, redis_client, prefix):
+    """A foreign value at `active` refuses every fetch (nothing is taken: RPOPLPUSH checks
+    both keys first). The worker keeps trying, with an error that names the key, and
+    takes the job once the key is mended."""
+    active_key = f"{prefix}:q:active"
+    redis_client.set(active_key, "another client's value")
+    job = queue.add("x", {"n": 1})
+    errors: list[BaseException] = []
+    worker = make_worker("q", lambda job: "done", autorun=False)
+    worker.on("error", errors.append)
+    worker.start()
+    wait_for(lambda: errors)
+    # the fetch, and the stalled check (it reads active too), say which key it is
+    assert all(isinstance(error, ForeignKeyValue) for error in errors), errors
+    assert f"{active_key} holds a string, not a list" in str(errors[0])
+    assert redis_client.lrange(f"{prefix}:q:wait", 0, -1) == [job.id]
+    redis_client.delete(active_key)
+    wait_for(lambda: queue.get_job_state(job.id) == "completed", timeout=15)
+    worker.close()

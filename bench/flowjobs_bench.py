@@ -575,7 +575,12 @@ def w6_orm_runworker() -> None:
 
     with w6.throwaway_database("flowjobs_bench_w6") as database_url:
         runworker_drain(
-            sync_redis(), "bench-orm", w6.N_JOBS, 1, w6.CONCURRENCY, {"DATABASE_URL": database_url}
+            sync_redis(),
+            "bench-orm",
+            w6.N_JOBS,
+            w6.PROCESSES,
+            w6.CONCURRENCY,
+            {"DATABASE_URL": database_url},
         )
         log(f"W6.orm.runworker: {w6.sessions_opened(database_url)} database sessions opened")
         emit("W6.orm.runworker", "jobs_per_s", w6.rows_per_second(database_url, w6.N_JOBS))

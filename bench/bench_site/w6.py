@@ -16,6 +16,9 @@ SERVER_URL = os.environ.get(
 )
 N_JOBS = int(os.environ.get("BENCH_W6_N", "5000"))
 CONCURRENCY = int(os.environ.get("BENCH_W6_CONCURRENCY", "2"))
+# runworker's --processes for W6.orm.runworker (each with CONCURRENCY): the anchors keep
+# their own shape, so compare with them at the default only
+PROCESSES = int(os.environ.get("BENCH_W6_PROCESSES", "1"))
 
 
 @contextmanager

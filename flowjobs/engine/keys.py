@@ -142,6 +142,16 @@ QUEUE_KEY_TYPES = {
 }
 
 
+def refused_for_foreign_value(error: BaseException) -> str | None:
+    """What a script's refusal says when a queue key held another client's value: the
+    scripts' own words ("flowjobs: <key> holds a ..."), without Redis's script suffix;
+    None for any other error. (Redis's own WRONGTYPE names no key: see foreign_values.)"""
+    text = str(error)
+    if not text.startswith("flowjobs: ") or " holds a " not in text:
+        return None
+    return text[len("flowjobs: ") :].split(" script: ", 1)[0]
+
+
 def foreign_values(client: Any, qualified: str) -> list[str]:
     """Which of queue `qualified`'s own keys hold another kind of value than the queue
     keeps there (another client's), as "<key> holds a <type>, not a <type>". One round

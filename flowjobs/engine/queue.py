@@ -32,7 +32,7 @@ from .finishing import (
     plan_failure,
 )
 from .job import Job
-from .keys import QueueKeys, events_max_length, foreign_values
+from .keys import QueueKeys, events_max_length, foreign_values, refused_for_foreign_value
 from .options import MAX_PRIORITY, EncodedJob, encode_job, now_ms, whole_argument
 from .outbox import AlreadyPushed, PushReceipt, PushTooLate
 
@@ -785,6 +785,9 @@ def foreign_value_error(
 ) -> ForeignKeyValue | None:
     """A WRONGTYPE refusal of an add as `ForeignKeyValue`, naming the queue keys that hold
     another client's value; None for any other refusal, or when no such key is found."""
+    said = refused_for_foreign_value(error)
+    if said is not None:
+        return ForeignKeyValue(f"{operation}: {said}")
     if not str(error).startswith("WRONGTYPE"):
         return None
     found = [

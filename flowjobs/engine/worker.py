@@ -73,7 +73,7 @@ from .finishing import (
 )
 from .isolation import ProcessorTimedOut, ProcessPool, processor_path, resolve_processor
 from .job import Job
-from .keys import foreign_values
+from .keys import foreign_values, refused_for_foreign_value
 from .options import now_ms
 from .queue import Queue
 from .threadpool import ThreadPool, carried
@@ -666,9 +666,15 @@ class Worker:
             await self._wait_for_marker(delay_until)
 
     async def _described(self, error: redis.RedisError) -> redis.RedisError:
-        """Redis's WRONGTYPE refusal as `ForeignKeyValue` naming the queue's keys that hold
-        another client's value (looked up on a thread: the loop goes on), else `error`."""
-        if not isinstance(error, redis.ResponseError) or not str(error).startswith("WRONGTYPE"):
+        """A refusal because a queue key held another client's value, as `ForeignKeyValue`:
+        the scripts' own words, or for Redis's WRONGTYPE the queue's keys that hold such a
+        value (looked up on a thread: the loop goes on); any other error as it is."""
+        if not isinstance(error, redis.ResponseError):
+            return error
+        said = refused_for_foreign_value(error)
+        if said is not None:
+            return ForeignKeyValue(said)
+        if not str(error).startswith("WRONGTYPE"):
             return error
         try:
             found = await asyncio.to_thread(

@@ -254,3 +254,73 @@ def test_a_fetch_refused_by_a_foreign_value_names_the_key(queue, make_worker, re
     redis_client.delete(active_key)
     wait_for(lambda: queue.get_job_state(job.id) == "completed", timeout=15)
     worker.close()
+
+
+def _completed(queue, jobs) -> bool:  # noqa: ANN001
+    return all(queue.client.zscore(queue.keys.key("completed"), job.id) is not None for job in jobs)
+
+
+@pytest.mark.parametrize(
+    ("suffix", "refused"),
+    [
+        ("groups:maxed", True),
+        ("groups:limited", True),
+        ("groups:turn", False),
+        ("group:g1:active", False),
+    ],
+)
+def test_a_foreign_value_at_a_group_key_loses_no_grouped_job(
+    suffix, refused, queue, make_worker, redis_client, prefix
+):
+    """Groups keep shared keys (the ring, the turn counter, the maxed and limited groups)
+    and each group its own. A foreign value at `groups:maxed` lost the job a fetch took
+    from its group; one at the turn counter left the group without a turn for good. Now
+    a shared set is checked before the fetch writes (the worker reports it), a refused
+    counter is renumbered, and a group whose own key is foreign waits its turn."""
+    queue.set_group_concurrency(1)
+    jobs = [queue.add("x", {"n": n}, group={"id": "g1"}) for n in range(3)]
+    key = f"{prefix}:q:{suffix}"
+    redis_client.set(key, "another client's value")
+    errors: list[BaseException] = []
+    worker = make_worker("q", lambda job: job.data["n"], autorun=False, drain_delay=0.2)
+    worker.on("error", errors.append)
+    worker.start()
+    if refused:
+        wait_for(lambda: errors)
+        assert isinstance(errors[0], ForeignKeyValue) and key in str(errors[0])
+        assert not any(_completed(queue, [job]) for job in jobs)
+        assert sorted(redis_client.lrange(f"{prefix}:q:group:g1:wait", 0, -1)) == sorted(
+            job.id for job in jobs
+        )
+    if suffix != "groups:turn":
+        redis_client.delete(key)
+    wait_for(lambda: _completed(queue, jobs), timeout=15)
+    worker.close()
+
+
+def test_a_grouped_job_whose_group_key_turns_foreign_while_it_runs_is_not_lost(
+    queue, make_worker, redis_client, prefix
+):
+    """The finish released the job from `active` and then refused the group's active set:
+    the job was in no state. Now the group's keys are checked first; the job stays active
+    and runs again once the key is mended."""
+    queue.set_group_concurrency(1)
+    job = queue.add("x", {"n": 1}, group={"id": "g1"})
+    active_set = f"{prefix}:q:group:g1:active"
+    runs: list[str] = []
+
+    def processor(job):  # noqa: ANN001, ANN202
+        runs.append(job.id)
+        if len(runs) == 1:
+            redis_client.delete(active_set)
+            redis_client.set(active_set, "another client's value")
+        return "done"
+
+    errors: list[str] = []
+    worker = _first_error(make_worker, processor, errors, "the refused finish")
+    assert f"{active_set} holds a string, not a set" in errors[0], errors[0]
+    assert redis_client.lrange(f"{prefix}:q:active", 0, -1) == [job.id]
+    redis_client.delete(active_set)
+    wait_for(lambda: _completed(queue, [job]), timeout=15)
+    assert len(runs) in (1, 2)  # the finish sent again, or the job run again
+    worker.close()

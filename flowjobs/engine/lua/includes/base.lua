@@ -119,9 +119,18 @@ end
 -- where it was instead of being in no state. kind: what TYPE says of the right value;
 -- what: the jobs the script would have moved ("job 7").
 --- @lazy
-local function refuseForeignKey(key, kind, what)
+local function foreignType(key, kind)
   local found = rcall("TYPE", key)["ok"]
   if found ~= kind and found ~= "none" then
+    return found
+  end
+  return nil
+end
+
+--- @lazy
+local function refuseForeignKey(key, kind, what)
+  local found = foreignType(key, kind)
+  if found then
     error(redis.error_reply("ERR flowjobs: " .. key .. " holds a " .. found .. ", not a "
       .. kind .. " (another client's value): nothing written, " .. what
       .. " left as it was; delete or rename that key"))
@@ -240,11 +249,17 @@ local function releaseLock(qk, jobKey, jobId, token)
 end
 
 -- Every move out of active: the job exists, the caller holds its lock, and it is in
--- active. Returns 0 (lock released, job out of active) or the error code. gid: as
--- groupJobLeftActive takes it.
+-- active. Returns 0 (lock released, job out of active) or the error code. gid: the
+-- job's gid field when the caller read it already (false: it has none), else nil.
 local function takeFromActive(qk, jobKey, jobId, token, gid)
   if rcall("EXISTS", jobKey) == 0 then
     return -1
+  end
+  if gid == nil then
+    gid = rcall("HGET", jobKey, "gid")
+  end
+  if gid then
+    refuseForeignGroupKeys(qk, gid, "job " .. jobId)
   end
   local lockResult = releaseLock(qk, jobKey, jobId, token)
   if lockResult ~= 0 then

@@ -100,6 +100,7 @@ local function fetchJobs(qk, nowText, tokens, lockDuration, limiterMax, limiterD
   local grouped = rcall("EXISTS", qk .. ":groups:ready", qk .. ":groups:maxed",
     qk .. ":groups:limited") > 0
   if grouped then
+    refuseForeignGroupKeys(qk, nil, "the jobs to fetch")
     releaseLimitedGroups(qk, now)
     grouped = rcall("ZCARD", qk .. ":groups:ready") > 0
       or rcall("EXISTS", qk .. ":groups:maxed") == 1

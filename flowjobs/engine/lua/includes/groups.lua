@@ -26,6 +26,36 @@ local function groupKey(qk, gid, suffix)
   return qk .. ":group:" .. gid .. ":" .. suffix
 end
 
+-- A move of a grouped job (or the fetch's, gid nil) reads and writes the queue's
+-- shared group keys and, with `gid`, that group's own: refused before it writes when
+-- another client's value is at one of them (see refuseForeignKey in base.lua).
+--- @lazy
+local function refuseForeignGroupKeys(qk, gid, what)
+  refuseForeignKey(qk .. ":groups:ready", "zset", what)
+  refuseForeignKey(qk .. ":groups:maxed", "set", what)
+  refuseForeignKey(qk .. ":groups:limited", "zset", what)
+  if gid then
+    refuseForeignKey(groupKey(qk, gid, "wait"), "list", what)
+    refuseForeignKey(groupKey(qk, gid, "active"), "set", what)
+  end
+end
+
+-- The next turn number. A value at the counter that INCR refuses (another client's)
+-- is replaced, and the numbering goes on after the ring's last turn.
+--- @lazy
+local function nextTurn(qk)
+  local turnKey = qk .. ":groups:turn"
+  local turn = redis.pcall("INCR", turnKey)
+  if type(turn) == "number" then
+    return wholeText(turn)
+  end
+  local last = rcall("ZRANGE", qk .. ":groups:ready", "-1", "-1", "WITHSCORES")
+  turn = wholeText((tonumber(last[2]) or 0) + 1)
+  rcall("DEL", turnKey)
+  rcall("SET", turnKey, turn)
+  return turn
+end
+
 -- Gives group `gid` (or the plain queue) a turn after everyone already waiting.
 --- @lazy
 local function giveTurn(qk, member)
@@ -35,9 +65,9 @@ local function giveTurn(qk, member)
   end
   if member ~= plainTurn and rcall("ZCARD", ring) == 0 then
     -- ungrouped jobs take part in the round-robin too
-    rcall("ZADD", ring, rcall("INCR", qk .. ":groups:turn"), plainTurn)
+    rcall("ZADD", ring, nextTurn(qk), plainTurn)
   end
-  rcall("ZADD", ring, rcall("INCR", qk .. ":groups:turn"), member)
+  rcall("ZADD", ring, nextTurn(qk), member)
 end
 
 --- @lazy
@@ -48,6 +78,7 @@ end
 
 --- @lazy
 local function enqueueGrouped(qk, jobId, gid, toFront)
+  refuseForeignGroupKeys(qk, gid, "job " .. jobId)
   if toFront then
     rcall("RPUSH", groupKey(qk, gid, "wait"), jobId)
   else
@@ -102,6 +133,11 @@ end
 --- @lazy
 local function takeFromGroup(qk, gid, limits, now)
   local activeSet = groupKey(qk, gid, "active")
+  local list = groupKey(qk, gid, "wait")
+  if foreignType(activeSet, "set") or foreignType(list, "list") then
+    giveTurn(qk, gid) -- another client's value there: the group waits, at the ring's back
+    return nil
+  end
   if limits.concurrency and rcall("SCARD", activeSet) >= limits.concurrency then
     rcall("SADD", qk .. ":groups:maxed", gid)
     return nil
@@ -120,7 +156,6 @@ local function takeFromGroup(qk, gid, limits, now)
       used = 0
     end
   end
-  local list = groupKey(qk, gid, "wait")
   local jobId = rcall("RPOP", list)
   -- skip ids whose job was removed while it waited
   while jobId and rcall("EXISTS", qk .. ":" .. jobId) == 0 do

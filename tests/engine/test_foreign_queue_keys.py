@@ -16,7 +16,7 @@ from tests.helpers import wait_for
 def _first_error(make_worker, processor, errors: list[str], what: str):  # noqa: ANN001, ANN202
     """A started worker with short locks (the stalled check soon runs a job again) whose
     errors go to `errors`, once the first arrived."""
-    worker = make_worker("q", processor, autorun=False, lock_duration=500, stalled_interval=200)
+    worker = make_worker("q", processor, autorun=False, lock_duration=1500, stalled_interval=300)
     worker.on("error", lambda error: errors.append(str(error)))
     worker.start()
     wait_for(lambda: errors, message=f"no error for {what}")

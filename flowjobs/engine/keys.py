@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import InvalidQueueName
+from redis.exceptions import RedisError, ResponseError
+
+from .errors import ForeignKeyValue, InvalidQueueName
 
 # What flowjobs accepts from its callers (the SQL mirror's columns hold these lengths;
 # jobs that Node.js BullMQ wrote are processed whatever their ids look like).
@@ -142,20 +145,39 @@ QUEUE_KEY_TYPES = {
 }
 
 
-def refused_for_foreign_value(error: BaseException) -> str | None:
-    """What a script's refusal says when a queue key held another client's value: the
-    scripts' own words ("flowjobs: <key> holds a ..."), without Redis's script suffix;
-    None for any other error. (Redis's own WRONGTYPE names no key: see foreign_values.)"""
+def is_wrong_type(reply: Any) -> bool:
+    """Whether a reply is Redis's refusal of a key holding another kind of value."""
+    return isinstance(reply, ResponseError) and str(reply).startswith("WRONGTYPE")
+
+
+def foreign_value_error(
+    client: Any, queues: Iterable[str], error: BaseException, doing: str = "", outcome: str = ""
+) -> ForeignKeyValue | None:
+    """A refusal because one of `queues`' own keys held another client's value, as
+    `ForeignKeyValue`: the scripts' own words ("flowjobs: <key> holds a ...", without
+    Redis's script suffix), or for Redis's WRONGTYPE, which names no key, the keys that
+    hold such a value, looked up now (one round trip a queue). None for any other error,
+    or when no such key is found or the lookup fails. `doing` goes before the keys
+    ("add: "), `outcome` after them ("; job ... not added")."""
     text = str(error)
-    if not text.startswith("flowjobs: ") or " holds a " not in text:
+    if text.startswith("flowjobs: ") and " holds a " in text:
+        return ForeignKeyValue(doing + text[len("flowjobs: ") :].split(" script: ", 1)[0])
+    if not is_wrong_type(error):
         return None
-    return text[len("flowjobs: ") :].split(" script: ", 1)[0]
+    try:
+        found = [held for qualified in queues for held in _foreign_values(client, qualified)]
+    except RedisError:
+        return None
+    if not found:
+        return None
+    return ForeignKeyValue(
+        f"{doing}{'; '.join(found)} (another client's value){outcome}: delete or rename that key"
+    )
 
 
-def foreign_values(client: Any, qualified: str) -> list[str]:
+def _foreign_values(client: Any, qualified: str) -> list[str]:
     """Which of queue `qualified`'s own keys hold another kind of value than the queue
-    keeps there (another client's), as "<key> holds a <type>, not a <type>". One round
-    trip; for the error paths of scripts that Redis refused with WRONGTYPE."""
+    keeps there, as "<key> holds a <type>, not a <type>"."""
     pipe = client.pipeline(transaction=False)
     for suffix in QUEUE_KEY_TYPES:
         pipe.type(f"{qualified}:{suffix}")

@@ -15,7 +15,6 @@ from .connection import Connection, async_client, check_cluster_prefix, describe
 from .errors import (
     ConnectionFailed,
     FlowJobsError,
-    ForeignKeyValue,
     InvalidArgument,
     InvalidJobOptions,
     QueueHasActiveJobs,
@@ -32,7 +31,7 @@ from .finishing import (
     plan_failure,
 )
 from .job import Job
-from .keys import QueueKeys, events_max_length, foreign_values, refused_for_foreign_value
+from .keys import QueueKeys, events_max_length, foreign_value_error
 from .options import MAX_PRIORITY, EncodedJob, encode_job, now_ms, whole_argument
 from .outbox import AlreadyPushed, PushReceipt, PushTooLate
 
@@ -766,7 +765,9 @@ def run_add(
     except (redis.ConnectionError, redis.TimeoutError) as error:
         raise connection_failed(operation, jobs, connection, error) from error
     except redis.ResponseError as error:
-        described = foreign_value_error(client, operation, jobs, error)
+        queues = dict.fromkeys(job.queue_key for job in jobs)
+        outcome = f"; {_what(jobs)} not added"
+        described = foreign_value_error(client, queues, error, f"{operation}: ", outcome)
         if described is None:
             raise
         raise described from error
@@ -778,29 +779,6 @@ def run_add(
         failed = jobs[result[1] - 1]
         raise error_for_code(result[0], failed.job_id or "(new)", failed.queue_key, operation)
     return result[1:]
-
-
-def foreign_value_error(
-    client: redis.Redis, operation: str, jobs: Sequence[EncodedJob], error: redis.ResponseError
-) -> ForeignKeyValue | None:
-    """A WRONGTYPE refusal of an add as `ForeignKeyValue`, naming the queue keys that hold
-    another client's value; None for any other refusal, or when no such key is found."""
-    said = refused_for_foreign_value(error)
-    if said is not None:
-        return ForeignKeyValue(f"{operation}: {said}")
-    if not str(error).startswith("WRONGTYPE"):
-        return None
-    found = [
-        found
-        for queue_key in dict.fromkeys(job.queue_key for job in jobs)
-        for found in foreign_values(client, queue_key)
-    ]
-    if not found:
-        return None
-    return ForeignKeyValue(
-        f"{operation}: {'; '.join(found)} (another client's value); "
-        f"{_what(jobs)} not added: delete or rename that key"
-    )
 
 
 def _what(jobs: Sequence[EncodedJob]) -> str:

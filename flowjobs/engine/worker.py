@@ -50,7 +50,6 @@ from .connection import (
 from .errors import (
     DelayedError,
     FlowJobsError,
-    ForeignKeyValue,
     InvalidJobData,
     InvalidWorkerOptions,
     JobCancelled,
@@ -73,7 +72,7 @@ from .finishing import (
 )
 from .isolation import ProcessorTimedOut, ProcessPool, processor_path, resolve_processor
 from .job import Job
-from .keys import foreign_values, refused_for_foreign_value
+from .keys import foreign_value_error
 from .options import now_ms
 from .queue import Queue
 from .threadpool import ThreadPool, carried
@@ -666,27 +665,14 @@ class Worker:
             await self._wait_for_marker(delay_until)
 
     async def _described(self, error: redis.RedisError) -> redis.RedisError:
-        """A refusal because a queue key held another client's value, as `ForeignKeyValue`:
-        the scripts' own words, or for Redis's WRONGTYPE the queue's keys that hold such a
-        value (looked up on a thread: the loop goes on); any other error as it is."""
+        """`error`, or the `ForeignKeyValue` it stands for (see `foreign_value_error`; the
+        keys are looked up on a thread, so the loop goes on)."""
         if not isinstance(error, redis.ResponseError):
             return error
-        said = refused_for_foreign_value(error)
-        if said is not None:
-            return ForeignKeyValue(said)
-        if not str(error).startswith("WRONGTYPE"):
-            return error
-        try:
-            found = await asyncio.to_thread(
-                foreign_values, self.queue.client, self.queue.keys.qualified
-            )
-        except redis.RedisError:
-            return error
-        if not found:
-            return error
-        return ForeignKeyValue(
-            f"{'; '.join(found)} (another client's value): delete or rename that key"
+        described = await asyncio.to_thread(
+            foreign_value_error, self.queue.client, [self.queue.keys.qualified], error
         )
+        return described or error
 
     async def _connection_lost(self, error: BaseException, delay: float) -> None:
         """Logged once per outage. The pool's other connections went the same way as
@@ -803,29 +789,26 @@ class Worker:
             await self._blocking_task
             self._outage.back()
         except asyncio.CancelledError:
-            # closing, or slots freed up: the connection was reset, the next wait makes a
-            # new one
-            return
+            if self._closing:
+                return
+            # cancelled because slots freed up: the connection was reset, make a new one
         except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
             await self._connection_lost(error, 1.0)
-            return
         except redis.ResponseError as error:
-            refused = error
-        else:
-            return
+            # another client's value at the marker key (BZPOPMIN refuses it): the marker
+            # only wakes this worker, which fetches on a timer instead of stopping
+            self._blocking_task = None
+            logger.error(
+                "waiting for jobs of queue %s on %s failed (%s); fetching every %.1fs",
+                self.queue.keys.qualified,
+                self.queue.keys.marker,
+                error,
+                timeout,
+            )
+            self._emit("error", error)
+            await self._wait_wake(timeout)
         finally:
             self._blocking_task = None
-        # another client's value at the marker key (BZPOPMIN refuses it): the marker only
-        # wakes this worker, which fetches on a timer instead, rather than stopping
-        logger.error(
-            "waiting for jobs of queue %s on %s failed (%s); fetching every %.1fs",
-            self.queue.keys.qualified,
-            self.queue.keys.marker,
-            refused,
-            timeout,
-        )
-        self._emit("error", refused)
-        await self._wait_wake(timeout)
 
     def _start_jobs(self, jobs: list[Job]) -> None:
         for job in jobs:

@@ -12,7 +12,7 @@ from typing import Any
 import redis
 from django.db import close_old_connections
 
-from ..engine.keys import events_max_length
+from ..engine.keys import events_max_length, is_wrong_type
 from ..lease import FencedLease, fenced_atomic
 from ..models import StreamPosition
 from ..priority import lower_this_thread
@@ -344,11 +344,11 @@ class Projector:
         pipe.xread({stream.key: stream.last_id for stream in streams}, count=self.config.batch_size)
         replies = pipe.execute(raise_on_error=False)
         read = replies.pop()
+        infos, self._backlog = _seen(streams, replies, 3)
         if isinstance(read, Exception):
             # One XREAD reads every stream: a key that is not one fails it for all.
-            foreign = [
-                stream for index, stream in enumerate(streams) if _is_wrong_type(replies[index * 3])
-            ]
+            pairs = zip(streams, infos, strict=True)
+            foreign = [stream for stream, info in pairs if is_wrong_type(info)]
             if not foreign:
                 raise read
             for stream in foreign:
@@ -358,7 +358,6 @@ class Projector:
         entries_by_key = read  # {} when there is nothing (see _entries_by_stream)
         full = False
         self._looked_at = time.monotonic()
-        infos, self._backlog = _seen(streams, replies, 3)
         for stream, info in zip(streams, infos, strict=True):
             if self._lost(stream, info):
                 fold.lost.append(stream)
@@ -374,12 +373,10 @@ class Projector:
 
     def _hold_not_a_stream(self, stream: _Stream) -> None:
         stream.held_until = time.monotonic() + NOT_A_STREAM_HOLD_S
-        kind = self.client.type(stream.key)
         logger.warning(
-            "events key %s holds a %s, not a stream (another client's value): queue %s is "
-            "not mirrored; looking again in %.0f s",
+            "events key %s is not a stream (another client's value): queue %s is not "
+            "mirrored; looking again in %.0f s",
             stream.key,
-            kind,
             stream.queue,
             NOT_A_STREAM_HOLD_S,
         )
@@ -673,11 +670,6 @@ def _seen(streams: list[_Stream], replies: list[Any], step: int) -> tuple[list[A
         counts = [n for n in (waiting, prioritized) if isinstance(n, int)]
         backlog = max(backlog, sum(counts))
     return infos, backlog
-
-
-def _is_wrong_type(reply: Any) -> bool:
-    """Whether a reply is Redis's refusal of a key holding another kind of value."""
-    return isinstance(reply, redis.ResponseError) and str(reply).startswith("WRONGTYPE")
 
 
 def _entries_by_stream(reply: Any, **_options: Any) -> dict[str, list[Any]]:

@@ -149,9 +149,10 @@ def run(
 ) -> Any:
     """Runs script `name`. `meanwhile()`, when given, runs after the call is sent and
     before its answer is read: the caller's own work done while Redis runs the script
-    (one call at a time is a round trip of waiting otherwise). It must not fail on
-    input: the call may already be written when it runs. If it raises anyway, the
-    connection is closed (its answer unread) and the error raised."""
+    (one call at a time is a round trip of waiting otherwise; a cluster or
+    single-connection client runs it just before the call). It must not fail on input:
+    the call may already be written when it runs. If it raises anyway, the connection
+    is closed (its answer unread) and the error raised."""
     if _plain(client):
         return _run_packed(client, name, keys, args, meanwhile)
     if meanwhile is not None:

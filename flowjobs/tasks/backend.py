@@ -273,7 +273,8 @@ class FlowJobsBackend(BaseTaskBackend):
         requested_id = getattr(task, "job_id", None) or TASK_IDS.new()
         try:
             # As TaskResult normalizes them (Django's normalize_json), before anything is
-            # written: the job carries this copy.
+            # written: the job carries this copy. (TaskResult walks its own copy again,
+            # while Redis writes the job: see `ready`.)
             data = {
                 "args": plain_json(args),
                 "kwargs": plain_json(kwargs),

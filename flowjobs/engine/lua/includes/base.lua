@@ -113,11 +113,8 @@ local function limiterUsed(limiterKey)
   return 0
 end
 
--- Redis keeps the writes a script made before one of its commands failed. A queue key
--- that another client filled with another kind of value makes the command writing it
--- fail: a move checks its destination before it writes anything, so that the job stays
--- where it was instead of being in no state. kind: what TYPE says of the right value;
--- what: the jobs the script would have moved ("job 7").
+-- What TYPE says of `key` when it holds another kind of value than `kind` (what TYPE
+-- says of the right one), else nil.
 --- @lazy
 local function foreignType(key, kind)
   local found = rcall("TYPE", key)["ok"]
@@ -127,6 +124,11 @@ local function foreignType(key, kind)
   return nil
 end
 
+-- Redis keeps the writes a script made before one of its commands failed. A queue key
+-- that another client filled with another kind of value makes the command writing it
+-- fail: a move checks its destination before it writes anything, so that the job stays
+-- where it was instead of being in no state. what: the jobs the script would have
+-- moved ("job 7").
 --- @lazy
 local function refuseForeignKey(key, kind, what)
   local found = foreignType(key, kind)

@@ -51,8 +51,7 @@ local function nextTurn(qk)
   end
   local last = rcall("ZRANGE", qk .. ":groups:ready", "-1", "-1", "WITHSCORES")
   turn = wholeText((tonumber(last[2]) or 0) + 1)
-  rcall("DEL", turnKey)
-  rcall("SET", turnKey, turn)
+  rcall("SET", turnKey, turn) -- (SET replaces a value of any type)
   return turn
 end
 

@@ -248,13 +248,12 @@ def w1_add_django(case: str) -> None:
                 record.enqueue(**payload(i))
         elif case == "W1.add.taskjob":
             # Queue.add of the job Task.enqueue makes (its queue's default options, a
-            # priority, a UUID id, the task's data): what .tasks adds beyond it is the
-            # django.tasks layer's own cost
-            import uuid
-
+            # priority, a UUID id from the backend's own source, the task's data): what
+            # .tasks adds beyond it is the django.tasks layer's own cost
             from bench_site.tasks import record
 
             from flowjobs import conf
+            from flowjobs.tasks.backend import TASK_IDS
             from flowjobs.tasks.results import to_bullmq_priority
 
             task_queue = conf.get_queue(record.queue_name)
@@ -262,7 +261,7 @@ def w1_add_django(case: str) -> None:
 
             def add(i: int) -> None:
                 data = {"args": [], "kwargs": payload(i), "backend": "default"}
-                job_id = uuid.uuid4().hex
+                job_id = TASK_IDS.new()
                 task_queue.add(record.module_path, data, priority=priority, job_id=job_id)
         else:
 

@@ -194,7 +194,7 @@ class FlowProducer:
                 flow.name,
                 flow.data,
                 options,
-                queue.default_job_options,
+                queue.job_defaults(),
             )
         except InvalidJobOptions as error:
             raise InvalidJobOptions(f"flow node {path}: {error}") from None

@@ -8,6 +8,7 @@ anything is written.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
@@ -337,20 +338,66 @@ class EncodedJob:
         return [dumps(spec, "job spec", nested=False), self.data_json, dumps(self.opts, "options")]
 
 
+# Options that set the encoded job's own fields (or depend on the job), read at each add
+# even when they come from a queue's defaults; every other option is only stored.
+_PER_JOB_OPTIONS = frozenset(
+    {
+        "job_id",
+        "delay",
+        "priority",
+        "lifo",
+        "timestamp",
+        "parent",
+        "deduplication",
+        "group",
+        "repeat_job_key",
+    }
+)
+
+
+@dataclass(frozen=True)
+class JobDefaults:
+    """A queue's default job options, checked once (`check`) instead of at every add:
+    those only stored in a job's opts are kept in their stored form (`stored`, by option
+    name); those that set the job's own fields (`per_job`) are read by each add.
+    `given` is a copy of the options as checked, to notice a later change."""
+
+    given: dict[str, Any]
+    stored: dict[str, Any]
+    per_job: dict[str, Any]
+
+    @classmethod
+    def check(cls, queue_key: str, prefix: str, options: dict[str, Any]) -> JobDefaults:
+        """Checks `options` as one job's (InvalidJobOptions names the problem)."""
+        probe = encode_job(queue_key, prefix, "default_job_options", None, options)
+        stored: dict[str, Any] = {}
+        per_job: dict[str, Any] = {}
+        for option, value in options.items():
+            if option in _PER_JOB_OPTIONS:
+                per_job[option] = value
+            elif STORED_NAMES[option] in probe.opts and value is not None:
+                stored[option] = probe.opts[STORED_NAMES[option]]
+        return cls(copy.deepcopy(options), stored, per_job)
+
+    def current(self, queue_key: str, prefix: str, options: dict[str, Any]) -> JobDefaults:
+        """These defaults, or `options` checked anew if they were changed since."""
+        return self if options == self.given else JobDefaults.check(queue_key, prefix, options)
+
+
 def encode_job(
     queue_key: str,
     prefix: str,
     name: Any,
     data: Any,
     options: dict[str, Any],
-    defaults: dict[str, Any] | None = None,
+    defaults: JobDefaults | None = None,
 ) -> EncodedJob:
-    """Validates a job and encodes its options; raises before anything is written."""
+    """Validates a job and encodes its options (over the queue's `defaults`); raises
+    before anything is written."""
     if not isinstance(name, str) or not name or not is_unicode(name):
         raise InvalidJobOptions(f"job name must be a non-empty string, got {name!r}")
-    merged = {**(defaults or {}), **options}
-    if merged.keys() - STORED_NAMES.keys():
-        unknown = sorted(merged.keys() - STORED_NAMES.keys())
+    if options.keys() - STORED_NAMES.keys():
+        unknown = sorted(options.keys() - STORED_NAMES.keys())
         raise _fail(
             name,
             f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(STORED_NAMES))}",
@@ -358,8 +405,15 @@ def encode_job(
     data_json = dumps({} if data is None else data, f'data of job "{name}"')
     stored: dict[str, Any] = {"attempts": 0}
     job = EncodedJob(queue_key=queue_key, name=name, data_json=data_json, opts=stored)
+    pending = options
+    if defaults is not None:
+        for option, value in defaults.stored.items():
+            if option not in options:  # an option given, None included, replaces its default
+                stored[STORED_NAMES[option]] = dict(value) if type(value) is dict else value
+        if defaults.per_job:
+            pending = {**defaults.per_job, **options}
 
-    for option, value in merged.items():
+    for option, value in pending.items():
         if value is None:
             continue
         key = STORED_NAMES[option]

@@ -32,7 +32,14 @@ from .finishing import (
 )
 from .job import Job
 from .keys import QueueKeys, events_max_length, foreign_value_error
-from .options import MAX_PRIORITY, EncodedJob, encode_job, now_ms, whole_argument
+from .options import (
+    MAX_PRIORITY,
+    EncodedJob,
+    JobDefaults,
+    encode_job,
+    now_ms,
+    whole_argument,
+)
 from .outbox import AlreadyPushed, PushReceipt, PushTooLate
 
 # Job states as BullMQ names them, and the Redis structure holding each.
@@ -92,17 +99,18 @@ class Queue:
         self.client: redis.Redis = sync_client(connection)
         check_cluster_prefix(self.client, prefix)
         self.default_job_options = dict(default_job_options or {})
-        if self.default_job_options:
-            # checked now, not at the first add
-            encode_job(
-                self.keys.qualified,
-                prefix,
-                "default_job_options",
-                None,
-                {},
-                self.default_job_options,
-            )
+        # checked now, not at the first add (nor at every add)
+        self._job_defaults = JobDefaults.check(
+            self.keys.qualified, prefix, self.default_job_options
+        )
         self._aclient: redis.asyncio.Redis | None = None
+
+    def job_defaults(self) -> JobDefaults:
+        """`default_job_options`, checked (again only if they were changed since)."""
+        self._job_defaults = self._job_defaults.current(
+            self.keys.qualified, self.prefix, self.default_job_options
+        )
+        return self._job_defaults
 
     def aclient(self) -> redis.asyncio.Redis:
         """The asyncio client of the worker running this queue's jobs."""
@@ -128,12 +136,7 @@ class Queue:
     def encode(self, name: str, data: Any = None, **options: Any) -> EncodedJob:
         """Validates a job for this queue without writing anything."""
         return encode_job(
-            self.keys.qualified,
-            self.prefix,
-            name,
-            data,
-            options,
-            self.default_job_options,
+            self.keys.qualified, self.prefix, name, data, options, self.job_defaults()
         )
 
     def add(self, name: str, data: Any = None, **options: Any) -> Job:

@@ -176,3 +176,30 @@ def test_default_job_options_are_merged(make_queue):
     queue = make_queue("defaults", default_job_options={"attempts": 4, "remove_on_fail": True})
     job = queue.add("x", {}, attempts=2)
     assert job.opts == {"attempts": 2, "removeOnFail": True}
+
+
+def test_default_job_options_are_checked_once_and_a_change_is_seen(make_queue, redis_client):
+    queue = make_queue(
+        "checked-defaults",
+        default_job_options={"remove_on_complete": {"age": 60, "count": 10}, "priority": 5},
+    )
+    first = queue.add("x", {})
+    assert first.opts == {
+        "attempts": 0,
+        "removeOnComplete": {"age": 60, "count": 10},
+        "priority": 5,
+    }
+    assert redis_client.zscore(f"{queue.keys.qualified}:prioritized", first.id) is not None
+    # a job's stored options are its own: changing them changes no later job
+    first.opts["removeOnComplete"]["age"] = 1
+    # an option given, None included, replaces its default
+    second = queue.add("x", {}, remove_on_complete=None, priority=None)
+    assert second.opts == {"attempts": 0}
+    assert redis_client.lpos(f"{queue.keys.qualified}:wait", second.id) is not None
+    assert queue.add("x", {}).opts["removeOnComplete"] == {"age": 60, "count": 10}
+    # defaults changed after the queue was made are checked and used
+    queue.default_job_options["remove_on_complete"]["count"] = 3
+    assert queue.add("x", {}).opts["removeOnComplete"] == {"age": 60, "count": 3}
+    queue.default_job_options["attempts"] = -1
+    with pytest.raises(InvalidJobOptions, match="attempts must be 0"):
+        queue.add("x", {})

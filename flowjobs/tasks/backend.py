@@ -35,6 +35,7 @@ from .results import (
     from_bullmq_priority,
     from_ms,
     plain_json,
+    plain_result,
     result_from_job,
     to_bullmq_priority,
     to_ms,
@@ -273,8 +274,7 @@ class FlowJobsBackend(BaseTaskBackend):
         requested_id = getattr(task, "job_id", None) or TASK_IDS.new()
         try:
             # As TaskResult normalizes them (Django's normalize_json), before anything is
-            # written: the job carries this copy. (TaskResult walks its own copy again,
-            # while Redis writes the job: see `ready`.)
+            # written: the job and the returned result carry this copy.
             data = {
                 "args": plain_json(args),
                 "kwargs": plain_json(kwargs),
@@ -323,8 +323,8 @@ class FlowJobsBackend(BaseTaskBackend):
     def _ready_result(
         self, task: Task, result_id: str, data: dict[str, Any], enqueued_at: datetime | None
     ) -> TaskResult:
-        """The READY result of a task job whose data is `data`."""
-        return TaskResult(
+        """The READY result of a task job whose data is `data` (made by `enqueue`)."""
+        return plain_result(
             task=task,
             id=result_id,
             status=TaskResultStatus.READY,

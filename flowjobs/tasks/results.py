@@ -12,6 +12,7 @@ A task is a job whose name is the task's module path and whose data is
 
 from __future__ import annotations
 
+from dataclasses import fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,6 +40,7 @@ __all__ = [
     "from_bullmq_priority",
     "from_ms",
     "plain_json",
+    "plain_result",
     "result_from_job",
     "to_bullmq_priority",
     "to_ms",
@@ -91,6 +93,42 @@ def plain_json(value: Any) -> Any:
     if kind is list or kind is tuple:
         return [plain_json(item) for item in value]
     return normalize_json(value)
+
+
+# TaskResult's fields in the Django versions plain_result was written for (6.0, 6.1).
+_KNOWN_RESULT_FIELDS = frozenset(
+    {
+        "task",
+        "id",
+        "status",
+        "enqueued_at",
+        "started_at",
+        "finished_at",
+        "last_attempted_at",
+        "args",
+        "kwargs",
+        "backend",
+        "errors",
+        "worker_ids",
+        "_return_value",
+    }
+)
+_RESULT_FIELDS_KNOWN = {f.name for f in fields(TaskResult)} == _KNOWN_RESULT_FIELDS
+
+
+def plain_result(**values: Any) -> TaskResult:
+    """``TaskResult(**values)`` whose ``args`` and ``kwargs`` are already what
+    ``plain_json`` returns, and the caller's own copies: the same object, made without
+    TaskResult's ``__post_init__`` walking them again through ``normalize_json`` (13 µs
+    of an enqueue for a dozen arguments). A Django whose TaskResult has other fields
+    gets its constructor."""
+    if not _RESULT_FIELDS_KNOWN:
+        return TaskResult(**values)
+    result = object.__new__(TaskResult)
+    for name, value in values.items():
+        object.__setattr__(result, name, value)
+    object.__setattr__(result, "_return_value", None)
+    return result
 
 
 def from_ms(ms: Any) -> datetime | None:

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import collections.abc
+import dataclasses
 import enum
 from datetime import timedelta
 
 import pytest
 from django.db import transaction
-from django.tasks import TaskResultStatus, task, task_backends
+from django.tasks import TaskResult, TaskResultStatus, task, task_backends
 from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
 from django.utils import timezone
 from django.utils.json import normalize_json
 
 from flowjobs import conf, registry
 from flowjobs.tasks import from_bullmq_priority, to_bullmq_priority
-from flowjobs.tasks.results import plain_json
+from flowjobs.tasks.results import plain_json, plain_result
 from tests.taskapp import tasks
 
 from .test_running import finished
@@ -168,6 +169,43 @@ def test_plain_json_is_djangos_normalization():
         with pytest.raises((TypeError, ValueError)) as djangos:
             normalize_json(bad)
         assert (type(ours.value), str(ours.value)) == (type(djangos.value), str(djangos.value))
+
+
+def test_plain_result_is_the_result_djangos_constructor_makes():
+    """The enqueue's result, made without TaskResult walking its arguments again, equals
+    the one Django's constructor makes from the same values, field for field."""
+    values = {
+        "task": tasks.add,
+        "id": "result-id",
+        "status": TaskResultStatus.READY,
+        "enqueued_at": timezone.now(),
+        "started_at": None,
+        "finished_at": None,
+        "last_attempted_at": None,
+        "args": plain_json((1, [2, {"k": (3,)}])),
+        "kwargs": plain_json({"level": _Level.HIGH, "raw": b"text"}),
+        "backend": "default",
+        "errors": [],
+        "worker_ids": [],
+    }
+    made, djangos = plain_result(**values), TaskResult(**values)
+    assert type(made) is TaskResult
+    assert made == djangos
+    assert {f.name: getattr(made, f.name) for f in dataclasses.fields(TaskResult)} == {
+        f.name: getattr(djangos, f.name) for f in dataclasses.fields(TaskResult)
+    }
+    with pytest.raises(ValueError, match="not finished"):
+        _ = made.return_value
+
+
+def test_the_enqueued_result_holds_its_own_copy_of_the_arguments():
+    items, meta = [1, 2], {"k": "v"}
+    result = tasks.add.enqueue(items, b=meta)  # enqueued only: nothing runs it here
+    items.append(3)
+    meta["k"] = "changed"
+    assert (result.args, result.kwargs) == ([[1, 2]], {"b": {"k": "v"}})
+    assert type(result) is TaskResult
+    assert result.status == TaskResultStatus.READY and result.enqueued_at is not None
 
 
 @pytest.mark.django_db(transaction=True)

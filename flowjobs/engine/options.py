@@ -335,7 +335,9 @@ class EncodedJob:
         if self.repeat_job_key:
             spec["rjk"] = self.repeat_job_key
         spec.update(self.extra)
-        return [dumps(spec, "job spec", nested=False), self.data_json, dumps(self.opts, "options")]
+        # opts hold checked values only (those stored as given were checked as JSON)
+        options = dumps(self.opts, "options", nested=False)
+        return [dumps(spec, "job spec", nested=False), self.data_json, options]
 
 
 # Options that set the encoded job's own fields (or depend on the job), read at each add
@@ -456,8 +458,11 @@ def encode_job(
                 if not isinstance(gid, str) or not gid or ":" in gid:
                     raise _fail(name, f'group must be {{"id": str without ":"}}, got {value!r}')
                 job.extra["gid"] = gid
+                dumps(value, f'option group of job "{name}"')
+            case "repeat" | "prev_millis" | "telemetry":
+                dumps(value, f'option {option} of job "{name}"')  # stored as given
             case "repeat_job_key":
-                job.repeat_job_key = str(value)
+                value = job.repeat_job_key = str(value)
         stored[key] = value
 
     policies = [p for p in PARENT_POLICIES if stored.get(p)]

@@ -203,3 +203,19 @@ def test_default_job_options_are_checked_once_and_a_change_is_seen(make_queue, r
     queue.default_job_options["attempts"] = -1
     with pytest.raises(InvalidJobOptions, match="attempts must be 0"):
         queue.add("x", {})
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "problem"),
+    [
+        ("group", {"id": "g", 1: "x"}, "object key 1 is a int"),
+        ("telemetry", {"metadata": float("nan")}, "must be JSON-serialisable"),
+        ("repeat", {"every": 1000, "tz": object()}, "must be JSON-serialisable"),
+    ],
+)
+def test_options_stored_as_given_are_checked_as_json_before_anything_is_written(
+    queue, redis_client, option, value, problem
+):
+    with pytest.raises(InvalidJobData, match=f'option {option} of job "x".*{problem}'):
+        queue.add("x", {}, **{option: value})
+    assert redis_client.keys(f"{queue.keys.qualified}:*") == []

@@ -150,6 +150,15 @@ def is_wrong_type(reply: Any) -> bool:
     return isinstance(reply, ResponseError) and str(reply).startswith("WRONGTYPE")
 
 
+def is_foreign_refusal(error: Any) -> bool:
+    """Whether `error` is a script's refusal because a key held another client's value:
+    the scripts' own words ("flowjobs: <key> holds a ..."), or Redis's WRONGTYPE."""
+    if not isinstance(error, ResponseError):
+        return False
+    text = str(error)
+    return (text.startswith("flowjobs: ") and " holds a " in text) or is_wrong_type(error)
+
+
 def foreign_value_error(
     client: Any, queues: Iterable[str], error: BaseException, doing: str = "", outcome: str = ""
 ) -> ForeignKeyValue | None:
@@ -159,11 +168,11 @@ def foreign_value_error(
     hold such a value, looked up now (one round trip a queue). None for any other error,
     or when no such key is found or the lookup fails. `doing` goes before the keys
     ("add: "), `outcome` after them ("; job ... not added")."""
-    text = str(error)
-    if text.startswith("flowjobs: ") and " holds a " in text:
-        return ForeignKeyValue(doing + text[len("flowjobs: ") :].split(" script: ", 1)[0])
-    if not is_wrong_type(error):
+    if not is_foreign_refusal(error):
         return None
+    text = str(error)
+    if not is_wrong_type(error):  # the script's own words, which name the key
+        return ForeignKeyValue(doing + text[len("flowjobs: ") :].split(" script: ", 1)[0])
     try:
         found = [held for qualified in queues for held in _foreign_values(client, qualified)]
     except RedisError:

@@ -72,7 +72,7 @@ from .finishing import (
 )
 from .isolation import ProcessorTimedOut, ProcessPool, processor_path, resolve_processor
 from .job import Job
-from .keys import foreign_value_error
+from .keys import foreign_value_error, is_foreign_refusal
 from .options import now_ms
 from .queue import Queue
 from .threadpool import ThreadPool, carried
@@ -85,6 +85,10 @@ MOVED_BY_PROCESSOR = (DelayedError, WaitingChildrenError, WaitingError)
 MAXIMUM_RATE_LIMIT_DELAY_MS = 30_000
 # the longest pause between two reconnection attempts (ioredis, under BullMQ, waits 2 s)
 CONNECTION_RETRY_MAX_S = 2.0
+# A job whose outcome Redis refused because a queue key held another client's value is
+# kept active and its outcome sent again after this long, doubling up to the maximum.
+REFUSED_RECORD_RETRY_S = 1.0
+REFUSED_RECORD_RETRY_MAX_S = 30.0
 # how often a worker checks that its cancel-request subscription still delivers
 PUBSUB_PROBE_INTERVAL_S = 5.0
 
@@ -204,6 +208,8 @@ class Worker:
         self._active: dict[str, Job] = {}
         self._reserved = 0
         self._finished: list[tuple[Job, str, Any]] = []
+        # jobs kept active after a refused record (see _hold): id -> the next retry delay
+        self._held: dict[str, float] = {}
         self._recording = 0
         # a synchronous processor at a small concurrency: each slot is a thread that
         # runs, records and takes its jobs itself (see _run_direct_lane)
@@ -1344,9 +1350,13 @@ class Worker:
                     error,
                 )
                 return False
+            if is_foreign_refusal(error) and self._hold(job, outcome, value, error):
+                return False
+            self._held.pop(job.id, None)
             logger.warning("could not record %s of job %s: %s", outcome, printable(job.id), error)
             self._emit("error", error)
             return False
+        self._held.pop(job.id, None)
         if outcome == "rate-limited":
             if isinstance(result, int) and result > 0:
                 self._rate_limited(result)
@@ -1358,8 +1368,51 @@ class Worker:
             self.jobs_processed += 1
         return True
 
+    def _hold(self, job: Job, outcome: str, value: Any, error: BaseException) -> bool:
+        """Keeps a job whose outcome Redis refused because one of the queue's keys held
+        another client's value (a string at `completed`, say; the script wrote nothing):
+        the job stays active under this worker, its lock renewed and its slot taken, and
+        its outcome is sent again after a while, until Redis takes it. So the job is not
+        run again, nor failed as stalled, and its own outcome is recorded once the key is
+        mended. False when the worker is closing: the job is left active in Redis, for
+        the stalled check. Runs on the loop or in a lane's thread."""
+        if self._closing:
+            return False
+        delay = self._held.get(job.id, REFUSED_RECORD_RETRY_S)
+        self._held[job.id] = min(delay * 2, REFUSED_RECORD_RETRY_MAX_S)
+        job.in_lane = False
+        self._active[job.id] = job
+        logger.warning(
+            "could not record %s of job %s: %s; the job stays active under this worker, "
+            "which sends its outcome again in %.0f s",
+            outcome,
+            printable(job.id),
+            error,
+            delay,
+        )
+        self._emit("error", error)
+        self._loop.call_soon_threadsafe(
+            self._loop.call_later, delay, self._record_again, job, outcome, value
+        )
+        return True
+
+    def _record_again(self, job: Job, outcome: str, value: Any) -> None:
+        if job.id in self._held and not self._closing:  # (a closing worker released it)
+            self._finished.append((job, outcome, value))
+            self._schedule_records()
+
     async def _drain_active(self) -> None:
-        """Graceful close: wait for running jobs and record them."""
+        """Graceful close: wait for running jobs and record them. Jobs held after a
+        refused record (see _hold) are released: left active, for the stalled check."""
+        for job_id in list(self._held):
+            del self._held[job_id]
+            if self._active.pop(job_id, None) is not None:
+                logger.warning(
+                    "job %s: its outcome was refused (another client's value at a key of "
+                    "queue %s); left active, the stalled check gives it another run",
+                    printable(job_id),
+                    self.queue.name,
+                )
         while (
             self._active or self._finished or self._recording or self._lanes_running
         ) and not self._force:

@@ -1,0 +1,90 @@
+"""A job whose outcome Redis refuses because a queue key holds another client's value (a
+string at `completed`, say) is kept by its worker: it stays active under its lock, is not
+run again nor failed as stalled, and its own outcome is recorded once the key is mended."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from flowjobs.engine import worker as worker_module
+from tests.helpers import wait_for
+
+
+@pytest.fixture(autouse=True)
+def quick_retries(monkeypatch):  # noqa: ANN001, ANN201
+    monkeypatch.setattr(worker_module, "REFUSED_RECORD_RETRY_S", 0.25)
+
+
+def _processor(kind: str, outcome: str, runs: threading.Semaphore):  # noqa: ANN202
+    def run() -> str:
+        runs.release()
+        if outcome == "failed":
+            raise ValueError("the job fails")
+        return "done"
+
+    if kind == "async":
+
+        async def processor(job):  # noqa: ANN001, ANN202
+            return run()
+
+        return processor
+    return lambda job: run()
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("outcome", ["completed", "failed"])
+def test_a_refused_outcome_is_sent_again_and_the_job_is_not_run_again(
+    kind, outcome, queue, make_worker, redis_client, prefix
+):
+    foreign_key = f"{prefix}:q:{outcome}"
+    redis_client.set(foreign_key, "another client's value")
+    job = queue.add("x", {"n": 1}, attempts=1)
+    runs = threading.Semaphore(0)
+    errors: list[str] = []
+    worker = make_worker(
+        "q",
+        _processor(kind, outcome, runs),
+        autorun=False,
+        lock_duration=1000,
+        stalled_interval=200,
+    )
+    worker.on("error", lambda error: errors.append(str(error)))
+    worker.start()
+    # four refusals: 0.25 + 0.5 + 1 s of retries, past the 1 s lock and several
+    # stalled checks
+    wait_for(lambda: len(errors) >= 4, timeout=15, message="no repeated refusal")
+    assert foreign_key in errors[0] and "holds a string" in errors[0], errors[0]
+    assert redis_client.lrange(f"{prefix}:q:active", 0, -1) == [job.id]
+    assert redis_client.get(f"{prefix}:q:{job.id}:lock") is not None  # still renewed
+    assert redis_client.hget(f"{prefix}:q:{job.id}", "stc") in (None, "0")
+    assert redis_client.llen(f"{prefix}:q:wait") == 0
+
+    redis_client.delete(foreign_key)
+    wait_for(lambda: queue.get_job_state(job.id) == outcome, timeout=15)
+    assert runs.acquire(timeout=0) and not runs.acquire(timeout=0)  # run once only
+    recorded = queue.get_job(job.id)
+    if outcome == "completed":
+        assert recorded.returnvalue == "done"
+    else:
+        assert recorded.failed_reason == "the job fails"
+    assert recorded.attempts_made == 1
+    worker.close()
+
+
+def test_a_closing_worker_leaves_a_held_job_active_for_the_stalled_check(
+    queue, make_worker, redis_client, prefix
+):
+    redis_client.set(f"{prefix}:q:completed", "another client's value")
+    job = queue.add("x", {})
+    errors: list[str] = []
+    worker = make_worker("q", lambda job: "done", autorun=False, lock_duration=1000)
+    worker.on("error", lambda error: errors.append(str(error)))
+    worker.start()
+    wait_for(lambda: errors, message="no refusal")
+    closed = threading.Thread(target=worker.close)
+    closed.start()
+    closed.join(timeout=10)
+    assert not closed.is_alive(), "close waited on the held job"
+    assert redis_client.lrange(f"{prefix}:q:active", 0, -1) == [job.id]

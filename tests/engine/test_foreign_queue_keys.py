@@ -289,3 +289,139 @@ def test_a_grouped_job_whose_group_key_turns_foreign_while_it_runs_is_not_lost(
     wait_for(lambda: _completed(queue, [job]), timeout=15)
     assert len(runs) in (1, 2)  # the finish sent again, or the job run again
     worker.close()
+
+
+def _foreign(client: redis.Redis, key: str, kind: str) -> None:
+    """Another client's value at `key`: one of another kind than `kind`."""
+    if kind == "string":
+        client.hset(key, "owner", "another client")
+    else:
+        client.set(key, "another client's value")
+
+
+@pytest.mark.parametrize(
+    "deduplication",
+    [
+        {"id": "d1"},
+        {"id": "d1", "ttl": 60_000, "extend": True},
+        {"id": "d1", "ttl": 60_000, "replace": True},
+        {"id": "d1", "keep_last_if_active": True},
+    ],
+)
+def test_an_add_refused_by_a_foreign_deduplication_key_names_it(
+    deduplication, queue, redis_client, prefix
+):
+    """A deduplication id's key holding a hash made the add fail with Redis's WRONGTYPE,
+    which names no key. Now the add names it and writes nothing; once it is deleted the
+    job is added and owns the id."""
+    dedup_key = f"{prefix}:q:de:d1"
+    _foreign(redis_client, dedup_key, "string")
+    with pytest.raises(ForeignKeyValue, match=f"{dedup_key} holds a hash, not a string"):
+        queue.add("x", {"n": 1}, job_id="j1", deduplication=deduplication)
+    assert not redis_client.exists(f"{prefix}:q:j1")
+    assert redis_client.hgetall(dedup_key) == {"owner": "another client"}
+    redis_client.delete(dedup_key)
+    assert queue.add("x", {"n": 1}, job_id="j1", deduplication=deduplication).id == "j1"
+    assert redis_client.get(dedup_key) == "j1"
+
+
+@pytest.mark.parametrize("keep_last", [False, True])
+def test_a_deduplicated_job_whose_key_turns_foreign_while_it_runs_is_not_lost(
+    keep_last, queue, make_worker, redis_client, prefix
+):
+    """The finish took the job out of active and then read its deduplication key: a hash
+    there lost the job (and the job kept for after it). Now that key is checked first:
+    the job stays active, the worker names the key, and once it is deleted the job is
+    recorded (and the kept one added)."""
+    deduplication = {"id": "d1", "keep_last_if_active": keep_last}
+    job = queue.add("x", {"n": 1}, deduplication=deduplication)
+    dedup_key = f"{prefix}:q:de:d1"
+    runs: list[str] = []
+
+    def processor(job):  # noqa: ANN001, ANN202
+        runs.append(job.id)
+        if len(runs) == 1:
+            if keep_last:
+                queue.add("x", {"n": 2}, job_id="kept", deduplication=deduplication)
+            redis_client.delete(dedup_key)
+            _foreign(redis_client, dedup_key, "string")
+        return job.data["n"]
+
+    errors: list[str] = []
+    worker = _first_error(make_worker, processor, errors, "the refused finish")
+    assert redis_client.lrange(f"{prefix}:q:active", 0, -1) == [job.id]
+    assert f"{dedup_key} holds a hash, not a string" in errors[0], errors[0]
+    redis_client.delete(dedup_key)
+    wait_for(lambda: queue.get_job_state(job.id) == "completed", timeout=15)
+    if keep_last:
+        wait_for(lambda: queue.get_job_state("kept") == "completed", timeout=15)
+    worker.close()
+
+
+def test_removing_a_deduplicated_job_leaves_a_foreign_deduplication_key_alone(
+    queue, redis_client, prefix
+):
+    """The removal took the job out of wait and then read its deduplication key: a hash
+    there left the job's hash in no state. The key is no claim of the job's: the job is
+    removed whole, and the other client's value left as it is."""
+    job = queue.add("x", {"n": 1}, deduplication={"id": "d1"})
+    dedup_key = f"{prefix}:q:de:d1"
+    redis_client.delete(dedup_key)
+    _foreign(redis_client, dedup_key, "string")
+    queue.get_job(job.id).remove()
+    assert not redis_client.exists(f"{prefix}:q:{job.id}")
+    assert redis_client.lrange(f"{prefix}:q:wait", 0, -1) == []
+    assert redis_client.hgetall(dedup_key) == {"owner": "another client"}
+
+
+@pytest.mark.parametrize(
+    ("suffix", "options", "kind"),
+    [
+        ("delayed", {"delay": 60_000}, "zset"),
+        ("prioritized", {"priority": 2}, "zset"),
+        ("pc", {"priority": 2}, "string"),
+        ("group:g1:wait", {"group": {"id": "g1"}}, "list"),
+        ("de:d1", {"deduplication": {"id": "d1"}}, "string"),
+    ],
+)
+def test_a_bulk_add_refused_at_a_later_job_s_place_writes_none(
+    suffix, options, kind, queue, redis_client, prefix
+):
+    """add_bulk promises all or none, but a later job's place holding another client's
+    value was refused after the earlier jobs were written. Now every place is checked
+    before the first write."""
+    key = f"{prefix}:q:{suffix}"
+    _foreign(redis_client, key, kind)
+    bulk = [
+        {"name": "x", "data": {"n": 1}, "opts": {"job_id": "a"}},
+        {"name": "x", "data": {"n": 2}, "opts": {"job_id": "b", **options}},
+    ]
+    with pytest.raises(ForeignKeyValue, match=f"{key} holds a "):
+        queue.add_bulk(bulk)
+    assert not redis_client.exists(f"{prefix}:q:a", f"{prefix}:q:b", f"{prefix}:q:wait")
+    redis_client.delete(key)
+    assert [job.id for job in queue.add_bulk(bulk)] == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("suffix", "kind", "children"),
+    [("wait", "list", False), ("waiting-children", "zset", True), ("meta", "hash", False)],
+)
+def test_a_flow_bulk_refused_at_another_queue_writes_no_tree(
+    suffix, kind, children, flow_producer, redis_client, prefix
+):
+    """FlowProducer.add_bulk writes every tree or none; a later tree's queue holding
+    another client's value at its key left the earlier trees written."""
+    from flowjobs.engine import Flow
+
+    key = f"{prefix}:other:{suffix}"
+    _foreign(redis_client, key, kind)
+    second = Flow(
+        "y", "other", {}, opts={"job_id": "y"}, children=[Flow("z", "q", {})] if children else []
+    )
+    flows = [Flow("x", "q", {}, opts={"job_id": "x"}), second]
+    with pytest.raises(ForeignKeyValue, match=f"{key} holds a "):
+        flow_producer.add_bulk(flows)
+    assert redis_client.keys(f"{prefix}:*") == [key]
+    redis_client.delete(key)
+    assert len(flow_producer.add_bulk(flows)) == 2

@@ -68,6 +68,46 @@ for i = 1, count do
     return {-5, i}
   end
 end
+-- Every key the jobs are written to is checked before the first write (see
+-- refuseForeignKey): a later job refused there left the earlier ones written (all or
+-- none), a child unlinked, a deduplication id claimed by no job. The first job's place
+-- is its first write, and tells for every job that goes where it goes: a plain add, or
+-- a bulk of them, is not asked about.
+local function placeOf(spec)
+  if spec.waitChildren then
+    return spec.qk .. ":waiting-children"
+  elseif tonumber(spec.delay) > 0 then
+    return spec.qk .. ":delayed"
+  elseif type(spec.gid) == "string" then
+    return spec.qk .. ":group:" .. spec.gid
+  end
+  return spec.qk .. (tonumber(spec.priority) > 0 and ":prioritized" or ":wait")
+end
+local firstPlace = not jobs[1].duplicate and placeOf(jobs[1])
+for _, spec in ipairs(jobs) do
+  local what = spec.id ~= "" and "job " .. spec.id or "the new jobs"
+  if spec.duplicate and spec.parentKey then -- a completed one releases its new parent
+    local parent = {key = spec.parentKey, id = spec.parent.id, qk = spec.parent.queueKey}
+    refuseForeignParentKeys(parent, "completed", what)
+  elseif spec.parentKey then
+    refuseForeignKey(spec.parentKey .. ":dependencies", "set", what)
+  end
+  local de = not spec.duplicate and type(spec.de) == "table" and spec.de
+  if de then
+    refuseForeignKey(spec.qk .. ":de:" .. de.id, "string", what)
+    if de.replace then
+      refuseForeignKey(spec.qk .. ":delayed", "zset", what)
+    end
+    if de.keepLastIfActive then
+      refuseForeignKey(spec.qk .. ":active", "list", what)
+    end
+  end
+  if not spec.duplicate and (spec.parentKey or de or placeOf(spec) ~= firstPlace) then
+    local priority = tonumber(spec.priority)
+    refuseForeignPlaceKeys(spec.qk, spec.waitChildren, tonumber(spec.delay), priority,
+      type(spec.gid) == "string" and spec.gid, what)
+  end
+end
 
 local result = {0}
 for i, spec in ipairs(jobs) do

@@ -34,8 +34,8 @@ if state == "completed" or state == "failed" then
     ids = rcall("ZRANGEBYSCORE", KEYS[1], "-inf", cutoff)
   end
   for _, jobId in ipairs(ids) do
+    removeQuietly(qk, jobId, now) -- first: it may refuse (a parent's key held by another client)
     rcall("ZREM", KEYS[1], jobId)
-    removeQuietly(qk, jobId, now)
     removed[#removed + 1] = jobId
   end
 else
@@ -55,12 +55,12 @@ else
       and not (state == "active" and rcall("EXISTS", jobKey .. ":lock") == 1)
     local time = jobTime(jobKey)
     if eligible and (time == nil or time <= cutoff) then
+      removeQuietly(qk, jobId, now) -- first, as above
       if isList then
         rcall("LREM", KEYS[1], 0, jobId)
       else
         rcall("ZREM", KEYS[1], jobId)
       end
-      removeQuietly(qk, jobId, now)
       removed[#removed + 1] = jobId
     end
   end

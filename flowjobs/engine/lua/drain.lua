@@ -21,12 +21,13 @@ local function drainKey(key, isList)
   end
   for _, jobId in ipairs(ids) do
     if not isCurrentSchedulerIteration(qk, jobId) then
+      -- first: it may refuse (a parent's key held by another client), then nothing is written
+      removeQuietly(qk, jobId, now)
       if isList then
         rcall("LREM", key, 0, jobId)
       else
         rcall("ZREM", key, jobId)
       end
-      removeQuietly(qk, jobId, now)
       count = count + 1
     end
   end

@@ -31,6 +31,8 @@ local jobKey = qk .. ":" .. jobId
 -- (empty sets do not exist: one EXISTS answers for a job without children)
 if target == "completed"
     and rcall("EXISTS", jobKey .. ":dependencies", jobKey .. ":unsuccessful") > 0 then
+  refuseForeignKey(jobKey .. ":dependencies", "set", "job " .. jobId)
+  refuseForeignKey(jobKey .. ":unsuccessful", "zset", "job " .. jobId)
   if rcall("SCARD", jobKey .. ":dependencies") ~= 0 then
     return -4
   end
@@ -39,6 +41,16 @@ if target == "completed"
   end
 end
 local fields = rcall("HMGET", jobKey, "deid", "parentKey", "parent", "gid")
+-- A parent's and a deduplication id's keys are written after the job left active: they
+-- are checked before the first write (see refuseForeignKey).
+local parent = parentFrom(fields[2], fields[3])
+if parent then
+  refuseForeignParentKeys(parent, target, "job " .. jobId)
+end
+local pendingDedup = nil
+if fields[1] then
+  pendingDedup = refuseForeignDedupKeys(qk, fields[1], "job " .. jobId)
+end
 local keepCount = tonumber(ARGV[7])
 local setKey = qk .. ":" .. target
 -- The set first, before the job leaves active (see refuseForeignKey): a ZADD refused
@@ -61,10 +73,9 @@ end
 setFieldsFromJson(jobKey, ARGV[12])
 
 if fields[1] then
-  finishDeduplicated(qk, fields[1], jobId, now)
+  finishDeduplicated(qk, fields[1], jobId, now, pendingDedup)
 end
 
-local parent = parentFrom(fields[2], fields[3])
 if parent then
   if target == "completed" then
     onChildCompleted(parent, jobKey, value, now)

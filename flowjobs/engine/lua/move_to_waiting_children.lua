@@ -15,6 +15,10 @@ local jobKey = KEYS[1]
 if rcall("EXISTS", jobKey) == 0 then
   return -1
 end
+-- checked before the first write: a refused ZADD there left the job in no state
+refuseForeignKey(jobKey .. ":dependencies", "set", "job " .. jobId)
+refuseForeignKey(jobKey .. ":unsuccessful", "zset", "job " .. jobId)
+refuseForeignKey(qk .. ":waiting-children", "zset", "job " .. jobId)
 if rcall("ZCARD", jobKey .. ":unsuccessful") ~= 0 then
   return -9
 end

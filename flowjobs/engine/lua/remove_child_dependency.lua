@@ -22,6 +22,7 @@ if not parent or parent.key ~= parentKey then
   parent = {key = parentKey}
   parent.qk, parent.id = splitJobKey(parentKey)
 end
+refuseForeignParentKeys(parent, nil, "job " .. childKey)
 if rcall("SREM", parentKey .. ":dependencies", childKey) == 0 then
   return 1
 end

@@ -124,6 +124,10 @@ local function foreignType(key, kind)
   return nil
 end
 
+-- The keys refuseForeignKey found right in this script run: a script that checks the
+-- places of many jobs (a bulk add) asks Redis once a key.
+local rightKinds = {}
+
 -- Redis keeps the writes a script made before one of its commands failed. A queue key
 -- that another client filled with another kind of value makes the command writing it
 -- fail: a move checks its destination before it writes anything, so that the job stays
@@ -131,12 +135,16 @@ end
 -- moved ("job 7").
 --- @lazy
 local function refuseForeignKey(key, kind, what)
+  if rightKinds[key] == kind then
+    return
+  end
   local found = foreignType(key, kind)
   if found then
     error(redis.error_reply("ERR flowjobs: " .. key .. " holds a " .. found .. ", not a "
       .. kind .. " (another client's value): nothing written, " .. what
       .. " left as it was; delete or rename that key"))
   end
+  rightKinds[key] = kind
 end
 
 -- The marker only wakes idle workers (and they fetch on a timer too): pcall, so that a
@@ -179,6 +187,29 @@ local function enqueueReady(qk, jobId, priority, toFront, gid)
     rcall("RPUSH", qk .. ":wait", jobId)
   else
     rcall("LPUSH", qk .. ":wait", jobId)
+  end
+end
+
+-- The keys putting a new job of queue `qk` in place writes (waiting-children, delayed,
+-- its group, prioritized, wait) and those every add writes (meta, the id counter). A
+-- script that writes something before a job's place (an add's earlier jobs, a finish, a
+-- scheduler's bookkeeping) checks them first; a lone add needs not, its place is its
+-- first write.
+--- @lazy
+local function refuseForeignPlaceKeys(qk, waitChildren, delay, priority, gid, what)
+  refuseForeignKey(qk .. ":meta", "hash", what)
+  refuseForeignKey(qk .. ":id", "string", what)
+  if waitChildren then
+    refuseForeignKey(qk .. ":waiting-children", "zset", what)
+  elseif delay > 0 then
+    refuseForeignKey(qk .. ":delayed", "zset", what)
+  elseif gid then
+    refuseForeignGroupKeys(qk, gid, what)
+  elseif priority > 0 then
+    refuseForeignKey(qk .. ":prioritized", "zset", what)
+    refuseForeignKey(qk .. ":pc", "string", what)
+  else
+    refuseForeignKey(qk .. ":wait", "list", what)
   end
 end
 

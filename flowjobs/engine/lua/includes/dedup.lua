@@ -122,23 +122,54 @@ local function deduplicateJob(qk, spec, jobId)
   return ownerId
 end
 
+-- The job waiting at `dn:<dedupId>` (keepLastIfActive) as finishDeduplicated stores
+-- it, or false: {fields, opts, delay, priority, gid}.
+--- @lazy
+local function pendingDedupJob(qk, dedupId)
+  local nextKey = qk .. ":dn:" .. dedupId
+  if rcall("EXISTS", nextKey) == 0 then
+    return false
+  end
+  refuseForeignKey(nextKey, "hash", "the deduplicated job " .. dedupId)
+  local f = rcall("HMGET", nextKey, "name", "data", "opts", "pk", "pd", "pdk", "rjk", "jid")
+  local opts = cjson.decode(f[3])
+  local gid = type(opts.group) == "table" and type(opts.group.id) == "string" and opts.group.id
+  return {fields = f, opts = opts, delay = tonumber(opts.delay) or 0,
+    priority = tonumber(opts.priority) or 0, gid = gid}
+end
+
+-- The keys finishDeduplicated writes, checked before the finishing job's first write:
+-- the owner key and, for a pending job, where it goes (and its parent's set). Returns
+-- that pending job (pendingDedupJob) for finishDeduplicated.
+--- @lazy
+local function refuseForeignDedupKeys(qk, dedupId, what)
+  refuseForeignKey(qk .. ":de:" .. dedupId, "string", what)
+  local pending = pendingDedupJob(qk, dedupId)
+  if pending then
+    refuseForeignPlaceKeys(qk, false, pending.delay, pending.priority, pending.gid, what)
+    if pending.fields[6] then
+      refuseForeignKey(pending.fields[6], "set", what)
+    end
+  end
+  return pending
+end
+
 -- When a job with a deduplication id finishes: release the key it owns
 -- (unless a ttl still runs), then turn a pending `dn:` job into a real one.
+-- pending: what refuseForeignDedupKeys returned.
 --- @lazy
-local function finishDeduplicated(qk, dedupId, jobId, now)
+local function finishDeduplicated(qk, dedupId, jobId, now, pending)
   local dedupKey = qk .. ":de:" .. dedupId
   local ttl = rcall("PTTL", dedupKey)
   if ttl == 0 or (ttl == -1 and rcall("GET", dedupKey) == jobId) then
     rcall("DEL", dedupKey)
   end
-  local nextKey = qk .. ":dn:" .. dedupId
-  if rcall("EXISTS", nextKey) == 0 then
+  if not pending then
     return
   end
-  local f = rcall("HMGET", nextKey, "name", "data", "opts", "pk", "pd", "pdk", "rjk", "jid")
+  local f, opts = pending.fields, pending.opts
   local counter = rcall("INCR", qk .. ":id")
   local newId = f[8] or tostring(counter)
-  local opts = cjson.decode(f[3])
   local de = type(opts.de) == "table" and opts.de or {}
   ownDedupKey(dedupKey, newId, de)
   local extra = {"deid", dedupId}
@@ -154,15 +185,14 @@ local function finishDeduplicated(qk, dedupId, jobId, now)
     extra[#extra + 1] = "rjk"
     extra[#extra + 1] = f[7]
   end
-  if type(opts.group) == "table" and type(opts.group.id) == "string" then
+  if pending.gid then
     extra[#extra + 1] = "gid"
-    extra[#extra + 1] = opts.group.id
+    extra[#extra + 1] = pending.gid
   end
-  local priority = tonumber(opts.priority) or 0
-  storeAndEnqueue(qk, newId, f[1], f[2], f[3], now, tonumber(opts.delay) or 0, priority,
+  storeAndEnqueue(qk, newId, f[1], f[2], f[3], now, pending.delay, pending.priority,
     opts.lifo == true, extra)
   if f[6] then
     rcall("SADD", f[6], qk .. ":" .. newId)
   end
-  rcall("DEL", nextKey)
+  rcall("DEL", qk .. ":dn:" .. dedupId)
 end

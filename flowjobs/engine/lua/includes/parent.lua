@@ -59,6 +59,45 @@ local function releaseParent(parent, now, fromState)
   end
 end
 
+-- The keys releaseParent writes or reads on the parent's queue, and those a failing
+-- child's policy reads there (failed, delayed): checked before the first write of a
+-- move that may release the parent (see refuseForeignKey).
+--- @lazy
+local function refuseForeignReleaseKeys(parent, what)
+  local qk = parent.qk
+  refuseForeignKey(qk .. ":waiting-children", "zset", what)
+  refuseForeignKey(qk .. ":failed", "zset", what)
+  refuseForeignKey(qk .. ":active", "list", what)
+  refuseForeignPlaceKeys(qk, false, 1, 0, false, what) -- delayed
+  local priority = tonumber(rcall("HGET", parent.key, "priority")) or 0
+  refuseForeignPlaceKeys(qk, false, 0, priority, false, what) -- ready
+end
+
+-- A child's move that updates its parent (finish: `target` "completed" or "failed";
+-- unlink: nil) writes the parent's dependencies set, the companion its outcome is
+-- recorded in, and, when the child is the last one pending or its failure policy
+-- releases the parent anyway, the parent's queue: all checked before the first write.
+--- @lazy
+local function refuseForeignParentKeys(parent, target, what)
+  local dependencies = parent.key .. ":dependencies"
+  refuseForeignKey(dependencies, "set", what)
+  local releases = false
+  if target == "completed" then
+    refuseForeignKey(parent.key .. ":processed", "hash", what)
+  elseif target == "failed" then
+    if parent.fpof then
+      refuseForeignKey(parent.key .. ":unsuccessful", "zset", what)
+      releases = true
+    elseif parent.cpof or parent.idof then
+      refuseForeignKey(parent.key .. ":failed", "hash", what)
+      releases = parent.cpof
+    end
+  end
+  if releases or rcall("SCARD", dependencies) <= 1 then
+    refuseForeignReleaseKeys(parent, what)
+  end
+end
+
 --- @lazy
 local function releaseParentIfReady(parent, now)
   if rcall("SCARD", parent.key .. ":dependencies") == 0 and rcall("EXISTS", parent.key) == 1
@@ -109,9 +148,14 @@ local function onChildFailed(parent, childKey, failedReason, now)
 end
 
 -- A job removed by retention or removal stops being a pending dependency.
+-- (The parent's keys are checked first: the removal's first write may be this one.)
 local function unlinkFromParent(jobKey, now)
   local parent = parentOf(jobKey)
-  if parent and rcall("SREM", parent.key .. ":dependencies", jobKey) == 1 then
+  if not parent then
+    return
+  end
+  refuseForeignParentKeys(parent, nil, "job " .. jobKey)
+  if rcall("SREM", parent.key .. ":dependencies", jobKey) == 1 then
     releaseParentIfReady(parent, now)
   end
 end

@@ -55,12 +55,14 @@ local function isLockedTree(jobKey, withChildren)
   return false
 end
 
+-- pcall: a value GET refuses (another client's hash there) is no claim of this job's;
+-- it is left as it is, and the removal goes on (it had taken the job out of its state).
 --- @lazy
 local function releaseDedupKey(qk, jobKey, jobId)
   local dedupId = rcall("HGET", jobKey, "deid")
   if dedupId then
     local dedupKey = qk .. ":de:" .. dedupId
-    if rcall("GET", dedupKey) == jobId then
+    if redis.pcall("GET", dedupKey) == jobId then
       rcall("DEL", dedupKey, qk .. ":dn:" .. dedupId)
     end
   end

@@ -83,7 +83,7 @@ local function placeOf(spec)
   end
   return spec.qk .. (tonumber(spec.priority) > 0 and ":prioritized" or ":wait")
 end
-local firstPlace = not jobs[1].duplicate and placeOf(jobs[1])
+local firstPlace = count > 0 and not jobs[1].duplicate and placeOf(jobs[1])
 for _, spec in ipairs(jobs) do
   local what = spec.id ~= "" and "job " .. spec.id or "the new jobs"
   if spec.duplicate and spec.parentKey then -- a completed one releases its new parent

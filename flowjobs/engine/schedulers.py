@@ -14,6 +14,7 @@ are computed here (croniter, zoneinfo); `every` arithmetic runs in the scripts.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -21,14 +22,15 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import redis
 from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 
 from . import scripts
 from .errors import FlowJobsError, InvalidJobOptions
+from .keys import foreign_value_error
 from .options import STORED_NAMES, dumps, encode_job, now_ms
 
 if TYPE_CHECKING:
-    import redis
     import redis.asyncio
 
     from .job import Job
@@ -338,10 +340,9 @@ def _store(queue: Queue, definition: _Definition, made: int = 0) -> Job | None:
     }
     if definition.pattern is not None:
         opts["prevMillis"] = next_millis
-    result = scripts.run(
-        queue.client,
+    result = _run(
+        queue,
         "add_job_scheduler",
-        [queue.keys.meta],
         [
             queue.keys.qualified,
             now_ms(),
@@ -374,24 +375,14 @@ def _store(queue: Queue, definition: _Definition, made: int = 0) -> Job | None:
 def remove_job_scheduler(queue: Queue, scheduler_id: str) -> bool:
     """Removes the scheduler and its pending iteration if that has not started; True if
     the scheduler existed."""
-    result = scripts.run(
-        queue.client,
-        "remove_job_scheduler",
-        [queue.keys.meta],
-        [queue.keys.qualified, scheduler_id],
-    )
+    result = _run(queue, "remove_job_scheduler", [queue.keys.qualified, scheduler_id])
     return result == 0
 
 
 def pause_job_scheduler(queue: Queue, scheduler_id: str) -> bool:
     """Stops the scheduler producing runs: its pending iteration (if not started) is
     removed and the definition kept, marked paused. True if the scheduler exists."""
-    result = scripts.run(
-        queue.client,
-        "pause_job_scheduler",
-        [queue.keys.meta],
-        [queue.keys.qualified, now_ms(), scheduler_id],
-    )
+    result = _run(queue, "pause_job_scheduler", [queue.keys.qualified, now_ms(), scheduler_id])
     return result == 0
 
 
@@ -539,7 +530,7 @@ def advance(queue: Queue, job: Job, client: redis.Redis | None = None) -> str | 
     args = _next_iteration_args(queue, job)
     if args is None:
         return None
-    result = scripts.run(client or queue.client, "update_job_scheduler", [queue.keys.meta], args)
+    result = _run(queue, "update_job_scheduler", args, client)
     return result or None
 
 
@@ -547,8 +538,31 @@ async def aadvance(queue: Queue, job: Job, client: redis.asyncio.Redis) -> str |
     args = _next_iteration_args(queue, job)
     if args is None:
         return None
-    result = await scripts.arun(client, "update_job_scheduler", [queue.keys.meta], args)
+    try:
+        result = await scripts.arun(client, "update_job_scheduler", [queue.keys.meta], args)
+    except redis.ResponseError as error:  # the keys are looked up on a thread (see _run)
+        described = await asyncio.to_thread(_foreign_value, queue, "update_job_scheduler", error)
+        if described is None:
+            raise
+        raise described from error
     return result or None
+
+
+def _run(queue: Queue, script: str, args: list[Any], client: redis.Redis | None = None) -> Any:
+    """Runs a scheduler script on `queue`; its refusal because one of the queue's keys
+    holds another client's value is `ForeignKeyValue`, naming the key (the script checks
+    them all before it writes: nothing was written)."""
+    try:
+        return scripts.run(client or queue.client, script, [queue.keys.meta], args)
+    except redis.ResponseError as error:
+        described = _foreign_value(queue, script, error)
+        if described is None:
+            raise
+        raise described from error
+
+
+def _foreign_value(queue: Queue, script: str, error: redis.ResponseError) -> Any:
+    return foreign_value_error(queue.client, [queue.keys.qualified], error, f"{script}: ")
 
 
 # --- declared schedulers ------------------------------------------------------------------------

@@ -425,3 +425,93 @@ def test_a_flow_bulk_refused_at_another_queue_writes_no_tree(
     assert redis_client.keys(f"{prefix}:*") == [key]
     redis_client.delete(key)
     assert len(flow_producer.add_bulk(flows)) == 2
+
+
+def _scheduler_state(client: redis.Redis, prefix: str) -> tuple:
+    """What a scheduler's upsert or run writes: its entry, its runs and where they are."""
+    return (
+        client.zrange(f"{prefix}:q:repeat", 0, -1, withscores=True),
+        sorted(client.keys(f"{prefix}:q:repeat:s1:*")),
+        client.lrange(f"{prefix}:q:wait", 0, -1),
+        client.zrange(f"{prefix}:q:delayed", 0, -1),
+    )
+
+
+@pytest.mark.parametrize(
+    ("suffix", "kind", "schedule"),
+    [
+        ("wait", "list", {"every": 60_000}),  # the first run is due now
+        ("delayed", "zset", {"pattern": "0 0 1 1 *"}),  # the first run is due later
+        ("repeat", "zset", {"every": 60_000}),
+        ("repeat:s1", "hash", {"pattern": "0 0 1 1 *"}),  # an existing one's pending run
+        ("id", "string", {"pattern": "0 0 1 1 *"}),
+    ],
+)
+def test_an_upsert_refused_by_a_foreign_value_keeps_the_scheduler_as_it_was(
+    suffix, kind, schedule, queue, redis_client, prefix
+):
+    """An upsert wrote its run's hash before the run's place refused it (a run in no
+    state, which later upserts took for an existing run), or removed the pending run
+    before the definition's key refused the rest (a scheduler without a run). Now every
+    key is checked first: nothing is written, the error names the key, and the upsert
+    goes through once it is deleted."""
+    key = f"{prefix}:q:{suffix}"
+    existing = suffix in ("repeat:s1", "id")
+    if existing:
+        queue.upsert_job_scheduler("s1", **schedule)
+        redis_client.delete(key)
+    before = _scheduler_state(redis_client, prefix) if existing else None
+    _foreign(redis_client, key, kind)
+    with pytest.raises(ForeignKeyValue, match=f"{key} holds a "):
+        queue.upsert_job_scheduler("s1", **schedule, template={"data": {"v": 2}})
+    if existing:
+        assert _scheduler_state(redis_client, prefix) == before
+    else:
+        assert redis_client.keys(f"{prefix}:*") == [key]
+    redis_client.delete(key)
+    run = queue.upsert_job_scheduler("s1", **schedule, template={"data": {"v": 2}})
+    assert queue.get_job_state(run.id) in ("waiting", "delayed")
+    assert queue.get_job_scheduler("s1") is not None
+
+
+def test_removing_a_scheduler_refused_by_a_foreign_value_names_the_key(queue, redis_client, prefix):
+    queue.upsert_job_scheduler("s1", pattern="0 0 1 1 *")
+    key = f"{prefix}:q:repeat:s1"
+    redis_client.delete(key)
+    _foreign(redis_client, key, "hash")
+    before = _scheduler_state(redis_client, prefix)
+    with pytest.raises(ForeignKeyValue, match=f"{key} holds a string, not a hash"):
+        queue.remove_job_scheduler("s1")
+    assert _scheduler_state(redis_client, prefix) == before
+    redis_client.delete(key)
+    assert queue.remove_job_scheduler("s1")
+    assert _scheduler_state(redis_client, prefix) == ([], [], [], [])
+
+
+@pytest.mark.parametrize(("suffix", "kind"), [("id", "string"), ("repeat:s1", "hash")])
+def test_a_worker_s_next_run_refused_by_a_foreign_value_writes_nothing(
+    suffix, kind, queue, make_worker, redis_client, prefix
+):
+    """Taking a scheduler's run makes its next one: the scheduler's entry was moved on
+    (and the run's hash written) before the id counter refused the rest, leaving a
+    scheduler whose next run was in no state, made by nobody ever again. Now the keys
+    are checked first: the worker reports the refusal, runs the run it took, and the
+    scheduler is as it was, so an upsert once the key is deleted gives it its next run."""
+    first = queue.upsert_job_scheduler("s1", every=60_000)
+    key = f"{prefix}:q:{suffix}"
+    redis_client.delete(key)
+    _foreign(redis_client, key, kind)
+    before = _scheduler_state(redis_client, prefix)
+    errors: list[BaseException] = []
+    worker = make_worker("q", lambda job: job.id, autorun=False)
+    worker.on("error", errors.append)
+    worker.start()
+    wait_for(lambda: errors, message="no error for the refused next run")
+    wait_for(lambda: queue.get_job_state(first.id) == "completed")
+    worker.close()
+    assert isinstance(errors[0], ForeignKeyValue) and key in str(errors[0]), errors[0]
+    assert _scheduler_state(redis_client, prefix)[:2] == before[:2]
+    redis_client.delete(key)
+    run = queue.upsert_job_scheduler("s1", every=60_000)
+    # (with its definition deleted, the scheduler starts afresh: a run due now)
+    assert run.id != first.id and queue.get_job_state(run.id) in ("delayed", "waiting")

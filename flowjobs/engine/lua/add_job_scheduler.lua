@@ -27,6 +27,7 @@ local templateData, templateOpts = ARGV[6], ARGV[7]
 local opts = cjson.decode(ARGV[8])
 local repeatKey = qk .. ":repeat"
 local schedulerKey = repeatKey .. ":" .. schedulerId
+refuseForeignSchedulerKeys(qk, schedulerId, opts, "scheduler " .. schedulerId)
 
 local prevMillis = tonumber(rcall("ZSCORE", repeatKey, schedulerId))
 local every = tonumber(scheduler.every)

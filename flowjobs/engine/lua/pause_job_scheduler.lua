@@ -13,8 +13,10 @@
 --- @include "includes/base"
 --- @include "includes/parent"
 --- @include "includes/remove"
+--- @include "includes/scheduler"
 
 local qk, now, schedulerId = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+refuseForeignSchedulerKeys(qk, schedulerId, nil, "scheduler " .. schedulerId)
 local repeatKey = qk .. ":repeat"
 local schedulerKey = repeatKey .. ":" .. schedulerId
 local millis = rcall("ZSCORE", repeatKey, schedulerId)

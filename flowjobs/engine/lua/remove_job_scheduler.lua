@@ -8,8 +8,10 @@
   Events   removed (prev delayed) for the pending iteration
 ]]
 --- @include "includes/base"
+--- @include "includes/scheduler"
 
 local qk, schedulerId = ARGV[1], ARGV[2]
+refuseForeignSchedulerKeys(qk, schedulerId, nil, "scheduler " .. schedulerId)
 local repeatKey = qk .. ":repeat"
 local millis = rcall("ZSCORE", repeatKey, schedulerId)
 if millis then

@@ -17,13 +17,14 @@
 
 local qk, now, schedulerId, producerId = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[6]
 local nextMillis = tonumber(ARGV[4])
+local opts = cjson.decode(ARGV[5])
+refuseForeignSchedulerKeys(qk, schedulerId, opts, "scheduler " .. schedulerId)
 local repeatKey = qk .. ":repeat"
 local prevMillis = tonumber(rcall("ZSCORE", repeatKey, schedulerId))
 if not prevMillis then
   return false
 end
 local schedulerKey = repeatKey .. ":" .. schedulerId
-local opts = cjson.decode(ARGV[5])
 local scheduler = rcall("HMGET", schedulerKey, "name", "data", "every", "startDate", "offset")
 local every = tonumber(scheduler[3])
 local repeatOpts = type(opts["repeat"]) == "table" and opts["repeat"] or nil

@@ -40,6 +40,24 @@ local function everyNextMillis(prevMillis, every, now, offset, startDate)
   return math.floor(nextMillis), math.floor(offset)
 end
 
+-- The keys a scheduler's upsert, run-making, pause or removal writes: its entry in
+-- `repeat`, its definition, where its pending run may be taken from (delayed,
+-- prioritized, wait) and, given the run's options, where a new run goes. Checked before
+-- the first write (see refuseForeignKey): a refusal after it left a run in no state, or
+-- a scheduler without its run.
+--- @lazy
+local function refuseForeignSchedulerKeys(qk, schedulerId, opts, what)
+  refuseForeignKey(qk .. ":repeat", "zset", what)
+  refuseForeignKey(qk .. ":repeat:" .. schedulerId, "hash", what)
+  refuseForeignPlaceKeys(qk, false, 1, 0, false, what) -- delayed
+  refuseForeignPlaceKeys(qk, false, 0, 1, false, what) -- prioritized
+  refuseForeignPlaceKeys(qk, false, 0, 0, false, what) -- wait
+  if opts then
+    local gid = type(opts.group) == "table" and type(opts.group.id) == "string" and opts.group.id
+    refuseForeignPlaceKeys(qk, false, 0, tonumber(opts.priority) or 0, gid, what)
+  end
+end
+
 -- Stores and enqueues iteration `jobId` of scheduler `schedulerId`: the
 -- template data, and the iteration options (which carry repeat, prevMillis
 -- and repeatJobKey so any worker, Node's included, can produce the next one).

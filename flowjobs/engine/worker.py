@@ -86,7 +86,8 @@ MAXIMUM_RATE_LIMIT_DELAY_MS = 30_000
 # the longest pause between two reconnection attempts (ioredis, under BullMQ, waits 2 s)
 CONNECTION_RETRY_MAX_S = 2.0
 # A job whose outcome Redis refused because a queue key held another client's value is
-# kept active and its outcome sent again after this long, doubling up to the maximum.
+# kept active and its outcome sent again after this long, doubling up to the maximum; a
+# scheduler's next run that could not be made is tried again on the same terms.
 REFUSED_RECORD_RETRY_S = 1.0
 REFUSED_RECORD_RETRY_MAX_S = 30.0
 # how often a worker checks that its cancel-request subscription still delivers
@@ -1118,9 +1119,38 @@ class Worker:
         except (redis.RedisError, FlowJobsError) as error:
             self._scheduler_not_advanced(job, error)
 
-    def _scheduler_not_advanced(self, job: Job, error: Exception) -> None:
-        logger.warning("job %s: could not schedule the next run: %s", job.id, error)
+    def _scheduler_not_advanced(
+        self, job: Job, error: Exception, delay: float = REFUSED_RECORD_RETRY_S
+    ) -> None:
+        """The next run of `job`'s scheduler could not be made (Redis unreachable, or one
+        of the scheduler's keys holding another client's value): nothing was written, and
+        no one else would make it, so this worker tries again after `delay`, doubling up
+        to REFUSED_RECORD_RETRY_MAX_S, while it runs. Making it is idempotent: once
+        another worker or an upsert has moved the scheduler on, a retry makes nothing.
+        Runs on the loop or in a lane's thread."""
+        logger.warning(
+            "job %s: could not schedule the next run: %s; trying again in %.0f s",
+            printable(job.id),
+            error,
+            delay,
+        )
         self._emit("error", error)
+        try:
+            self._loop.call_soon_threadsafe(
+                self._loop.call_later, delay, self._advance_again, job, delay
+            )
+        except RuntimeError:  # the loop closed meanwhile
+            pass
+
+    def _advance_again(self, job: Job, delay: float) -> None:
+        if not self._closing:
+            self._loop.create_task(self._retry_advance(job, delay))
+
+    async def _retry_advance(self, job: Job, delay: float) -> None:
+        try:
+            await schedulers.aadvance(self.queue, job, self._aclient)
+        except (redis.RedisError, FlowJobsError) as error:
+            self._scheduler_not_advanced(job, error, min(delay * 2, REFUSED_RECORD_RETRY_MAX_S))
 
     def _schedule_records(self) -> None:
         """Records finished jobs at the end of this round of the event loop, so that the

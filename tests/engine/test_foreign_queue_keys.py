@@ -8,6 +8,7 @@ import pytest
 import redis
 
 from flowjobs.engine import ForeignKeyValue
+from flowjobs.engine import worker as worker_module
 from tests.helpers import wait_for
 
 
@@ -515,3 +516,32 @@ def test_a_worker_s_next_run_refused_by_a_foreign_value_writes_nothing(
     run = queue.upsert_job_scheduler("s1", every=60_000)
     # (with its definition deleted, the scheduler starts afresh: a run due now)
     assert run.id != first.id and queue.get_job_state(run.id) in ("delayed", "waiting")
+
+
+def test_a_worker_makes_a_refused_next_run_once_the_key_is_mended(
+    queue, make_worker, redis_client, prefix, monkeypatch
+):
+    """A next run the worker could not make was made by no one (the scheduler stopped
+    for good, until an upsert). Now the worker tries again while it runs: once the key is
+    deleted, the scheduler has its next run, made once."""
+    monkeypatch.setattr(worker_module, "REFUSED_RECORD_RETRY_S", 0.2)
+    first = queue.upsert_job_scheduler("s1", every=60_000)
+    key = f"{prefix}:q:id"
+    redis_client.delete(key)
+    _foreign(redis_client, key, "string")
+    errors: list[BaseException] = []
+    worker = make_worker("q", lambda job: job.id, autorun=False)
+    worker.on("error", errors.append)
+    worker.start()
+    wait_for(lambda: len(errors) >= 2, message="the next run was not tried again")
+    assert all(isinstance(error, ForeignKeyValue) for error in errors), errors
+    assert redis_client.zrange(f"{prefix}:q:delayed", 0, -1) == []
+    redis_client.delete(key)
+    wait_for(lambda: redis_client.zcard(f"{prefix}:q:delayed") == 1, timeout=10)
+    (next_run,) = redis_client.zrange(f"{prefix}:q:delayed", 0, -1)
+    assert next_run.startswith("repeat:s1:") and next_run != first.id
+    assert queue.get_job_state(first.id) == "completed"
+    count = len(errors)
+    worker.close()
+    assert len(errors) == count  # no retry after it was made
+    assert redis_client.zcard(f"{prefix}:q:delayed") == 1

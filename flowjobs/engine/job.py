@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -10,11 +11,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from redis.exceptions import ResponseError
+
 from . import scripts
 from .connection import printable, unreadable
 from .errors import (
     DelayedError,
     FlowJobsError,
+    ForeignKeyValue,
     InvalidJobOptions,
     JobCancelled,
     JobLocked,
@@ -22,6 +26,7 @@ from .errors import (
     WaitingChildrenError,
     error_for_code,
 )
+from .keys import foreign_value_error
 from .options import dumps, loads, now_ms
 
 _cancellation_lock = threading.Lock()
@@ -223,11 +228,32 @@ class Job:
                 )
 
     # --- running operations sync or async ---------------------------------------------------
+    # A refusal because one of the queue's keys holds another client's value is raised as
+    # `ForeignKeyValue`, naming the key (the scripts check them before their first write).
     def _run(self, op: Operation) -> Any:
-        return op.check(scripts.run(self.queue.client, op.script, op.keys, op.args))
+        try:
+            result = scripts.run(self.queue.client, op.script, op.keys, op.args)
+        except ResponseError as error:
+            described = self._foreign_value(op, error)
+            if described is None:
+                raise
+            raise described from error
+        return op.check(result)
 
     async def _arun(self, op: Operation) -> Any:
-        return op.check(await scripts.arun(self.queue.aclient(), op.script, op.keys, op.args))
+        try:
+            result = await scripts.arun(self.queue.aclient(), op.script, op.keys, op.args)
+        except ResponseError as error:  # (the keys are looked up on a thread)
+            described = await asyncio.to_thread(self._foreign_value, op, error)
+            if described is None:
+                raise
+            raise described from error
+        return op.check(result)
+
+    def _foreign_value(self, op: Operation, error: ResponseError) -> ForeignKeyValue | None:
+        return foreign_value_error(
+            self.queue.client, [self.queue.keys.qualified], error, f"{op.script}: "
+        )
 
     def _checker(self, operation: str, ok: Callable[[Any], Any] = lambda r: r) -> Callable:
         def check(result: Any) -> Any:

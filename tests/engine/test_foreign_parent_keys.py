@@ -144,7 +144,7 @@ def test_unlinking_a_child_refused_by_a_foreign_parent_key_changes_nothing(
     redis_client.delete(key)
     _foreign(redis_client, key, kind)
     child = make_queue("c").get_job("child-0")
-    with pytest.raises(redis.ResponseError, match=f"{key} holds a string, not a {kind}"):
+    with pytest.raises(ForeignKeyValue, match=f"{key} holds a string, not a {kind}"):
         getattr(child, operation)()
     assert redis_client.zrange(f"{prefix}:q:waiting-children", 0, -1) == [PARENT_ID]
     assert redis_client.hget(f"{prefix}:c:child-0", "parentKey") == f"{prefix}:q:{PARENT_ID}"

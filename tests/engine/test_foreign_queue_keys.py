@@ -201,6 +201,24 @@ def test_an_add_refused_by_a_foreign_value_names_the_key_and_writes_no_job(
     assert queue.get_job_state("order-8") in ("delayed", "prioritized", "waiting")
 
 
+def test_an_add_to_a_queue_with_a_concurrency_limit_and_a_foreign_active_list_is_taken(
+    queue, make_worker, redis_client, prefix
+):
+    """With a global concurrency the add reads `active`'s length after the job is written:
+    a foreign value there failed the add of a job that was in fact added (a retry without
+    a job id added it twice). Now the add is taken and the job waits; no job can be taken
+    from the queue until the key is mended, and then it runs."""
+    queue.set_global_concurrency(2)
+    active = f"{prefix}:q:active"
+    redis_client.set(active, "another client's value")
+    job = queue.add("x", {"n": 1})
+    assert redis_client.lrange(f"{prefix}:q:wait", 0, -1) == [job.id]
+    redis_client.delete(active)
+    worker = make_worker("q", lambda job: "done")
+    wait_for(lambda: queue.get_job_state(job.id) == "completed")
+    worker.close()
+
+
 def test_a_fetch_refused_by_a_foreign_value_names_the_key(queue, make_worker, redis_client, prefix):
     """A foreign value at `active` refuses every fetch (nothing is taken: RPOPLPUSH checks
     both keys first). The worker keeps trying, with an error that names the key, and

@@ -93,7 +93,10 @@ local function isPausedOrMaxed(qk)
     return true
   end
   if meta[2] then
-    return rcall("LLEN", qk .. ":active") >= tonumber(meta[2])
+    -- pcall: an add reads this after its writes, and another client's value at `active`
+    -- must not fail an add that is done (no job can be taken meanwhile: fetches refuse)
+    local active = redis.pcall("LLEN", qk .. ":active")
+    return type(active) == "number" and active >= tonumber(meta[2])
   end
   return false
 end

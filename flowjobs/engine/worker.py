@@ -211,6 +211,7 @@ class Worker:
         self._finished: list[tuple[Job, str, Any]] = []
         # jobs kept active after a refused record (see _hold): id -> the next retry delay
         self._held: dict[str, float] = {}
+        self._marker_refused = False  # the wait on the marker key was refused (see there)
         self._recording = 0
         # a synchronous processor at a small concurrency: each slot is a thread that
         # runs, records and takes its jobs itself (see _run_direct_lane)
@@ -795,6 +796,7 @@ class Worker:
         try:
             await self._blocking_task
             self._outage.back()
+            self._marker_refused = False
         except asyncio.CancelledError:
             if self._closing:
                 return
@@ -804,15 +806,20 @@ class Worker:
         except redis.ResponseError as error:
             # another client's value at the marker key (BZPOPMIN refuses it): the marker
             # only wakes this worker, which fetches on a timer instead of stopping
+            # (said once until a wait succeeds: with delayed jobs due soon the timer is
+            # short, and each turn would log it again)
             self._blocking_task = None
-            logger.error(
-                "waiting for jobs of queue %s on %s failed (%s); fetching every %.1fs",
-                self.queue.keys.qualified,
-                self.queue.keys.marker,
-                error,
-                timeout,
-            )
-            self._emit("error", error)
+            if not self._marker_refused:
+                self._marker_refused = True
+                logger.error(
+                    "waiting for jobs of queue %s on %s failed (%s); fetching on a timer "
+                    "(at most every %.3g s) until it is mended",
+                    self.queue.keys.qualified,
+                    self.queue.keys.marker,
+                    error,
+                    self.drain_delay,
+                )
+                self._emit("error", error)
             await self._wait_wake(timeout)
         finally:
             self._blocking_task = None

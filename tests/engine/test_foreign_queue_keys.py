@@ -179,6 +179,27 @@ def test_a_foreign_value_at_the_marker_costs_wake_ups_not_jobs(
     assert redis_client.get(marker_key) == "another client's value"
 
 
+def test_a_refused_wait_on_the_marker_is_reported_once_not_at_every_turn(
+    queue, make_worker, redis_client, prefix
+):
+    """With delayed jobs due soon the worker's timer is short (1 ms when one is due): each
+    turn logged the refusal and emitted it again, hundreds of lines a second. Now it is
+    said once until a wait on the marker succeeds."""
+    marker_key = f"{prefix}:q:marker"
+    redis_client.set(marker_key, "another client's value")
+    jobs = [queue.add("x", {"n": n}, delay=50 * n + 50) for n in range(6)]
+    errors: list[str] = []
+    worker = make_worker("q", lambda job: job.data["n"], autorun=False, drain_delay=0.2)
+    worker.on("error", lambda error: errors.append(str(error)))
+    worker.start()
+    wait_for(lambda: [queue.get_job_state(job.id) for job in jobs] == ["completed"] * 6)
+    assert len(errors) == 1 and "WRONGTYPE" in errors[0], errors
+    redis_client.delete(marker_key)
+    late = queue.add("x", {"n": 6})
+    wait_for(lambda: queue.get_job_state(late.id) == "completed")
+    worker.close()
+
+
 @pytest.mark.parametrize(
     ("suffix", "options", "kind"),
     [

@@ -1136,7 +1136,7 @@ class Worker:
         another worker or an upsert has moved the scheduler on, a retry makes nothing.
         Runs on the loop or in a lane's thread."""
         logger.warning(
-            "job %s: could not schedule the next run: %s; trying again in %.0f s",
+            "job %s: could not schedule the next run: %s; trying again in %.3g s",
             printable(job.id),
             error,
             delay,
@@ -1421,7 +1421,7 @@ class Worker:
         self._active[job.id] = job
         logger.warning(
             "could not record %s of job %s: %s; the job stays active under this worker, "
-            "which sends its outcome again in %.0f s",
+            "which sends its outcome again in %.3g s",
             outcome,
             printable(job.id),
             error,

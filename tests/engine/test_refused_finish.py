@@ -88,3 +88,37 @@ def test_a_closing_worker_leaves_a_held_job_active_for_the_stalled_check(
     closed.join(timeout=10)
     assert not closed.is_alive(), "close waited on the held job"
     assert redis_client.lrange(f"{prefix}:q:active", 0, -1) == [job.id]
+
+
+def test_a_finish_whose_fetch_next_meets_a_foreign_value_is_recorded(
+    queue, make_worker, redis_client, prefix
+):
+    """A finish also fetches the worker's next job, after its own writes: a foreign value
+    at `wait` refused that fetch, and so the whole call, though the job was recorded. The
+    worker took the finish for refused (no completed event; sent again, then "not
+    active"). Now the fetch-next part gives up quietly and the worker's own fetch reports
+    the foreign key."""
+    wait_key = f"{prefix}:q:wait"
+    job = queue.add("x", {})
+    completed: list[str] = []
+    errors: list[str] = []
+
+    def processor(job):  # noqa: ANN001, ANN202
+        redis_client.delete(wait_key)
+        redis_client.set(wait_key, "another client's value")
+        return "done"
+
+    worker = make_worker("q", processor, autorun=False)
+    worker.on("completed", lambda job, value: completed.append(job.id))
+    worker.on("error", lambda error: errors.append(str(error)))
+    worker.start()
+    wait_for(lambda: completed, message="no completed event for the recorded job")
+    assert completed == [job.id]
+    assert queue.get_job(job.id).returnvalue == "done"
+    wait_for(lambda: errors, message="the worker's own fetch reported nothing")
+    assert all("could not record" not in error for error in errors), errors
+    assert wait_key in errors[0], errors
+    redis_client.delete(wait_key)
+    late = queue.add("x", {})
+    wait_for(lambda: late.id in completed)
+    worker.close()

@@ -117,8 +117,10 @@ local fetched = fetchNextFromArgv(qk, ARGV[3], 13)
 if fetched then
   return fetched
 end
-if rcall("LLEN", qk .. ":wait") == 0 and rcall("LLEN", qk .. ":active") == 0
-    and rcall("ZCARD", qk .. ":prioritized") == 0 then
+-- pcall, as the fetch above: the job is recorded, and another client's value at one of
+-- these keys costs the event, not the finish
+if redis.pcall("LLEN", qk .. ":wait") == 0 and redis.pcall("LLEN", qk .. ":active") == 0
+    and redis.pcall("ZCARD", qk .. ":prioritized") == 0 then
   emit(qk, "drained")
 end
 return 0

@@ -181,8 +181,15 @@ local function fetchNextFromArgv(qk, nowText, at)
   if name == "" then
     name = nil
   end
-  local fetched = fetchJobs(qk, nowText, tokens, ARGV[at], tonumber(ARGV[at + 1]),
-    tonumber(ARGV[at + 2]), name)
+  -- pcall: the finish before it is written, and a fetch refused by another client's value
+  -- (at wait, active, ...) must not turn it into an error; the worker's own fetch reports it
+  local ok, fetched = pcall(function()
+    return fetchJobs(qk, nowText, tokens, ARGV[at], tonumber(ARGV[at + 1]),
+      tonumber(ARGV[at + 2]), name)
+  end)
+  if not ok then
+    return nil
+  end
   if #fetched[1] > 0 or fetched[2] > 0 or fetched[3] > 0 then
     return fetched
   end

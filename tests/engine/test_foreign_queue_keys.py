@@ -4,6 +4,9 @@ that names the key, and the job it was moving is not lost."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
+
 import pytest
 import redis
 
@@ -584,3 +587,40 @@ def test_a_worker_makes_a_refused_next_run_once_the_key_is_mended(
     worker.close()
     assert len(errors) == count  # no retry after it was made
     assert redis_client.zcard(f"{prefix}:q:delayed") == 1
+
+
+def test_locks_are_renewed_while_the_stalled_set_is_foreign(
+    queue, make_worker, redis_client, prefix
+):
+    """A lock renewal also takes the renewed jobs off the stalled set: a foreign value
+    there failed the renewal after the first job's lock, and the others' locks ran out
+    (another worker could then run them again). Now every lock is renewed."""
+    stalled_key = f"{prefix}:q:stalled"
+    release = threading.Event()
+    started: list[str] = []
+
+    async def processor(job):  # noqa: ANN001, ANN202
+        started.append(job.id)
+        await asyncio.to_thread(release.wait, 20)
+        return job.id
+
+    jobs = [queue.add("x", {"n": n}) for n in range(3)]
+    errors: list[str] = []
+    renewals: list[int] = []
+    worker = make_worker(
+        "q", processor, concurrency=3, autorun=False, lock_duration=600, skip_stalled_check=True
+    )
+    worker.on("error", lambda error: errors.append(str(error)))
+    worker.on("locks_renewed", lambda renewed: renewals.append(renewed["count"]))
+    worker.start()
+    wait_for(lambda: len(started) == 3)
+    redis_client.set(stalled_key, "another client's value")
+    seen = len(renewals)
+    wait_for(lambda: len(renewals) >= seen + 4, timeout=10, message="no renewals")
+    assert not [error for error in errors if "lost the lock" in error], errors
+    for job in jobs:
+        assert redis_client.exists(f"{prefix}:q:{job.id}:lock"), job.id
+    release.set()
+    wait_for(lambda: all(queue.get_job_state(job.id) == "completed" for job in jobs))
+    worker.close()
+    assert redis_client.get(stalled_key) == "another client's value"

@@ -15,7 +15,9 @@ for i = 3, #ARGV, 2 do
   local lockKey = qk .. ":" .. jobId .. ":lock"
   if rcall("GET", lockKey) == token then
     rcall("SET", lockKey, token, "PX", duration)
-    rcall("SREM", KEYS[1], jobId)
+    -- pcall: another client's value at the stalled set must not stop the renewal of the
+    -- locks after this one (the stalled check, which reads that set, refuses it meanwhile)
+    redis.pcall("SREM", KEYS[1], jobId)
   else
     lost[#lost + 1] = jobId
   end

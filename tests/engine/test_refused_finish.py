@@ -122,3 +122,31 @@ def test_a_finish_whose_fetch_next_meets_a_foreign_value_is_recorded(
     late = queue.add("x", {})
     wait_for(lambda: late.id in completed)
     worker.close()
+
+
+def test_a_foreign_stalled_set_does_not_half_write_a_finish(
+    queue, make_worker, redis_client, prefix
+):
+    """Releasing a job's lock also takes it off the stalled set: a foreign value there
+    failed the finish after it had added the job to `completed` and deleted its lock, so
+    the job was in `active` and `completed` at once, lockless, and the stalled check ran
+    it again. Now the finish goes through."""
+    stalled_key = f"{prefix}:q:stalled"
+    redis_client.set(stalled_key, "another client's value")
+    job = queue.add("x", {})
+    runs = threading.Semaphore(0)
+    errors: list[str] = []
+
+    def processor(job):  # noqa: ANN001, ANN202
+        runs.release()
+        return "done"
+
+    worker = make_worker("q", processor, autorun=False, skip_stalled_check=True)
+    worker.on("error", lambda error: errors.append(str(error)))
+    worker.start()
+    wait_for(lambda: queue.get_job_state(job.id) == "completed")
+    assert redis_client.lrange(f"{prefix}:q:active", 0, -1) == []
+    assert queue.get_job(job.id).returnvalue == "done"
+    assert not [error for error in errors if "could not record" in error], errors
+    worker.close()
+    assert runs.acquire(timeout=0) and not runs.acquire(timeout=0)

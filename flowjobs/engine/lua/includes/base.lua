@@ -275,7 +275,9 @@ local function releaseLock(qk, jobKey, jobId, token)
   local holder = rcall("GET", jobKey .. ":lock")
   if holder == token then
     rcall("DEL", jobKey .. ":lock")
-    rcall("SREM", qk .. ":stalled", jobId)
+    -- pcall: the stalled set only holds candidates for the stalled check (which refuses
+    -- another client's value there); failing here would leave the move half-written
+    redis.pcall("SREM", qk .. ":stalled", jobId)
     return 0
   end
   if holder then

@@ -1440,19 +1440,22 @@ class Worker:
 
     async def _drain_active(self) -> None:
         """Graceful close: wait for running jobs and record them. Jobs held after a
-        refused record (see _hold) are released: left active, for the stalled check."""
-        for job_id in list(self._held):
-            del self._held[job_id]
-            if self._active.pop(job_id, None) is not None:
-                logger.warning(
-                    "job %s: its outcome was refused (another client's value at a key of "
-                    "queue %s); left active, the stalled check gives it another run",
-                    printable(job_id),
-                    self.queue.name,
-                )
-        while (
-            self._active or self._finished or self._recording or self._lanes_running
-        ) and not self._force:
+        refused record (see _hold) are released: left active, for the stalled check (at
+        each turn: a lane's thread may have held one just as the close began)."""
+        while True:
+            for job_id in list(self._held):
+                self._held.pop(job_id, None)
+                if self._active.pop(job_id, None) is not None:
+                    logger.warning(
+                        "job %s: its outcome was refused (another client's value at a key "
+                        "of queue %s); left active, the stalled check gives it another run",
+                        printable(job_id),
+                        self.queue.name,
+                    )
+            if self._force or not (
+                self._active or self._finished or self._recording or self._lanes_running
+            ):
+                return
             self._schedule_records()
             await asyncio.sleep(0.005)
 

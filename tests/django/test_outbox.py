@@ -141,7 +141,8 @@ def test_redis_hung_at_commit_the_wait_is_bounded(own_redis: RedisServer, prefix
     assert waited < PUSH_TIMEOUT * 4, f"the commit waited {waited:.2f}s on a hung Redis"
     # the warm-up's row is deleted by the reaper thread (it failed on CI without this wait)
     assert outbox._reaper.wait_idle(10)
-    assert OutboxEntry.objects.count() == 1
+    left = left_in_outbox()  # (a CI run once found two here: which ones, if again)
+    assert len(left) == 1 and "confirm" in left[0], left
     assert outbox.Relay().drain() == 1
     client = own_redis.client(decode_responses=True)
     assert len(added_ids(client, prefix, "orders")) == 2  # warm-up + confirm, once each

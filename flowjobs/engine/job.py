@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import threading
@@ -11,14 +10,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import ResponseError
-
 from . import scripts
 from .connection import printable, unreadable
 from .errors import (
     DelayedError,
     FlowJobsError,
-    ForeignKeyValue,
     InvalidJobOptions,
     JobCancelled,
     JobLocked,
@@ -26,7 +22,6 @@ from .errors import (
     WaitingChildrenError,
     error_for_code,
 )
-from .keys import foreign_value_error
 from .options import dumps, loads, now_ms
 
 _cancellation_lock = threading.Lock()
@@ -228,32 +223,18 @@ class Job:
                 )
 
     # --- running operations sync or async ---------------------------------------------------
-    # A refusal because one of the queue's keys holds another client's value is raised as
-    # `ForeignKeyValue`, naming the key (the scripts check them before their first write).
     def _run(self, op: Operation) -> Any:
-        try:
-            result = scripts.run(self.queue.client, op.script, op.keys, op.args)
-        except ResponseError as error:
-            described = self._foreign_value(op, error)
-            if described is None:
-                raise
-            raise described from error
-        return op.check(result)
+        queue = self.queue
+        return op.check(
+            scripts.run_for_queue(queue.client, queue.keys.qualified, op.script, op.keys, op.args)
+        )
 
     async def _arun(self, op: Operation) -> Any:
-        try:
-            result = await scripts.arun(self.queue.aclient(), op.script, op.keys, op.args)
-        except ResponseError as error:  # (the keys are looked up on a thread)
-            described = await asyncio.to_thread(self._foreign_value, op, error)
-            if described is None:
-                raise
-            raise described from error
-        return op.check(result)
-
-    def _foreign_value(self, op: Operation, error: ResponseError) -> ForeignKeyValue | None:
-        return foreign_value_error(
-            self.queue.client, [self.queue.keys.qualified], error, f"{op.script}: "
+        queue = self.queue
+        result = await scripts.arun_for_queue(
+            queue.aclient(), queue.client, queue.keys.qualified, op.script, op.keys, op.args
         )
+        return op.check(result)
 
     def _checker(self, operation: str, ok: Callable[[Any], Any] = lambda r: r) -> Callable:
         def check(result: Any) -> Any:

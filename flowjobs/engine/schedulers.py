@@ -14,7 +14,6 @@ are computed here (croniter, zoneinfo); `every` arithmetic runs in the scripts.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -22,15 +21,14 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import redis
 from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 
 from . import scripts
 from .errors import FlowJobsError, InvalidJobOptions
-from .keys import foreign_value_error
 from .options import STORED_NAMES, dumps, encode_job, now_ms
 
 if TYPE_CHECKING:
+    import redis
     import redis.asyncio
 
     from .job import Job
@@ -538,31 +536,18 @@ async def aadvance(queue: Queue, job: Job, client: redis.asyncio.Redis) -> str |
     args = _next_iteration_args(queue, job)
     if args is None:
         return None
-    try:
-        result = await scripts.arun(client, "update_job_scheduler", [queue.keys.meta], args)
-    except redis.ResponseError as error:  # the keys are looked up on a thread (see _run)
-        described = await asyncio.to_thread(_foreign_value, queue, "update_job_scheduler", error)
-        if described is None:
-            raise
-        raise described from error
+    result = await scripts.arun_for_queue(
+        client, queue.client, queue.keys.qualified, "update_job_scheduler", [queue.keys.meta], args
+    )
     return result or None
 
 
 def _run(queue: Queue, script: str, args: list[Any], client: redis.Redis | None = None) -> Any:
-    """Runs a scheduler script on `queue`; its refusal because one of the queue's keys
-    holds another client's value is `ForeignKeyValue`, naming the key (the script checks
-    them all before it writes: nothing was written)."""
-    try:
-        return scripts.run(client or queue.client, script, [queue.keys.meta], args)
-    except redis.ResponseError as error:
-        described = _foreign_value(queue, script, error)
-        if described is None:
-            raise
-        raise described from error
-
-
-def _foreign_value(queue: Queue, script: str, error: redis.ResponseError) -> Any:
-    return foreign_value_error(queue.client, [queue.keys.qualified], error, f"{script}: ")
+    """A scheduler script on `queue` (`scripts.run_for_queue`: nothing was written when
+    another client's value refused it)."""
+    return scripts.run_for_queue(
+        client or queue.client, queue.keys.qualified, script, [queue.keys.meta], args
+    )
 
 
 # --- declared schedulers ------------------------------------------------------------------------

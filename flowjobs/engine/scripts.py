@@ -24,6 +24,7 @@ from redis.exceptions import NoScriptError, OutOfMemoryError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import RedisOutOfMemory
+from .keys import foreign_value_error
 
 LUA_DIR = Path(__file__).parent / "lua"
 _INCLUDE = re.compile(r'^--- @include "([^"]+)"\s*$', re.MULTILINE)
@@ -397,6 +398,42 @@ async def arun(
             return await client.evalsha(sha, len(keys), *keys, *args)
     except OutOfMemoryError as error:
         raise out_of_memory(name, error) from error
+
+
+def run_for_queue(
+    client: redis.Redis, qualified: str, name: str, keys: Sequence[str], args: Sequence[Arg]
+) -> Any:
+    """`run` of a script of queue `qualified`, whose refusal because one of the queue's
+    keys holds another client's value is raised as `ForeignKeyValue`, naming the key
+    (see `foreign_value_error`; the scripts check before their first write)."""
+    try:
+        return run(client, name, keys, args)
+    except ResponseError as error:
+        described = foreign_value_error(client, [qualified], error, f"{name}: ")
+        if described is None:
+            raise
+        raise described from error
+
+
+async def arun_for_queue(
+    client: redis.asyncio.Redis,
+    lookup: redis.Redis,
+    qualified: str,
+    name: str,
+    keys: Sequence[str],
+    args: Sequence[Arg],
+) -> Any:
+    """`run_for_queue` with `arun`; the keys are looked up with the sync client `lookup`,
+    on a thread, so the loop goes on."""
+    try:
+        return await arun(client, name, keys, args)
+    except ResponseError as error:
+        described = await asyncio.to_thread(
+            foreign_value_error, lookup, [qualified], error, f"{name}: "
+        )
+        if described is None:
+            raise
+        raise described from error
 
 
 def queue_in_pipeline(pipe: Any, name: str, keys: Sequence[str], args: Sequence[Arg]) -> None:

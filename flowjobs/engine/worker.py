@@ -1142,12 +1142,7 @@ class Worker:
             delay,
         )
         self._emit("error", error)
-        try:
-            self._loop.call_soon_threadsafe(
-                self._loop.call_later, delay, self._advance_again, job, delay
-            )
-        except RuntimeError:  # the loop closed meanwhile
-            pass
+        self._later(delay, self._advance_again, job, delay)
 
     def _advance_again(self, job: Job, delay: float) -> None:
         if not self._closing:
@@ -1157,7 +1152,7 @@ class Worker:
         try:
             await schedulers.aadvance(self.queue, job, self._aclient)
         except (redis.RedisError, FlowJobsError) as error:
-            self._scheduler_not_advanced(job, error, min(delay * 2, REFUSED_RECORD_RETRY_MAX_S))
+            self._scheduler_not_advanced(job, error, _retry_delay_after(delay))
 
     def _schedule_records(self) -> None:
         """Records finished jobs at the end of this round of the event loop, so that the
@@ -1389,11 +1384,13 @@ class Worker:
                 return False
             if is_foreign_refusal(error) and self._hold(job, outcome, value, error):
                 return False
-            self._held.pop(job.id, None)
             logger.warning("could not record %s of job %s: %s", outcome, printable(job.id), error)
             self._emit("error", error)
+            if self._held:
+                self._held.pop(job.id, None)
             return False
-        self._held.pop(job.id, None)
+        if self._held:
+            self._held.pop(job.id, None)
         if outcome == "rate-limited":
             if isinstance(result, int) and result > 0:
                 self._rate_limited(result)
@@ -1416,7 +1413,7 @@ class Worker:
         if self._closing:
             return False
         delay = self._held.get(job.id, REFUSED_RECORD_RETRY_S)
-        self._held[job.id] = min(delay * 2, REFUSED_RECORD_RETRY_MAX_S)
+        self._held[job.id] = _retry_delay_after(delay)
         job.in_lane = False
         self._active[job.id] = job
         logger.warning(
@@ -1428,10 +1425,16 @@ class Worker:
             delay,
         )
         self._emit("error", error)
-        self._loop.call_soon_threadsafe(
-            self._loop.call_later, delay, self._record_again, job, outcome, value
-        )
+        self._later(delay, self._record_again, job, outcome, value)
         return True
+
+    def _later(self, delay: float, callback: Callable[..., None], *args: Any) -> None:
+        """`callback(*args)` on the loop after `delay` s; from any thread (a lane's). A
+        loop closed meanwhile runs nothing."""
+        try:
+            self._loop.call_soon_threadsafe(self._loop.call_later, delay, callback, *args)
+        except RuntimeError:
+            pass
 
     def _record_again(self, job: Job, outcome: str, value: Any) -> None:
         if job.id in self._held and not self._closing:  # (a closing worker released it)
@@ -1516,6 +1519,12 @@ class Worker:
             if self._winding_down():
                 return
             await asyncio.sleep(self.stalled_interval / 1000)
+
+
+def _retry_delay_after(delay: float) -> float:
+    """The wait before the next retry of a refused record or scheduler run: doubled,
+    up to REFUSED_RECORD_RETRY_MAX_S."""
+    return min(delay * 2, REFUSED_RECORD_RETRY_MAX_S)
 
 
 _EAGER_TASKS = sys.version_info >= (3, 12)

@@ -12,7 +12,7 @@ A task is a job whose name is the task's module path and whose data is
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -95,39 +95,29 @@ def plain_json(value: Any) -> Any:
     return normalize_json(value)
 
 
-# TaskResult's fields in the Django versions plain_result was written for (6.0, 6.1).
-_KNOWN_RESULT_FIELDS = frozenset(
-    {
-        "task",
-        "id",
-        "status",
-        "enqueued_at",
-        "started_at",
-        "finished_at",
-        "last_attempted_at",
-        "args",
-        "kwargs",
-        "backend",
-        "errors",
-        "worker_ids",
-        "_return_value",
-    }
-)
-_RESULT_FIELDS_KNOWN = {f.name for f in fields(TaskResult)} == _KNOWN_RESULT_FIELDS
+# TaskResult's fields: those its constructor takes, and the others with their defaults
+# (None when one has a default factory: then plain_result uses the constructor).
+_RESULT_INIT_FIELDS = frozenset(f.name for f in fields(TaskResult) if f.init)
+_RESULT_OTHER_FIELDS: dict[str, Any] | None = {
+    f.name: f.default for f in fields(TaskResult) if not f.init
+}
+if any(default is MISSING for default in _RESULT_OTHER_FIELDS.values()):
+    _RESULT_OTHER_FIELDS = None
 
 
 def plain_result(**values: Any) -> TaskResult:
     """``TaskResult(**values)`` whose ``args`` and ``kwargs`` are already what
     ``plain_json`` returns, and the caller's own copies: the same object, made without
     TaskResult's ``__post_init__`` walking them again through ``normalize_json`` (13 µs
-    of an enqueue for a dozen arguments). A Django whose TaskResult has other fields
-    gets its constructor."""
-    if not _RESULT_FIELDS_KNOWN:
+    of an enqueue for a dozen arguments). Values that are not exactly the constructor's
+    fields (another Django's TaskResult) go to the constructor."""
+    if _RESULT_OTHER_FIELDS is None or values.keys() != _RESULT_INIT_FIELDS:
         return TaskResult(**values)
     result = object.__new__(TaskResult)
     for name, value in values.items():
         object.__setattr__(result, name, value)
-    object.__setattr__(result, "_return_value", None)
+    for name, value in _RESULT_OTHER_FIELDS.items():
+        object.__setattr__(result, name, value)
     return result
 
 

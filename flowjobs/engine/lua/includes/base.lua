@@ -193,6 +193,13 @@ local function enqueueReady(qk, jobId, priority, toFront, gid)
   end
 end
 
+-- The group id in a job's stored options (decoded), or false.
+--- @lazy
+local function groupIdOf(opts)
+  local group = opts.group
+  return type(group) == "table" and type(group.id) == "string" and group.id
+end
+
 -- The keys putting a new job of queue `qk` in place writes (waiting-children, delayed,
 -- its group, prioritized, wait) and those every add writes (meta, the id counter). A
 -- script that writes something before a job's place (an add's earlier jobs, a finish, a

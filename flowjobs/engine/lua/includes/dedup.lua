@@ -133,9 +133,8 @@ local function pendingDedupJob(qk, dedupId)
   refuseForeignKey(nextKey, "hash", "the deduplicated job " .. dedupId)
   local f = rcall("HMGET", nextKey, "name", "data", "opts", "pk", "pd", "pdk", "rjk", "jid")
   local opts = cjson.decode(f[3])
-  local gid = type(opts.group) == "table" and type(opts.group.id) == "string" and opts.group.id
   return {fields = f, opts = opts, delay = tonumber(opts.delay) or 0,
-    priority = tonumber(opts.priority) or 0, gid = gid}
+    priority = tonumber(opts.priority) or 0, gid = groupIdOf(opts)}
 end
 
 -- The keys finishDeduplicated writes, checked before the finishing job's first write:

@@ -53,8 +53,7 @@ local function refuseForeignSchedulerKeys(qk, schedulerId, opts, what)
   refuseForeignPlaceKeys(qk, false, 0, 1, false, what) -- prioritized
   refuseForeignPlaceKeys(qk, false, 0, 0, false, what) -- wait
   if opts then
-    local gid = type(opts.group) == "table" and type(opts.group.id) == "string" and opts.group.id
-    refuseForeignPlaceKeys(qk, false, 0, tonumber(opts.priority) or 0, gid, what)
+    refuseForeignPlaceKeys(qk, false, 0, tonumber(opts.priority) or 0, groupIdOf(opts), what)
   end
 end
 
@@ -67,9 +66,10 @@ local function addIteration(qk, schedulerId, jobId, name, data, opts, now, delay
   opts.jobId = jobId
   local priority = tonumber(opts.priority) or 0
   local extra = {"rjk", schedulerId}
-  if type(opts.group) == "table" and type(opts.group.id) == "string" then
+  local gid = groupIdOf(opts)
+  if gid then
     extra[#extra + 1] = "gid"
-    extra[#extra + 1] = opts.group.id
+    extra[#extra + 1] = gid
   end
   storeAndEnqueue(qk, jobId, name, data, cjson.encode(opts), now, delay, priority,
     opts.lifo == true, extra)

@@ -146,8 +146,12 @@ QUEUE_KEY_TYPES = {
 
 
 def is_wrong_type(reply: Any) -> bool:
-    """Whether a reply is Redis's refusal of a key holding another kind of value."""
-    return isinstance(reply, ResponseError) and str(reply).startswith("WRONGTYPE")
+    """Whether a reply is Redis's refusal of a key holding another kind of value (as
+    such, or as redis-py words it for a pipeline: "Command # 2 (...) caused error: ...")."""
+    if not isinstance(reply, ResponseError):
+        return False
+    text = str(reply)
+    return text.startswith("WRONGTYPE") or "of pipeline caused error: WRONGTYPE" in text
 
 
 def is_foreign_refusal(error: Any) -> bool:

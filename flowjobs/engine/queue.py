@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -15,6 +16,7 @@ from .connection import Connection, async_client, check_cluster_prefix, describe
 from .errors import (
     ConnectionFailed,
     FlowJobsError,
+    ForeignKeyValue,
     InvalidArgument,
     InvalidJobOptions,
     QueueHasActiveJobs,
@@ -80,6 +82,27 @@ def _state_name(state: str) -> str:
     if name not in STATES:
         raise FlowJobsError(f'unknown job state "{state}"; known: {", ".join(STATES)}')
     return name
+
+
+def _naming_foreign_values(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A queue method whose refusal because one of the queue's keys holds another
+    client's value (Redis's WRONGTYPE, or a script's own words) is raised as
+    `ForeignKeyValue` naming the key, after the method's name."""
+    doing = f"{method.__name__}: "
+
+    @functools.wraps(method)
+    def named(self: Queue, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except ForeignKeyValue:
+            raise
+        except redis.ResponseError as error:
+            described = foreign_value_error(self.client, [self.keys.qualified], error, doing)
+            if described is None:
+                raise
+            raise described from error
+
+    return named
 
 
 class Queue:
@@ -229,10 +252,12 @@ class Queue:
         return instance
 
     # --- reading ---------------------------------------------------------------------------
+    @_naming_foreign_values
     def get_job(self, job_id: str) -> Job | None:
         fields = self.client.hgetall(self.keys.job(str(job_id)))
         return Job(self, str(job_id), fields) if fields else None
 
+    @_naming_foreign_values
     def get_jobs_by_id(self, ids: Sequence[str]) -> list[Job]:
         pipe = self.client.pipeline(transaction=False)
         for job_id in ids:
@@ -243,6 +268,7 @@ class Queue:
             if fields
         ]
 
+    @_naming_foreign_values
     def get_job_ids(
         self,
         states: Iterable[str] | str,
@@ -266,6 +292,7 @@ class Queue:
             return self.client.zrange(key, start, end)
         return self.client.zrevrange(key, start, end)
 
+    @_naming_foreign_values
     def get_jobs(
         self,
         states: Iterable[str] | str = (
@@ -308,6 +335,7 @@ class Queue:
             cursor += len(ids)
         return jobs
 
+    @_naming_foreign_values
     def get_job_counts(self, *states: str) -> dict[str, int]:
         names = [_state_name(s) for s in states] if states else list(STATES)
         pipe = self.client.pipeline(transaction=False)
@@ -319,6 +347,7 @@ class Queue:
             counts["waiting"] = counts.get("waiting", 0) + self.client.llen(self.keys.key("paused"))
         return {state: counts[_state_name(state)] for state in states} if states else counts
 
+    @_naming_foreign_values
     def get_counts_per_priority(self, priorities: Iterable[int]) -> dict[int, int]:
         """Jobs waiting per priority, as Node's getCountsPerPriority: priority 0 counts the
         wait list, any other its band of the prioritized set."""
@@ -343,6 +372,7 @@ class Queue:
         counts = self.get_job_counts("waiting", "prioritized", "delayed")
         return sum(counts.values())
 
+    @_naming_foreign_values
     def get_job_state(self, job_id: str) -> str:
         job_id = str(job_id)
         pipe = self.client.pipeline(transaction=False)
@@ -384,19 +414,27 @@ class Queue:
         logs, total = pipe.execute()
         return (logs if asc else logs[::-1]), total
 
+    @_naming_foreign_values
     def get_meta(self) -> dict[str, str]:
         return self.client.hgetall(self.keys.meta)
 
     # --- managing --------------------------------------------------------------------------
+    @_naming_foreign_values
     def pause(self) -> None:
-        scripts.run(self.client, "pause", [self.keys.meta], [self.keys.qualified, "paused"])
+        self._pause("paused")
 
+    @_naming_foreign_values
     def resume(self) -> None:
-        scripts.run(self.client, "pause", [self.keys.meta], [self.keys.qualified, "resumed"])
+        self._pause("resumed")
 
+    def _pause(self, action: str) -> None:
+        scripts.run(self.client, "pause", [self.keys.meta], [self.keys.qualified, action])
+
+    @_naming_foreign_values
     def is_paused(self) -> bool:
         return bool(self.client.hexists(self.keys.meta, "paused"))
 
+    @_naming_foreign_values
     def drain(self, delayed: bool = False) -> int:
         """Removes every job waiting to run (and delayed ones if asked); returns how many."""
         return scripts.run(
@@ -406,6 +444,7 @@ class Queue:
             [self.keys.qualified, "1" if delayed else "0", now_ms()],
         )
 
+    @_naming_foreign_values
     def clean(self, grace_ms: int, limit: int = 0, state: str = "completed") -> list[str]:
         """Removes jobs of `state` finished (or created) more than grace_ms ago."""
         grace_ms = whole_argument("clean: grace_ms", grace_ms, 0)
@@ -431,10 +470,11 @@ class Queue:
             if len(batch) < batch_limit or (limit and len(removed) >= limit):
                 return removed
 
+    @_naming_foreign_values
     def obliterate(self, force: bool = False, count: int = 1000) -> None:
         """Deletes the queue and all its jobs (pauses it first)."""
         count = whole_argument("obliterate: count", count, 1)
-        self.pause()
+        self._pause("paused")
         while True:
             result = scripts.run(
                 self.client,
@@ -454,6 +494,7 @@ class Queue:
         for key in self.client.scan_iter(match=f"{self.keys.qualified}:*", count=1000):
             self.client.delete(key)
 
+    @_naming_foreign_values
     def retry_jobs(
         self, state: str = "failed", count: int = 1000, timestamp: int | None = None
     ) -> None:
@@ -465,6 +506,7 @@ class Queue:
         before = now_ms() if timestamp is None else whole_argument("timestamp", timestamp, 0)
         self._move_jobs_to_wait(name, count, before)
 
+    @_naming_foreign_values
     def promote_jobs(self, count: int = 1000) -> None:
         """Moves every delayed job to wait now."""
         count = whole_argument("promote_jobs: count", count, 1)

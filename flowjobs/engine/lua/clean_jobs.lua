@@ -15,6 +15,9 @@
 local qk, cutoff, limit, state, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
 local removed = {}
 local isList = state == "wait" or state == "active" or state == "paused"
+-- another client's value at a key this clean writes: refused before a job is removed
+refuseForeignKey(KEYS[1], isList and "list" or "zset", "the " .. state .. " jobs")
+refuseForeignKey(qk .. ":meta", "hash", "the " .. state .. " jobs")
 
 local function jobTime(jobKey)
   local fields = rcall("HMGET", jobKey, "finishedOn", "processedOn", "timestamp")

@@ -11,6 +11,28 @@
 --- @include "includes/remove"
 
 local qk, now = ARGV[1], tonumber(ARGV[3])
+local what = "every job waiting to run"
+-- another client's value at a key this drain writes: refused before anything is removed
+refuseForeignKey(qk .. ":wait", "list", what)
+refuseForeignKey(qk .. ":paused", "list", what)
+refuseForeignKey(qk .. ":prioritized", "zset", what)
+if ARGV[2] == "1" then
+  refuseForeignKey(qk .. ":delayed", "zset", what)
+end
+refuseForeignGroupKeys(qk, nil, what)
+-- grouped jobs wait in their groups' lists (see includes/groups.lua)
+local groupIds = rcall("ZRANGE", qk .. ":groups:ready", 0, -1)
+for _, gid in ipairs(rcall("SMEMBERS", qk .. ":groups:maxed")) do
+  groupIds[#groupIds + 1] = gid
+end
+for _, gid in ipairs(rcall("ZRANGE", qk .. ":groups:limited", 0, -1)) do
+  groupIds[#groupIds + 1] = gid
+end
+for _, gid in ipairs(groupIds) do
+  if gid ~= plainTurn then
+    refuseForeignKey(groupKey(qk, gid, "wait"), "list", what)
+  end
+end
 local count = 0
 local function drainKey(key, isList)
   local ids
@@ -35,14 +57,6 @@ end
 drainKey(qk .. ":wait", true)
 drainKey(qk .. ":paused", true)
 drainKey(qk .. ":prioritized", false)
--- grouped jobs wait in their groups' lists (see includes/groups.lua)
-local groupIds = rcall("ZRANGE", qk .. ":groups:ready", 0, -1)
-for _, gid in ipairs(rcall("SMEMBERS", qk .. ":groups:maxed")) do
-  groupIds[#groupIds + 1] = gid
-end
-for _, gid in ipairs(rcall("ZRANGE", qk .. ":groups:limited", 0, -1)) do
-  groupIds[#groupIds + 1] = gid
-end
 for _, gid in ipairs(groupIds) do
   if gid ~= plainTurn then
     drainKey(groupKey(qk, gid, "wait"), true)

@@ -10,6 +10,11 @@
 --- @include "includes/base"
 
 local qk, count, maxScore, state = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local what = "the " .. state .. " jobs"
+-- another client's value at a key this move writes: refused before a job is taken out
+refuseForeignKey(KEYS[1], "zset", what)
+refuseForeignKey(qk .. ":meta", "hash", what)
+refuseForeignKey(qk .. ":wait", "list", what)
 local ids = rcall("ZRANGEBYSCORE", KEYS[1], 0, maxScore, "LIMIT", 0, count)
 if #ids > 0 then
   for _, jobId in ipairs(ids) do

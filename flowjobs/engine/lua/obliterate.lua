@@ -11,7 +11,16 @@ local qk, budget, force = ARGV[1], tonumber(ARGV[2]), ARGV[3] == "1"
 if rcall("HEXISTS", KEYS[1], "paused") == 0 then
   return -1
 end
-if not force and rcall("LLEN", qk .. ":active") > 0 then
+-- Another client's value at one of the queue's keys holds none of its jobs: it is
+-- deleted with the rest of what is under the queue's name.
+local function ownKind(key, kind)
+  if foreignType(key, kind) then
+    rcall("DEL", key)
+    return false
+  end
+  return true
+end
+if not force and ownKind(qk .. ":active", "list") and rcall("LLEN", qk .. ":active") > 0 then
   return -2
 end
 
@@ -20,6 +29,9 @@ local function removeFrom(suffix, isList)
     return -- (a range of 0 .. -1 would be the whole state)
   end
   local key = qk .. ":" .. suffix
+  if not ownKind(key, isList and "list" or "zset") then
+    return
+  end
   local ids
   if isList then
     ids = rcall("LRANGE", key, 0, budget - 1)
@@ -49,7 +61,7 @@ removeFrom("prioritized", false)
 removeFrom("waiting-children", false)
 removeFrom("completed", false)
 removeFrom("failed", false)
-if budget > 0 then
+if budget > 0 and ownKind(qk .. ":repeat", "zset") then
   local schedulers = rcall("ZRANGE", qk .. ":repeat", 0, budget - 1)
   for _, schedulerId in ipairs(schedulers) do
     rcall("DEL", qk .. ":repeat:" .. schedulerId)

@@ -10,6 +10,14 @@
 --- @include "includes/base"
 
 local qk, action = ARGV[1], ARGV[2]
+-- another client's value at a key this writes or reads after a write: refused first
+refuseForeignKey(KEYS[1], "hash", "the queue")
+if action ~= "paused" then
+  refuseForeignKey(qk .. ":wait", "list", "the queue")
+  refuseForeignKey(qk .. ":paused", "list", "the queue")
+  refuseForeignKey(qk .. ":prioritized", "zset", "the queue")
+  refuseForeignKey(qk .. ":delayed", "zset", "the queue")
+end
 if action == "paused" then
   rcall("HSET", KEYS[1], "paused", 1)
   rcall("DEL", qk .. ":marker")

@@ -1,0 +1,124 @@
+"""Another client's value at one of a queue's keys, met by the queue's reads and its
+tools (pause, resume, drain, clean, retry_jobs, promote_jobs, obliterate): each raises
+`ForeignKeyValue` naming the key, and a tool writes nothing (no job lost, none half
+moved), except `obliterate`, which deletes everything under the queue's name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+
+from flowjobs.engine import ForeignKeyValue, Queue, Worker
+
+FOREIGN = "another client's value"
+
+
+def _snapshot(client: redis.Redis, prefix: str, leave: str) -> dict[str, Any]:
+    """Every key under `prefix` but `leave`, as DUMP has it (a job's hash, a state list)."""
+    raw = redis.Redis(connection_pool=client.connection_pool)
+    return {key: raw.dump(key) for key in client.scan_iter(f"{prefix}:*") if key != leave}
+
+
+def _queue_of_every_state(queue: Queue, redis_url: str, prefix: str) -> None:
+    """Three jobs in each of wait, delayed, prioritized, completed and failed."""
+    worker = Worker("q", None, connection=redis_url, prefix=prefix)
+    try:
+        for outcome in ("completed", "failed"):
+            for n in range(3):
+                queue.add(outcome, {"n": n})
+                job = worker.get_next_job("tok", block=False)
+                if outcome == "completed":
+                    job.move_to_completed("done", "tok")
+                else:
+                    job.move_to_failed(RuntimeError("boom"), "tok")
+    finally:
+        worker.close()
+    for n in range(3):
+        queue.add("waiting", {"n": n})
+        queue.add("delayed", {"n": n}, delay=60_000)
+        queue.add("prioritized", {"n": n}, priority=5)
+
+
+READS: list[tuple[str, str, Callable[[Queue], Any]]] = [
+    ("get_job_counts", "wait", lambda q: q.get_job_counts()),
+    ("get_job_counts", "delayed", lambda q: q.count()),  # count's own read
+    ("get_job_state", "completed", lambda q: q.get_job_state("1")),
+    ("get_jobs", "failed", lambda q: q.get_jobs()),
+    ("get_job_ids", "prioritized", lambda q: q.get_job_ids("prioritized")),
+    ("get_counts_per_priority", "prioritized", lambda q: q.get_counts_per_priority([0, 5])),
+    ("is_paused", "meta", lambda q: q.is_paused()),
+    ("get_meta", "meta", lambda q: q.get_meta()),
+]
+
+
+@pytest.mark.parametrize(("doing", "suffix", "read"), READS, ids=[f"{r[0]}-{r[1]}" for r in READS])
+def test_a_read_meeting_a_foreign_value_names_the_key(
+    doing, suffix, read, queue, redis_client, prefix
+):
+    """Before: redis-py's WRONGTYPE (inside a pipeline: "Command # 3 (...) caused
+    error"), naming no key or only a command."""
+    queue.add("x", {"n": 1})
+    key = f"{prefix}:q:{suffix}"
+    redis_client.set(key, FOREIGN)
+    with pytest.raises(ForeignKeyValue) as caught:
+        read(queue)
+    assert f"{doing}: {key} holds a string" in str(caught.value), str(caught.value)
+
+
+TOOLS: list[tuple[str, str, Callable[[Queue], Any]]] = [
+    ("promote_jobs", "wait", lambda q: q.promote_jobs()),
+    ("promote_jobs", "meta", lambda q: q.promote_jobs()),
+    ("retry_jobs", "wait", lambda q: q.retry_jobs("failed")),
+    ("retry_jobs", "meta", lambda q: q.retry_jobs("completed")),
+    ("drain", "delayed", lambda q: q.drain(delayed=True)),
+    ("drain", "prioritized", lambda q: q.drain()),
+    ("drain", "groups:ready", lambda q: q.drain()),
+    ("clean", "meta", lambda q: q.clean(0, state="delayed")),
+    ("clean", "prioritized", lambda q: q.clean(0, state="prioritized")),
+    ("pause", "meta", lambda q: q.pause()),
+    ("obliterate", "meta", lambda q: q.obliterate(force=True)),
+]
+
+
+@pytest.mark.parametrize(("doing", "suffix", "tool"), TOOLS, ids=[f"{t[0]}-{t[1]}" for t in TOOLS])
+def test_a_tool_refused_by_a_foreign_value_writes_nothing(
+    doing, suffix, tool, queue, redis_client, redis_url, prefix
+):
+    """Before: promote_jobs and retry_jobs took the jobs out of their set and then met a
+    foreign `wait` (the jobs were in no state); with a foreign `meta` the promotion had
+    changed a job's hash, and a clean had removed the jobs and then failed; a drain
+    removed the waiting jobs and then failed at `delayed`."""
+    _queue_of_every_state(queue, redis_url, prefix)
+    key = f"{prefix}:q:{suffix}"
+    redis_client.set(key, FOREIGN)
+    before = _snapshot(redis_client, prefix, key)
+    with pytest.raises(ForeignKeyValue) as caught:
+        tool(queue)
+    assert f"{doing}: {key} holds a string" in str(caught.value), str(caught.value)
+    assert _snapshot(redis_client, prefix, key) == before
+    assert redis_client.get(key) == FOREIGN
+
+
+def test_resume_refused_by_a_foreign_wait_list_leaves_the_queue_paused(queue, redis_client, prefix):
+    """Resume took the pause off and then met the foreign `wait`."""
+    queue.add("x", {"n": 1}, priority=3)
+    queue.pause()
+    redis_client.set(f"{prefix}:q:wait", FOREIGN)
+    with pytest.raises(ForeignKeyValue, match=f"resume: {prefix}:q:wait holds a string"):
+        queue.resume()
+    assert redis_client.hget(f"{prefix}:q:meta", "paused") == "1"
+
+
+@pytest.mark.parametrize("suffix", ["active", "wait", "completed", "waiting-children", "repeat"])
+def test_obliterate_deletes_a_foreign_value_under_the_queue_s_name(
+    suffix, queue, redis_client, redis_url, prefix
+):
+    """obliterate deletes everything under the queue's name, another client's value
+    included; before, it stopped at that key with WRONGTYPE, half done."""
+    _queue_of_every_state(queue, redis_url, prefix)
+    redis_client.set(f"{prefix}:q:{suffix}", FOREIGN)
+    queue.obliterate()
+    assert list(redis_client.scan_iter(f"{prefix}:q:*")) == []

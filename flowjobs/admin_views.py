@@ -24,7 +24,7 @@ from django.urls import reverse
 
 from . import admin_children, conf, mirror, registry
 from .admin_display import allowed_attempts, attempts_text, fold_trace, readable_options
-from .engine import FlowJobsError, Job, Queue, cancellation
+from .engine import FlowJobsError, ForeignKeyValue, Job, Queue, cancellation
 from .engine.options import now_ms
 from .models import JobRecord, JobState, StreamPosition
 
@@ -636,6 +636,7 @@ class QueueRow:
     total_url: str
     mirrored: int
     pause_url: str
+    problem: str = ""  # why the queue's keys could not be read (another client's value)
 
     @property
     def lag_age(self) -> str:
@@ -686,8 +687,13 @@ def dashboard_context(model_admin: ModelAdmin, request: HttpRequest) -> dict:
         lock_holder = client.get(config.lock_key)
         for name in names:
             queue = live_queue(config.prefix, name)
-            counts = queue.get_job_counts(*_DASHBOARD_STATES)
-            paused = queue.is_paused()
+            try:
+                counts = queue.get_job_counts(*_DASHBOARD_STATES)
+                paused = queue.is_paused()
+            except ForeignKeyValue as error:  # that queue's row says so; the others are read
+                counts, paused, problem = {}, False, str(error)
+            else:
+                problem = ""
             rows.append(
                 QueueRow(
                     prefix=config.prefix,
@@ -718,9 +724,11 @@ def dashboard_context(model_admin: ModelAdmin, request: HttpRequest) -> dict:
                         name,
                         "resume" if paused else "pause",
                     ),
+                    problem=problem,
                 )
             )
-            charts.append(queue_chart(queue, now))
+            if not problem:
+                charts.append(queue_chart(queue, now))
     except redis.RedisError as error:
         redis_error = str(error)
     can_pause = has_action_permission(request, "pause_queue")

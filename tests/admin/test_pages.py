@@ -181,6 +181,25 @@ def test_dashboard_shows_live_counts_and_pause_state(jobs, login):
     assert "Resume" in text
 
 
+def test_a_queue_with_another_client_s_value_at_a_key_is_one_row_of_the_dashboard(
+    jobs, login, redis_client
+):
+    """Another client's value at one queue's `wait` stopped the whole dashboard at that
+    queue ("Redis could not be read"): the queues after it were missing. Now that queue's
+    row names the key and every other queue is listed with its counts."""
+    foreign_key = f"{jobs.queue.prefix}:etl:wait"
+    redis_client.delete(foreign_key)
+    redis_client.set(foreign_key, "another client's value")
+    page = login(*ALL).get(reverse("admin:flowjobs_jobrecord_dashboard"))
+    rows = {row.name: row for row in page.context["queues"]}
+    assert set(rows) >= {"reports", "etl", "fetchers", "other"}
+    assert f"{foreign_key} holds a string, not a list" in rows["etl"].problem
+    assert not rows["fetchers"].problem and rows["fetchers"].cells
+    assert not page.context["redis_error"]
+    text = page.content.decode()
+    assert f"{foreign_key} holds a string" in text
+
+
 def test_retry_remove_promote_and_pause_through_the_admin(jobs, login):
     client = login(*ALL)
     confirm = client.get(

@@ -624,3 +624,52 @@ def test_locks_are_renewed_while_the_stalled_set_is_foreign(
     wait_for(lambda: all(queue.get_job_state(job.id) == "completed" for job in jobs))
     worker.close()
     assert redis_client.get(stalled_key) == "another client's value"
+
+
+@pytest.mark.parametrize("outcome", ["completed", "failed", "retried"])
+def test_a_job_whose_active_list_turns_foreign_while_it_runs_is_recorded_whole(
+    outcome, queue, make_worker, redis_client, prefix
+):
+    """Another client replaces `active` (a string where the list was) while a job runs:
+    the job is in no list any more. Its finish went into `completed` / `failed` and took
+    the lock, then met the foreign `active` and failed half-written (no `finishedOn`, no
+    return value; sent again, it found its lock gone). Now the outcome is recorded whole:
+    the job is out of `active` already."""
+    active_key = f"{prefix}:q:active"
+    job = queue.add("x", {"n": 1}, attempts=2 if outcome == "retried" else 1)
+    runs: list[str] = []
+    errors: list[BaseException] = []
+
+    def processor(job):  # noqa: ANN001, ANN202
+        runs.append(job.id)
+        if len(runs) == 1:
+            redis_client.delete(active_key)
+            redis_client.set(active_key, "another client's value")
+        if outcome != "completed" and len(runs) == 1:
+            raise ValueError("the attempt fails")
+        return "done"
+
+    worker = make_worker("q", processor, autorun=False)
+    worker.on("error", errors.append)
+    worker.start()
+
+    def recorded() -> bool:  # (get_job_state would read the foreign `active` too)
+        if outcome == "retried":
+            return job.id in redis_client.lrange(f"{prefix}:q:wait", 0, -1)
+        return redis_client.zscore(f"{prefix}:q:{outcome}", job.id) is not None
+
+    wait_for(recorded, timeout=10)
+    fields = redis_client.hgetall(f"{prefix}:q:{job.id}")
+    if outcome == "completed":
+        assert fields.get("returnvalue") == '"done"' and "finishedOn" in fields, fields
+    elif outcome == "failed":
+        assert fields.get("failedReason") == "the attempt fails" and "finishedOn" in fields
+    else:
+        assert fields.get("atm") == "1", fields
+    assert redis_client.get(active_key) == "another client's value"
+    assert not redis_client.exists(f"{prefix}:q:{job.id}:lock")
+    if outcome == "retried":  # taken again once the key is mended
+        redis_client.delete(active_key)
+        wait_for(lambda: queue.get_job_state(job.id) == "completed", timeout=15)
+    assert len(runs) == (2 if outcome == "retried" else 1)
+    worker.close()

@@ -310,13 +310,18 @@ local function takeFromActive(qk, jobKey, jobId, token, gid)
   if lockResult ~= 0 then
     return lockResult
   end
-  if rcall("LREM", qk .. ":active", "-1", jobId) == 0 then
+  -- pcall: another client's value written at `active` while the job ran holds no job of
+  -- ours; the job (its lock checked above) is out of active already, and its move goes
+  -- on: refused, the job would be in no state
+  local removed = redis.pcall("LREM", qk .. ":active", "-1", jobId)
+  if removed == 0 then
     return -3
   end
   groupJobLeftActive(qk, jobKey, jobId, gid)
   -- a queue that was at its global concurrency wakes one idle worker for the freed slot
   local meta = queueMeta(qk)
-  if meta[2] and not meta[1] and rcall("LLEN", qk .. ":active") + 1 == tonumber(meta[2]) then
+  if meta[2] and not meta[1] and type(removed) == "number"
+      and rcall("LLEN", qk .. ":active") + 1 == tonumber(meta[2]) then
     addWakeMarker(qk)
   end
   return 0

@@ -122,3 +122,73 @@ def test_obliterate_deletes_a_foreign_value_under_the_queue_s_name(
     redis_client.set(f"{prefix}:q:{suffix}", FOREIGN)
     queue.obliterate()
     assert list(redis_client.scan_iter(f"{prefix}:q:*")) == []
+
+
+def _job_in(state: str, queue: Queue, redis_url: str, prefix: str) -> Any:
+    """A job in `state` (failed, delayed, prioritized or waiting)."""
+    if state == "failed":
+        worker = Worker("q", None, connection=redis_url, prefix=prefix)
+        try:
+            queue.add("x", {"n": 1})
+            job = worker.get_next_job("tok", block=False)
+            job.move_to_failed(RuntimeError("boom"), "tok")
+        finally:
+            worker.close()
+        return queue.get_job(job.id)
+    if state == "delayed":
+        return queue.add("x", {"n": 1}, delay=60_000)
+    if state == "prioritized":
+        return queue.add("x", {"n": 1}, priority=3)
+    return queue.add("x", {"n": 1})
+
+
+JOB_OPERATIONS: list[tuple[str, str, str, Callable[[Any], Any]]] = [
+    ("retry", "failed", "wait", lambda job: job.retry()),
+    ("retry", "failed", "meta", lambda job: job.retry()),
+    ("promote", "delayed", "wait", lambda job: job.promote()),
+    ("promote", "delayed", "meta", lambda job: job.promote()),
+    ("change_delay", "delayed", "meta", lambda job: job.change_delay(5_000)),
+    ("change_priority", "prioritized", "meta", lambda job: job.change_priority(7)),
+    ("change_priority", "waiting", "prioritized", lambda job: job.change_priority(7)),
+    ("update_progress", "waiting", "meta", lambda job: job.update_progress(42)),
+    ("remove", "waiting", "meta", lambda job: job.remove()),
+]
+
+
+@pytest.mark.parametrize(
+    ("doing", "state", "suffix", "operation"),
+    JOB_OPERATIONS,
+    ids=[f"{o[0]}-{o[2]}" for o in JOB_OPERATIONS],
+)
+def test_a_job_operation_refused_by_a_foreign_value_writes_nothing(
+    doing, state, suffix, operation, queue, redis_client, redis_url, prefix
+):
+    """Before: a retried failed job or a promoted delayed job left its set and then met a
+    foreign `wait` (lost: in no state); with a foreign `meta` these moves, a changed
+    delay or priority, a progress update and a removal were half done when its read
+    (the queue's settings, the events stream's cap) failed."""
+    job = _job_in(state, queue, redis_url, prefix)
+    key = f"{prefix}:q:{suffix}"
+    redis_client.delete(key)
+    redis_client.set(key, FOREIGN)
+    before = _snapshot(redis_client, prefix, key)
+    with pytest.raises(ForeignKeyValue, match=f"{key} holds a string"):
+        operation(job)
+    assert _snapshot(redis_client, prefix, key) == before
+
+
+def test_a_priority_counter_holding_no_number_is_restarted_after_the_waiting_jobs(
+    queue, redis_client, prefix
+):
+    """Another client's text at `pc` failed every prioritized add and priority change,
+    the change half done (the job out of `prioritized`, in no state). Now the counter
+    goes on after the highest one in the set: jobs of one priority keep their order."""
+    first = queue.add("x", {"n": 1}, priority=2)
+    second = queue.add("x", {"n": 2}, priority=2)
+    redis_client.set(f"{prefix}:q:pc", "another client's text")
+    third = queue.add("x", {"n": 3}, priority=2)
+    moved = queue.add("x", {"n": 4})
+    redis_client.set(f"{prefix}:q:pc", "not a number again")
+    queue.get_job(moved.id).change_priority(2)
+    order = redis_client.zrange(f"{prefix}:q:prioritized", 0, -1)
+    assert order == [first.id, second.id, third.id, moved.id]

@@ -654,8 +654,8 @@ def test_a_job_whose_active_list_turns_foreign_while_it_runs_is_recorded_whole(
     worker.start()
 
     def recorded() -> bool:  # (get_job_state would read the foreign `active` too)
-        if outcome == "retried":
-            return job.id in redis_client.lrange(f"{prefix}:q:wait", 0, -1)
+        if outcome == "retried":  # (it was in wait before its first run too)
+            return runs and job.id in redis_client.lrange(f"{prefix}:q:wait", 0, -1)
         return redis_client.zscore(f"{prefix}:q:{outcome}", job.id) is not None
 
     wait_for(recorded, timeout=10)

@@ -13,6 +13,8 @@ local jobKey = qk .. ":" .. jobId
 if rcall("EXISTS", jobKey) == 0 then
   return -1
 end
+-- the set it goes back to, and the meta read after: checked before it leaves it
+refuseForeignPlaceKeys(qk, false, 1, 0, nil, "job " .. jobId)
 if rcall("ZREM", KEYS[1], jobId) == 0 then
   return -3
 end

@@ -12,11 +12,15 @@ local jobKey = qk .. ":" .. jobId
 if rcall("EXISTS", jobKey) == 0 then
   return -1
 end
+-- where it goes, and the meta read after: checked before it leaves its place
+local gid = rcall("HGET", jobKey, "gid")
+refuseForeignKey(qk .. ":prioritized", "zset", "job " .. jobId)
+refuseForeignPlaceKeys(qk, false, 0, priority, gid, "job " .. jobId)
 if rcall("ZREM", qk .. ":prioritized", jobId) == 1 or rcall("LREM", qk .. ":wait", -1, jobId) > 0 then
   if priority > 0 and lifo then
     rcall("ZADD", qk .. ":prioritized", priority * 4294967296, jobId)
   else
-    enqueueReady(qk, jobId, priority, lifo)
+    enqueueReady(qk, jobId, priority, lifo, gid or false)
     if not isPausedOrMaxed(qk) then
       addWakeMarker(qk)
     end

@@ -9,11 +9,16 @@
 --- @include "includes/base"
 
 local qk, jobId = ARGV[1], ARGV[2]
-if rcall("ZREM", KEYS[1], jobId) == 0 then
+local jobKey = qk .. ":" .. jobId
+local fields = rcall("HMGET", jobKey, "priority", "gid")
+local priority = tonumber(fields[1]) or 0
+if rcall("ZSCORE", KEYS[1], jobId) == false then
   return -3
 end
-local jobKey = qk .. ":" .. jobId
-enqueueReady(qk, jobId, tonumber(rcall("HGET", jobKey, "priority")) or 0, false)
+-- where it goes, and the meta read after: checked before it leaves delayed
+refuseForeignPlaceKeys(qk, false, 0, priority, fields[2], "job " .. jobId)
+rcall("ZREM", KEYS[1], jobId)
+enqueueReady(qk, jobId, priority, false, fields[2] or false)
 if not isPausedOrMaxed(qk) then
   addWakeMarker(qk)
 end

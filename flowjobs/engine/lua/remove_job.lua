@@ -18,5 +18,7 @@ end
 if isLockedTree(KEYS[1], withChildren) then
   return 0
 end
+-- the events cap first: another client's value at meta refuses before a removal
+maxEvents(qk)
 removeTree(qk, jobId, withChildren, now)
 return 1

@@ -16,9 +16,13 @@ local jobKey = KEYS[1]
 if rcall("EXISTS", jobKey) == 0 then
   return -1
 end
-if rcall("ZREM", qk .. ":" .. state, jobId) == 0 then
+if rcall("ZSCORE", qk .. ":" .. state, jobId) == false then
   return -3
 end
+-- where it goes, and the meta read after: checked before it leaves its set
+refuseForeignKey(qk .. ":wait", "list", "job " .. jobId)
+refuseForeignKey(qk .. ":meta", "hash", "job " .. jobId)
+rcall("ZREM", qk .. ":" .. state, jobId)
 local valueField = "returnvalue"
 if state == "failed" then
   valueField = "failedReason"

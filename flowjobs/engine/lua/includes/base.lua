@@ -166,8 +166,24 @@ local function addDelayMarker(qk)
   end
 end
 
+-- The priority counter when another client's value there refuses INCR: it goes on after
+-- the highest counter in the prioritized set, so no job waiting there is passed.
+--- @lazy
+local function restartPriorityCounter(qk)
+  local highest = 0
+  local scored = rcall("ZRANGE", qk .. ":prioritized", 0, -1, "WITHSCORES")
+  for i = 2, #scored, 2 do
+    highest = math.max(highest, tonumber(scored[i]) % 4294967296)
+  end
+  rcall("SET", qk .. ":pc", wholeText(highest + 1)) -- (SET replaces a value of any type)
+  return highest + 1
+end
+
 local function addToPrioritized(qk, jobId, priority)
-  local counter = rcall("INCR", qk .. ":pc")
+  local counter = redis.pcall("INCR", qk .. ":pc")
+  if type(counter) ~= "number" then
+    counter = restartPriorityCounter(qk)
+  end
   local score = priority * 4294967296 + counter % 4294967296
   rcall("ZADD", qk .. ":prioritized", wholeText(score), jobId)
 end

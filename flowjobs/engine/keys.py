@@ -133,6 +133,7 @@ QUEUE_KEY_TYPES = {
     "id": "string",
     "pc": "string",
     "wait": "list",
+    "paused": "list",  # BullMQ 5's, drained into wait by a resume
     "active": "list",
     "prioritized": "zset",
     "delayed": "zset",
@@ -142,6 +143,10 @@ QUEUE_KEY_TYPES = {
     "marker": "zset",
     "stalled": "set",
     "events": "stream",
+    "repeat": "zset",
+    "groups:ready": "zset",
+    "groups:maxed": "set",
+    "groups:limited": "zset",
 }
 
 

@@ -529,6 +529,7 @@ class Queue:
         ms = whole_argument("rate_limit: ms", ms, 1)
         self.client.set(self.keys.key("limiter"), MAX_MANUAL_RATE_LIMIT, px=ms)
 
+    @_naming_foreign_values
     def get_rate_limit_ttl(self, max_jobs: int | None = None) -> int:
         """As Node: with a maximum (`max_jobs`, else the global rate limit's) the ms left
         while the limiter is full, else 0; with none, the limiter key's PTTL (-2 once the

@@ -192,3 +192,38 @@ def test_a_priority_counter_holding_no_number_is_restarted_after_the_waiting_job
     queue.get_job(moved.id).change_priority(2)
     order = redis_client.zrange(f"{prefix}:q:prioritized", 0, -1)
     assert order == [first.id, second.id, third.id, moved.id]
+
+
+def test_a_job_counter_holding_text_refuses_adds_by_name(
+    queue, flow_producer, redis_client, prefix
+):
+    """Another client's text at `id` made every add fail with Redis's bare "value is not
+    an integer"; a flow or bulk whose later job's queue had it was half written. Now the
+    add is refused naming the key, before anything is written; the counter is not
+    started again (it would hand out the ids of existing jobs)."""
+    from flowjobs.engine import Flow
+
+    redis_client.set(f"{prefix}:other:id", "another client's text")
+    with pytest.raises(ForeignKeyValue, match=f"{prefix}:other:id holds a string that is not"):
+        flow_producer.add(Flow("parent", "q", {}, children=[Flow("child", "other", {})]))
+    with pytest.raises(ForeignKeyValue, match=f"{prefix}:other:id holds a string that is not"):
+        flow_producer.add_bulk([Flow("x", "q", {}), Flow("y", "other", {})])
+    assert redis_client.keys(f"{prefix}:*") == [f"{prefix}:other:id"]
+    redis_client.set(f"{prefix}:q:id", "more text")
+    with pytest.raises(ForeignKeyValue, match=f"{prefix}:q:id holds a string that is not"):
+        queue.add("x", {"n": 1})
+    assert redis_client.get(f"{prefix}:q:id") == "more text"
+
+
+def test_rate_limit_ttl_and_a_grouped_removal_name_a_foreign_key(queue, redis_client, prefix):
+    job = queue.add("x", {"n": 1}, group={"id": "g"})
+    redis_client.set(f"{prefix}:q:meta", FOREIGN)
+    with pytest.raises(ForeignKeyValue, match=f"get_rate_limit_ttl: {prefix}:q:meta holds"):
+        queue.get_rate_limit_ttl()
+    redis_client.delete(f"{prefix}:q:meta")
+    group_wait = f"{prefix}:q:group:g:wait"
+    redis_client.delete(group_wait)
+    redis_client.set(group_wait, FOREIGN)
+    with pytest.raises(ForeignKeyValue, match=f"{group_wait} holds a string"):
+        job.remove()
+    assert redis_client.exists(f"{prefix}:q:{job.id}")

@@ -113,7 +113,8 @@ rcall("DEL", schedulerKey)
 rcall("HSET", schedulerKey, unpack(fields))
 rcall("ZADD", repeatKey, nextMillis, schedulerId)
 
-rcall("INCR", qk .. ":id")
+-- (the counter only counts an iteration: another client's value there is left alone)
+redis.pcall("INCR", qk .. ":id")
 local delay = math.max(0, nextMillis - now)
 addIteration(qk, schedulerId, jobId, scheduler.name, templateData, opts, now, delay)
 return {jobId, delay}

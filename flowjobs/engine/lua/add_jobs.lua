@@ -113,7 +113,7 @@ local result = {0}
 for i, spec in ipairs(jobs) do
   local qk = spec.qk
   maxEvents(qk) -- reads the meta hash (kept for the events) before the first write
-  local counter = rcall("INCR", qk .. ":id")
+  local counter = nextJobCounter(qk, "the new jobs")
   local jobId = spec.id
   if jobId == "" then
     jobId = wholeText(counter)

@@ -46,7 +46,8 @@ if rcall("EXISTS", qk .. ":" .. jobId) == 1 then
 end
 rcall("ZADD", repeatKey, nextMillis, schedulerId)
 rcall("HINCRBY", schedulerKey, "ic", 1)
-rcall("INCR", qk .. ":id")
+-- (the counter only counts an iteration: another client's value there is left alone)
+redis.pcall("INCR", qk .. ":id")
 addIteration(qk, schedulerId, jobId, scheduler[1] or opts.name, scheduler[2] or "{}", opts, now,
   math.max(0, nextMillis - now))
 return jobId

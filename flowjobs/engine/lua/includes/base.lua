@@ -216,6 +216,30 @@ local function groupIdOf(opts)
   return type(group) == "table" and type(group.id) == "string" and group.id
 end
 
+-- Text at the job counter that INCR cannot raise (another client's): refused by name.
+-- Started again, the counter would hand out the ids of jobs that exist (and an add
+-- with an existing id adds nothing).
+--- @lazy
+local function refuseForeignCounter(qk, what)
+  local counter = rcall("GET", qk .. ":id")
+  if counter and not string.find(counter, "^%-?%d+$") then
+    error(redis.error_reply("ERR flowjobs: " .. qk .. ":id holds a string that is not a "
+      .. "whole number (another client's value): nothing written, " .. what
+      .. " left as it was; set it to the highest numeric job id in use"))
+  end
+end
+
+-- The queue's job counter, one up; another client's value there is refused by name.
+local function nextJobCounter(qk, what)
+  local counter = redis.pcall("INCR", qk .. ":id")
+  if type(counter) ~= "number" then
+    refuseForeignKey(qk .. ":id", "string", what)
+    refuseForeignCounter(qk, what)
+    error(counter)
+  end
+  return counter
+end
+
 -- The keys putting a new job of queue `qk` in place writes (waiting-children, delayed,
 -- its group, prioritized, wait) and those every add writes (meta, the id counter). A
 -- script that writes something before a job's place (an add's earlier jobs, a finish, a
@@ -225,6 +249,7 @@ end
 local function refuseForeignPlaceKeys(qk, waitChildren, delay, priority, gid, what)
   refuseForeignKey(qk .. ":meta", "hash", what)
   refuseForeignKey(qk .. ":id", "string", what)
+  refuseForeignCounter(qk, what)
   if waitChildren then
     refuseForeignKey(qk .. ":waiting-children", "zset", what)
   elseif delay > 0 then

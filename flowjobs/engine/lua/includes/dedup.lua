@@ -167,7 +167,7 @@ local function finishDeduplicated(qk, dedupId, jobId, now, pending)
     return
   end
   local f, opts = pending.fields, pending.opts
-  local counter = rcall("INCR", qk .. ":id")
+  local counter = nextJobCounter(qk, "job " .. jobId)
   local newId = f[8] or tostring(counter)
   local de = type(opts.de) == "table" and opts.de or {}
   ownDedupKey(dedupKey, newId, de)

@@ -19,8 +19,11 @@ local function takeOutOfState(qk, jobId)
   end
   -- a grouped job waits in its group's list (groups.lua)
   local gid = rcall("HGET", qk .. ":" .. jobId, "gid")
-  if gid and rcall("LREM", groupKey(qk, gid, "wait"), 0, jobId) > 0 then
-    return "wait"
+  if gid then
+    refuseForeignKey(groupKey(qk, gid, "wait"), "list", "job " .. jobId) -- (names the key)
+    if rcall("LREM", groupKey(qk, gid, "wait"), 0, jobId) > 0 then
+      return "wait"
+    end
   end
   return "unknown"
 end

@@ -25,6 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from django.db import close_old_connections  # (at each job, twice: imported once)
+
 from .engine import CancellationSignal, InvalidQueueName, Job, UnrecoverableError
 
 __all__ = [
@@ -195,12 +197,6 @@ def autodiscover() -> None:
 # --------------------------------------------------------------------------- dispatch
 
 
-def _close_old_connections() -> None:
-    from django.db import close_old_connections
-
-    close_old_connections()
-
-
 def _missing(queue: str, job: Job) -> UnrecoverableError:
     return UnrecoverableError(f'no processor registered for job "{job.name}" in queue "{queue}"')
 
@@ -237,11 +233,11 @@ class Dispatcher:
 
     def run_sync(self, info: ProcessorInfo, job: Job, token: str | None) -> Any:
         """Runs a synchronous processor with Django's connection hygiene around it."""
-        _close_old_connections()
+        close_old_connections()
         try:
             return info.call(job, token)
         finally:
-            _close_old_connections()
+            close_old_connections()
 
     def sync_call(self, job: Job, token: str | None = None) -> Any:
         return self.run_sync(self._select(job), job, token)
@@ -278,7 +274,7 @@ class Dispatcher:
 
         # Async ORM calls run in asgiref's thread-sensitive thread: tidy that thread's
         # connections, as the sync path tidies its own.
-        tidy = sync_to_async(_close_old_connections, thread_sensitive=True)
+        tidy = sync_to_async(close_old_connections, thread_sensitive=True)
         await tidy()
         try:
             return await info.call(job, token)
@@ -314,13 +310,13 @@ def isolated_dispatch(job: Job, token: str | None = None) -> Any:
     info = get_processor(job.queue_name, job.name)
     if info is None:
         raise _missing(job.queue_name, job)
-    _close_old_connections()
+    close_old_connections()
     try:
         result = info.call(job, token)
         if inspect.isawaitable(result):
             result = asyncio.run(_awaited(result))
     finally:
-        _close_old_connections()
+        close_old_connections()
     return result
 
 

@@ -39,6 +39,8 @@ from django.conf import settings as django_settings
 from django.db import DatabaseError, connections, transaction
 from django.db.models import Min, QuerySet
 from django.utils import timezone
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from . import conf
 from .engine import ConnectionFailed, FlowJobsError, FlowProducer
@@ -177,9 +179,6 @@ def _pusher() -> FlowProducer:
     """A FlowProducer whose client waits at most OUTBOX_PUSH_TIMEOUT and never retries on
     its own (a commit must not hang on Redis; the relay retries). One per process, made
     again when the settings change."""
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-
     current = conf.settings()
     timeout = outbox_settings().push_timeout
     key = (current.REDIS_URL, current.PREFIX, timeout)

@@ -216,17 +216,24 @@ local function groupIdOf(opts)
   return type(group) == "table" and type(group.id) == "string" and group.id
 end
 
+-- The queues whose job counter refuseForeignCounter found right in this script run.
+local rightCounters = {}
+
 -- Text at the job counter that INCR cannot raise (another client's): refused by name.
 -- Started again, the counter would hand out the ids of jobs that exist (and an add
 -- with an existing id adds nothing).
 --- @lazy
 local function refuseForeignCounter(qk, what)
+  if rightCounters[qk] then
+    return
+  end
   local counter = rcall("GET", qk .. ":id")
   if counter and not string.find(counter, "^%-?%d+$") then
     error(redis.error_reply("ERR flowjobs: " .. qk .. ":id holds a string that is not a "
       .. "whole number (another client's value): nothing written, " .. what
       .. " left as it was; set it to the highest numeric job id in use"))
   end
+  rightCounters[qk] = true
 end
 
 -- The queue's job counter, one up; another client's value there is refused by name.

@@ -22,6 +22,7 @@ from .errors import (
     WaitingChildrenError,
     error_for_code,
 )
+from .keys import JOB_KEY_TYPES, naming_foreign_values
 from .options import dumps, loads, now_ms
 
 _cancellation_lock = threading.Lock()
@@ -509,12 +510,20 @@ class Job:
         )
         self.priority = priority
 
+    def _keys_to_name(self) -> tuple[Any, list[str], dict[str, str]]:
+        """Where `naming_foreign_values` looks for another client's value: the job's
+        queue and its own keys."""
+        own = {f"{self.key}:{suffix}": kind for suffix, kind in JOB_KEY_TYPES.items()}
+        return self.queue.client, [self.queue.keys.qualified], own
+
     # --- flows -------------------------------------------------------------------------------
+    @naming_foreign_values
     def get_children_values(self) -> dict[str, Any]:
         """Child job key -> the child's return value, for completed children."""
         raw = self.queue.client.hgetall(f"{self.key}:processed")
         return {key: _json_or_raw(value, None)[0] for key, value in raw.items()}
 
+    @naming_foreign_values
     def get_ignored_children_failures(self) -> dict[str, str]:
         """Child job key -> failed reason, for children failed under ignore/continue policies."""
         return self.queue.client.hgetall(f"{self.key}:failed")
@@ -522,6 +531,7 @@ class Job:
     def get_failed_children_values(self) -> dict[str, str]:
         return self.get_ignored_children_failures()
 
+    @naming_foreign_values
     def get_dependencies_count(self) -> dict[str, int]:
         pipe = self.queue.client.pipeline(transaction=False)
         pipe.hlen(f"{self.key}:processed")
@@ -536,6 +546,7 @@ class Job:
             "failed": failed,
         }
 
+    @naming_foreign_values
     def get_dependencies(
         self,
         processed_cursor: int | None = None,

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,6 +128,16 @@ class QueueKeys:
         return self.key("marker")
 
 
+# What TYPE says of a job's own keys beside its hash (its children by outcome, its logs).
+JOB_KEY_TYPES = {
+    "processed": "hash",
+    "dependencies": "set",
+    "failed": "hash",
+    "unsuccessful": "zset",
+    "logs": "list",
+}
+
+
 # What TYPE says of each of a queue's own keys that its scripts write (BullMQ's layout).
 QUEUE_KEY_TYPES = {
     "meta": "hash",
@@ -169,21 +180,33 @@ def is_foreign_refusal(error: Any) -> bool:
 
 
 def foreign_value_error(
-    client: Any, queues: Iterable[str], error: BaseException, doing: str = "", outcome: str = ""
+    client: Any,
+    queues: Iterable[str],
+    error: BaseException,
+    doing: str = "",
+    outcome: str = "",
+    also: Mapping[str, str] | None = None,
 ) -> ForeignKeyValue | None:
-    """A refusal because one of `queues`' own keys held another client's value, as
-    `ForeignKeyValue`: the scripts' own words ("flowjobs: <key> holds a ...", without
-    Redis's script suffix), or for Redis's WRONGTYPE, which names no key, the keys that
-    hold such a value, looked up now (one round trip a queue). None for any other error,
-    or when no such key is found or the lookup fails. `doing` goes before the keys
-    ("add: "), `outcome` after them ("; job ... not added")."""
+    """A refusal because one of `queues`' own keys (or of the keys `also` maps to what
+    TYPE says of the right value) held another client's value, as `ForeignKeyValue`: the
+    scripts' own words ("flowjobs: <key> holds a ...", without Redis's script suffix), or
+    for Redis's WRONGTYPE, which names no key, the keys that hold such a value, looked up
+    now (one round trip). None for any other error, or when no such key is found or the
+    lookup fails. `doing` goes before the keys ("add: "), `outcome` after them ("; job ...
+    not added")."""
     if not is_foreign_refusal(error):
         return None
     text = str(error)
     if not is_wrong_type(error):  # the script's own words, which name the key
         return ForeignKeyValue(doing + text[len("flowjobs: ") :].split(" script: ", 1)[0])
+    expected = {
+        f"{qualified}:{suffix}": kind
+        for qualified in queues
+        for suffix, kind in QUEUE_KEY_TYPES.items()
+    }
+    expected.update(also or {})
     try:
-        found = [held for qualified in queues for held in _foreign_values(client, qualified)]
+        found = _foreign_values(client, expected)
     except RedisError:
         return None
     if not found:
@@ -193,17 +216,40 @@ def foreign_value_error(
     )
 
 
-def _foreign_values(client: Any, qualified: str) -> list[str]:
-    """Which of queue `qualified`'s own keys hold another kind of value than the queue
-    keeps there, as "<key> holds a <type>, not a <type>"."""
+def naming_foreign_values(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A Queue's or a Job's method whose refusal because one of its keys holds another
+    client's value (Redis's WRONGTYPE, or a script's own words) is raised as
+    `ForeignKeyValue` naming the key, after the method's name. The object's
+    `_keys_to_name()` gives the client, the queues and any other keys to look at."""
+    doing = f"{method.__name__}: "
+
+    @functools.wraps(method)
+    def named(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except ForeignKeyValue:
+            raise
+        except ResponseError as error:
+            client, queues, also = self._keys_to_name()
+            described = foreign_value_error(client, queues, error, doing, also=also)
+            if described is None:
+                raise
+            raise described from error
+
+    return named
+
+
+def _foreign_values(client: Any, expected: Mapping[str, str]) -> list[str]:
+    """Which of the keys `expected` maps to what TYPE says of the right value hold another
+    kind of value, as "<key> holds a <type>, not a <type>"."""
     pipe = client.pipeline(transaction=False)
-    for suffix in QUEUE_KEY_TYPES:
-        pipe.type(f"{qualified}:{suffix}")
+    for key in expected:
+        pipe.type(key)
     found = []
-    for (suffix, kind), held in zip(QUEUE_KEY_TYPES.items(), pipe.execute(), strict=True):
+    for (key, kind), held in zip(expected.items(), pipe.execute(), strict=True):
         held = held.decode() if isinstance(held, bytes) else str(held)
         if held not in (kind, "none"):
-            found.append(f"{qualified}:{suffix} holds a {held}, not a {kind}")
+            found.append(f"{key} holds a {held}, not a {kind}")
     return found
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import functools
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -16,7 +15,6 @@ from .connection import Connection, async_client, check_cluster_prefix, describe
 from .errors import (
     ConnectionFailed,
     FlowJobsError,
-    ForeignKeyValue,
     InvalidArgument,
     InvalidJobOptions,
     QueueHasActiveJobs,
@@ -33,7 +31,7 @@ from .finishing import (
     plan_failure,
 )
 from .job import Job
-from .keys import QueueKeys, events_max_length, foreign_value_error
+from .keys import QueueKeys, events_max_length, foreign_value_error, naming_foreign_values
 from .options import (
     MAX_PRIORITY,
     EncodedJob,
@@ -82,27 +80,6 @@ def _state_name(state: str) -> str:
     if name not in STATES:
         raise FlowJobsError(f'unknown job state "{state}"; known: {", ".join(STATES)}')
     return name
-
-
-def _naming_foreign_values(method: Callable[..., Any]) -> Callable[..., Any]:
-    """A queue method whose refusal because one of the queue's keys holds another
-    client's value (Redis's WRONGTYPE, or a script's own words) is raised as
-    `ForeignKeyValue` naming the key, after the method's name."""
-    doing = f"{method.__name__}: "
-
-    @functools.wraps(method)
-    def named(self: Queue, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return method(self, *args, **kwargs)
-        except ForeignKeyValue:
-            raise
-        except redis.ResponseError as error:
-            described = foreign_value_error(self.client, [self.keys.qualified], error, doing)
-            if described is None:
-                raise
-            raise described from error
-
-    return named
 
 
 class Queue:
@@ -251,13 +228,17 @@ class Queue:
         instance.parent = job.parent
         return instance
 
+    def _keys_to_name(self) -> tuple[redis.Redis, list[str], None]:
+        """Where `naming_foreign_values` looks for another client's value: this queue."""
+        return self.client, [self.keys.qualified], None
+
     # --- reading ---------------------------------------------------------------------------
-    @_naming_foreign_values
+    @naming_foreign_values
     def get_job(self, job_id: str) -> Job | None:
         fields = self.client.hgetall(self.keys.job(str(job_id)))
         return Job(self, str(job_id), fields) if fields else None
 
-    @_naming_foreign_values
+    @naming_foreign_values
     def get_jobs_by_id(self, ids: Sequence[str]) -> list[Job]:
         pipe = self.client.pipeline(transaction=False)
         for job_id in ids:
@@ -268,7 +249,7 @@ class Queue:
             if fields
         ]
 
-    @_naming_foreign_values
+    @naming_foreign_values
     def get_job_ids(
         self,
         states: Iterable[str] | str,
@@ -292,7 +273,7 @@ class Queue:
             return self.client.zrange(key, start, end)
         return self.client.zrevrange(key, start, end)
 
-    @_naming_foreign_values
+    @naming_foreign_values
     def get_jobs(
         self,
         states: Iterable[str] | str = (
@@ -335,7 +316,7 @@ class Queue:
             cursor += len(ids)
         return jobs
 
-    @_naming_foreign_values
+    @naming_foreign_values
     def get_job_counts(self, *states: str) -> dict[str, int]:
         names = [_state_name(s) for s in states] if states else list(STATES)
         pipe = self.client.pipeline(transaction=False)
@@ -347,7 +328,7 @@ class Queue:
             counts["waiting"] = counts.get("waiting", 0) + self.client.llen(self.keys.key("paused"))
         return {state: counts[_state_name(state)] for state in states} if states else counts
 
-    @_naming_foreign_values
+    @naming_foreign_values
     def get_counts_per_priority(self, priorities: Iterable[int]) -> dict[int, int]:
         """Jobs waiting per priority, as Node's getCountsPerPriority: priority 0 counts the
         wait list, any other its band of the prioritized set."""
@@ -372,7 +353,7 @@ class Queue:
         counts = self.get_job_counts("waiting", "prioritized", "delayed")
         return sum(counts.values())
 
-    @_naming_foreign_values
+    @naming_foreign_values
     def get_job_state(self, job_id: str) -> str:
         job_id = str(job_id)
         pipe = self.client.pipeline(transaction=False)
@@ -414,27 +395,27 @@ class Queue:
         logs, total = pipe.execute()
         return (logs if asc else logs[::-1]), total
 
-    @_naming_foreign_values
+    @naming_foreign_values
     def get_meta(self) -> dict[str, str]:
         return self.client.hgetall(self.keys.meta)
 
     # --- managing --------------------------------------------------------------------------
-    @_naming_foreign_values
+    @naming_foreign_values
     def pause(self) -> None:
         self._pause("paused")
 
-    @_naming_foreign_values
+    @naming_foreign_values
     def resume(self) -> None:
         self._pause("resumed")
 
     def _pause(self, action: str) -> None:
         scripts.run(self.client, "pause", [self.keys.meta], [self.keys.qualified, action])
 
-    @_naming_foreign_values
+    @naming_foreign_values
     def is_paused(self) -> bool:
         return bool(self.client.hexists(self.keys.meta, "paused"))
 
-    @_naming_foreign_values
+    @naming_foreign_values
     def drain(self, delayed: bool = False) -> int:
         """Removes every job waiting to run (and delayed ones if asked); returns how many."""
         return scripts.run(
@@ -444,7 +425,7 @@ class Queue:
             [self.keys.qualified, "1" if delayed else "0", now_ms()],
         )
 
-    @_naming_foreign_values
+    @naming_foreign_values
     def clean(self, grace_ms: int, limit: int = 0, state: str = "completed") -> list[str]:
         """Removes jobs of `state` finished (or created) more than grace_ms ago."""
         grace_ms = whole_argument("clean: grace_ms", grace_ms, 0)
@@ -470,7 +451,7 @@ class Queue:
             if len(batch) < batch_limit or (limit and len(removed) >= limit):
                 return removed
 
-    @_naming_foreign_values
+    @naming_foreign_values
     def obliterate(self, force: bool = False, count: int = 1000) -> None:
         """Deletes the queue and all its jobs (pauses it first)."""
         count = whole_argument("obliterate: count", count, 1)
@@ -494,7 +475,7 @@ class Queue:
         for key in self.client.scan_iter(match=f"{self.keys.qualified}:*", count=1000):
             self.client.delete(key)
 
-    @_naming_foreign_values
+    @naming_foreign_values
     def retry_jobs(
         self, state: str = "failed", count: int = 1000, timestamp: int | None = None
     ) -> None:
@@ -506,7 +487,7 @@ class Queue:
         before = now_ms() if timestamp is None else whole_argument("timestamp", timestamp, 0)
         self._move_jobs_to_wait(name, count, before)
 
-    @_naming_foreign_values
+    @naming_foreign_values
     def promote_jobs(self, count: int = 1000) -> None:
         """Moves every delayed job to wait now."""
         count = whole_argument("promote_jobs: count", count, 1)
@@ -529,7 +510,7 @@ class Queue:
         ms = whole_argument("rate_limit: ms", ms, 1)
         self.client.set(self.keys.key("limiter"), MAX_MANUAL_RATE_LIMIT, px=ms)
 
-    @_naming_foreign_values
+    @naming_foreign_values
     def get_rate_limit_ttl(self, max_jobs: int | None = None) -> int:
         """As Node: with a maximum (`max_jobs`, else the global rate limit's) the ms left
         while the limiter is full, else 0; with none, the limiter key's PTTL (-2 once the

@@ -227,3 +227,27 @@ def test_rate_limit_ttl_and_a_grouped_removal_name_a_foreign_key(queue, redis_cl
     with pytest.raises(ForeignKeyValue, match=f"{group_wait} holds a string"):
         job.remove()
     assert redis_client.exists(f"{prefix}:q:{job.id}")
+
+
+@pytest.mark.parametrize(
+    ("suffix", "read"),
+    [
+        ("processed", lambda job: job.get_children_values()),
+        ("failed", lambda job: job.get_ignored_children_failures()),
+        ("dependencies", lambda job: job.get_dependencies_count()),
+        ("unsuccessful", lambda job: job.get_dependencies()),
+    ],
+)
+def test_a_job_s_read_meeting_a_foreign_value_at_its_own_key_names_it(
+    suffix, read, flow_producer, redis_client, prefix
+):
+    """A parent's children by outcome read through redis-py's WRONGTYPE, which names no
+    key; now the error names the parent's key that holds another client's value."""
+    from flowjobs.engine import Flow
+
+    node = flow_producer.add(Flow("parent", "q", {}, children=[Flow("child", "q", {})]))
+    key = f"{node.job.key}:{suffix}"
+    redis_client.delete(key)
+    redis_client.set(key, FOREIGN)
+    with pytest.raises(ForeignKeyValue, match=f"{key} holds a string"):
+        read(node.job)

@@ -227,13 +227,21 @@ class Job:
     def _run(self, op: Operation) -> Any:
         queue = self.queue
         return op.check(
-            scripts.run_for_queue(queue.client, queue.keys.qualified, op.script, op.keys, op.args)
+            scripts.run_for_queue(
+                queue.client, queue.keys.qualified, op.script, op.keys, op.args, self._own_keys
+            )
         )
 
     async def _arun(self, op: Operation) -> Any:
         queue = self.queue
         result = await scripts.arun_for_queue(
-            queue.aclient(), queue.client, queue.keys.qualified, op.script, op.keys, op.args
+            queue.aclient(),
+            queue.client,
+            queue.keys.qualified,
+            op.script,
+            op.keys,
+            op.args,
+            self._own_keys,
         )
         return op.check(result)
 
@@ -510,11 +518,14 @@ class Job:
         )
         self.priority = priority
 
+    def _own_keys(self) -> dict[str, str]:
+        """The job's own keys beside its hash, with what TYPE says of each."""
+        return {f"{self.key}:{suffix}": kind for suffix, kind in JOB_KEY_TYPES.items()}
+
     def _keys_to_name(self) -> tuple[Any, list[str], dict[str, str]]:
         """Where `naming_foreign_values` looks for another client's value: the job's
         queue and its own keys."""
-        own = {f"{self.key}:{suffix}": kind for suffix, kind in JOB_KEY_TYPES.items()}
-        return self.queue.client, [self.queue.keys.qualified], own
+        return self.queue.client, [self.queue.keys.qualified], self._own_keys()
 
     # --- flows -------------------------------------------------------------------------------
     @naming_foreign_values

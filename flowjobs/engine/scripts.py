@@ -13,7 +13,7 @@ import hashlib
 import math
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -401,15 +401,22 @@ async def arun(
 
 
 def run_for_queue(
-    client: redis.Redis, qualified: str, name: str, keys: Sequence[str], args: Sequence[Arg]
+    client: redis.Redis,
+    qualified: str,
+    name: str,
+    keys: Sequence[str],
+    args: Sequence[Arg],
+    also: Callable[[], Mapping[str, str]] | None = None,
 ) -> Any:
     """`run` of a script of queue `qualified`, whose refusal because one of the queue's
-    keys holds another client's value is raised as `ForeignKeyValue`, naming the key
-    (see `foreign_value_error`; the scripts check before their first write)."""
+    keys (or of the keys `also()` gives, with what TYPE says of each: a job's own) holds
+    another client's value is raised as `ForeignKeyValue`, naming the key (see
+    `foreign_value_error`; the scripts check before their first write)."""
     try:
         return run(client, name, keys, args)
     except ResponseError as error:
-        described = foreign_value_error(client, [qualified], error, f"{name}: ")
+        more = also() if also else None
+        described = foreign_value_error(client, [qualified], error, f"{name}: ", also=more)
         if described is None:
             raise
         raise described from error
@@ -422,14 +429,16 @@ async def arun_for_queue(
     name: str,
     keys: Sequence[str],
     args: Sequence[Arg],
+    also: Callable[[], Mapping[str, str]] | None = None,
 ) -> Any:
     """`run_for_queue` with `arun`; the keys are looked up with the sync client `lookup`,
     on a thread, so the loop goes on."""
     try:
         return await arun(client, name, keys, args)
     except ResponseError as error:
+        more = also() if also else None
         described = await asyncio.to_thread(
-            foreign_value_error, lookup, [qualified], error, f"{name}: "
+            foreign_value_error, lookup, [qualified], error, f"{name}: ", "", more
         )
         if described is None:
             raise

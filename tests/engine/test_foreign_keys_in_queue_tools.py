@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from flowjobs.engine import ForeignKeyValue, Queue, Worker
+from tests.helpers import wait_for
 
 FOREIGN = "another client's value"
 
@@ -251,3 +252,28 @@ def test_a_job_s_read_meeting_a_foreign_value_at_its_own_key_names_it(
     redis_client.set(key, FOREIGN)
     with pytest.raises(ForeignKeyValue, match=f"{key} holds a string"):
         read(node.job)
+
+
+def test_a_job_operation_meeting_a_foreign_value_at_its_own_key_names_it(
+    queue, make_worker, redis_client
+):
+    """A log line added to a job whose `:logs` key holds another client's value: Redis's
+    WRONGTYPE named no key, and the lookup knew only the queue's keys. Also through the
+    async `alog` of an async processor."""
+    job = queue.add("x", {"n": 1})
+    expected = f"{job.key}:logs holds a string, not a list"
+    redis_client.set(f"{job.key}:logs", FOREIGN)
+    with pytest.raises(ForeignKeyValue, match=expected):
+        job.log("a line")
+    seen: list[BaseException] = []
+
+    async def processor(running):  # noqa: ANN001, ANN202
+        try:
+            await running.alog("a line")
+        except ForeignKeyValue as error:
+            seen.append(error)
+        return "done"
+
+    make_worker("q", processor)
+    wait_for(lambda: seen, message="the async processor's alog was not refused")
+    assert expected in str(seen[0])

@@ -216,6 +216,21 @@ def foreign_value_error(
     )
 
 
+def raise_foreign_value(
+    client: Any,
+    queues: Iterable[str],
+    error: BaseException,
+    doing: str = "",
+    outcome: str = "",
+    also: Mapping[str, str] | None = None,
+) -> None:
+    """Raises the `ForeignKeyValue` that `error` stands for (see `foreign_value_error`),
+    from `error`; returns when it stands for none (the caller raises `error` then)."""
+    described = foreign_value_error(client, queues, error, doing, outcome, also)
+    if described is not None:
+        raise described from error
+
+
 def naming_foreign_values(method: Callable[..., Any]) -> Callable[..., Any]:
     """A Queue's or a Job's method whose refusal because one of its keys holds another
     client's value (Redis's WRONGTYPE, or a script's own words) is raised as
@@ -231,10 +246,8 @@ def naming_foreign_values(method: Callable[..., Any]) -> Callable[..., Any]:
             raise
         except ResponseError as error:
             client, queues, also = self._keys_to_name()
-            described = foreign_value_error(client, queues, error, doing, also=also)
-            if described is None:
-                raise
-            raise described from error
+            raise_foreign_value(client, queues, error, doing, also=also)
+            raise
 
     return named
 

@@ -31,7 +31,7 @@ from .finishing import (
     plan_failure,
 )
 from .job import Job
-from .keys import QueueKeys, events_max_length, foreign_value_error, naming_foreign_values
+from .keys import QueueKeys, events_max_length, naming_foreign_values, raise_foreign_value
 from .options import (
     MAX_PRIORITY,
     EncodedJob,
@@ -794,10 +794,8 @@ def run_add(
     except redis.ResponseError as error:
         queues = dict.fromkeys(job.queue_key for job in jobs)
         outcome = f"; {_what(jobs)} not added"
-        described = foreign_value_error(client, queues, error, f"{operation}: ", outcome)
-        if described is None:
-            raise
-        raise described from error
+        raise_foreign_value(client, queues, error, f"{operation}: ", outcome)
+        raise
     if result[0] == 1 and receipt is not None:
         raise AlreadyPushed(f"{operation}: outbox entry {receipt.key} was already pushed")
     if result[0] == 2 and receipt is not None:

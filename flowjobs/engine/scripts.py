@@ -24,7 +24,7 @@ from redis.exceptions import NoScriptError, OutOfMemoryError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import RedisOutOfMemory
-from .keys import foreign_value_error
+from .keys import raise_foreign_value
 
 LUA_DIR = Path(__file__).parent / "lua"
 _INCLUDE = re.compile(r'^--- @include "([^"]+)"\s*$', re.MULTILINE)
@@ -416,10 +416,8 @@ def run_for_queue(
         return run(client, name, keys, args)
     except ResponseError as error:
         more = also() if also else None
-        described = foreign_value_error(client, [qualified], error, f"{name}: ", also=more)
-        if described is None:
-            raise
-        raise described from error
+        raise_foreign_value(client, [qualified], error, f"{name}: ", also=more)
+        raise
 
 
 async def arun_for_queue(
@@ -437,12 +435,10 @@ async def arun_for_queue(
         return await arun(client, name, keys, args)
     except ResponseError as error:
         more = also() if also else None
-        described = await asyncio.to_thread(
-            foreign_value_error, lookup, [qualified], error, f"{name}: ", "", more
+        await asyncio.to_thread(
+            raise_foreign_value, lookup, [qualified], error, f"{name}: ", "", more
         )
-        if described is None:
-            raise
-        raise described from error
+        raise
 
 
 def queue_in_pipeline(pipe: Any, name: str, keys: Sequence[str], args: Sequence[Arg]) -> None:

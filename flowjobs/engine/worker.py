@@ -1367,6 +1367,9 @@ class Worker:
         """Emits the local event of a recorded outcome; False when Redis refused it.
         `resent`: the call went again after a broken connection, so a refusal most likely
         means the first send reached Redis and recorded the outcome already."""
+        # a job held after a refused record (see _hold) is let go whatever happens now,
+        # unless it is held again
+        held_delay = self._held.pop(job.id, None) if self._held else None
         if isinstance(result, BaseException) or (isinstance(result, int) and result < 0):
             error = (
                 result
@@ -1382,15 +1385,11 @@ class Worker:
                     error,
                 )
                 return False
-            if is_foreign_refusal(error) and self._hold(job, outcome, value, error):
+            if is_foreign_refusal(error) and self._hold(job, outcome, value, error, held_delay):
                 return False
             logger.warning("could not record %s of job %s: %s", outcome, printable(job.id), error)
             self._emit("error", error)
-            if self._held:
-                self._held.pop(job.id, None)
             return False
-        if self._held:
-            self._held.pop(job.id, None)
         if outcome == "rate-limited":
             if isinstance(result, int) and result > 0:
                 self._rate_limited(result)
@@ -1402,17 +1401,25 @@ class Worker:
             self.jobs_processed += 1
         return True
 
-    def _hold(self, job: Job, outcome: str, value: Any, error: BaseException) -> bool:
+    def _hold(
+        self,
+        job: Job,
+        outcome: str,
+        value: Any,
+        error: BaseException,
+        delay: float | None = None,
+    ) -> bool:
         """Keeps a job whose outcome Redis refused because one of the queue's keys held
         another client's value (a string at `completed`, say; the script wrote nothing):
         the job stays active under this worker, its lock renewed and its slot taken, and
         its outcome is sent again after a while, until Redis takes it. So the job is not
         run again, nor failed as stalled, and its own outcome is recorded once the key is
         mended. False when the worker is closing: the job is left active in Redis, for
-        the stalled check. Runs on the loop or in a lane's thread."""
+        the stalled check. `delay`: the wait its last hold set for this retry (None: the
+        first). Runs on the loop or in a lane's thread."""
         if self._closing:
             return False
-        delay = self._held.get(job.id, REFUSED_RECORD_RETRY_S)
+        delay = delay or REFUSED_RECORD_RETRY_S
         self._held[job.id] = _retry_delay_after(delay)
         job.in_lane = False
         self._active[job.id] = job

@@ -25,6 +25,22 @@ def _first_error(make_worker, processor, errors: list[str], what: str):  # noqa:
     return worker
 
 
+def _turning_foreign(client: redis.Redis, key: str, runs: list[str], failure: str = ""):  # noqa: ANN202
+    """A processor that, on its first run, puts another client's value at `key` (SET
+    replaces the queue's own, whatever its type) and raises ValueError(`failure`) if
+    given; every run is noted in `runs`, and later runs return "done"."""
+
+    def processor(job):  # noqa: ANN001, ANN202
+        runs.append(job.id)
+        if len(runs) == 1:
+            client.set(key, "another client's value")
+            if failure:
+                raise ValueError(failure)
+        return "done"
+
+    return processor
+
+
 @pytest.mark.parametrize(
     ("destination", "backoff"), [("delayed", {"type": "fixed", "delay": 50}), ("wait", None)]
 )
@@ -39,14 +55,7 @@ def test_a_retry_refused_by_a_foreign_value_leaves_the_job_active(
     job = queue.add("x", {"n": 1}, attempts=3, backoff=backoff)
     errors: list[str] = []
     runs: list[str] = []
-
-    def processor(job):  # noqa: ANN001, ANN202
-        runs.append(job.id)
-        if len(runs) == 1:
-            redis_client.set(foreign_key, "another client's value")
-            raise ValueError("the first attempt fails")
-        return "done"
-
+    processor = _turning_foreign(redis_client, foreign_key, runs, "the first attempt fails")
     worker = _first_error(make_worker, processor, errors, "the refused retry")
     assert f"{foreign_key} holds a string" in errors[0], errors[0]
     assert redis_client.lrange(f"{prefix}:q:active", 0, -1) == [job.id]
@@ -316,14 +325,7 @@ def test_a_grouped_job_whose_group_key_turns_foreign_while_it_runs_is_not_lost(
     job = queue.add("x", {"n": 1}, group={"id": "g1"})
     active_set = f"{prefix}:q:group:g1:active"
     runs: list[str] = []
-
-    def processor(job):  # noqa: ANN001, ANN202
-        runs.append(job.id)
-        if len(runs) == 1:
-            redis_client.delete(active_set)
-            redis_client.set(active_set, "another client's value")
-        return "done"
-
+    processor = _turning_foreign(redis_client, active_set, runs)
     errors: list[str] = []
     worker = _first_error(make_worker, processor, errors, "the refused finish")
     assert f"{active_set} holds a string, not a set" in errors[0], errors[0]
@@ -639,16 +641,8 @@ def test_a_job_whose_active_list_turns_foreign_while_it_runs_is_recorded_whole(
     job = queue.add("x", {"n": 1}, attempts=2 if outcome == "retried" else 1)
     runs: list[str] = []
     errors: list[BaseException] = []
-
-    def processor(job):  # noqa: ANN001, ANN202
-        runs.append(job.id)
-        if len(runs) == 1:
-            redis_client.delete(active_key)
-            redis_client.set(active_key, "another client's value")
-        if outcome != "completed" and len(runs) == 1:
-            raise ValueError("the attempt fails")
-        return "done"
-
+    failure = "" if outcome == "completed" else "the attempt fails"
+    processor = _turning_foreign(redis_client, active_key, runs, failure)
     worker = make_worker("q", processor, autorun=False)
     worker.on("error", errors.append)
     worker.start()

@@ -61,14 +61,14 @@ class _Sender:
                 self.thread.start()
 
     def _run(self) -> None:
-        from django.db import close_old_connections
+        from .registry import tidy_connections
 
         while True:
             signal, sender, kwargs = self.pending.get()
             try:
-                close_old_connections()
+                tidy_connections()
                 send_now(signal, sender, **kwargs)
-                close_old_connections()
+                tidy_connections()
             finally:
                 self.pending.task_done()
 

@@ -194,3 +194,62 @@ def test_cancel_of_a_sync_processor_in_an_async_queue_only_signals_it(
     wait_for(lambda: queue.get_job_state(job.id) == "failed")
     assert queue.get_job(job.id).failed_reason == "cancelled: stop"
     assert seen == ["stop"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_connection_hygiene_around_jobs_in_a_worker_thread(scratch_queue):
+    """Around each job the dispatcher closes the thread's connections that are broken or
+    past their age, as Django does around a request; a thread that holds no open
+    connection skips that (it has nothing to close)."""
+    import time
+
+    from django.db import connection
+
+    from tests.testapp.models import Note
+
+    max_age: list[float | None] = [0]
+
+    @processor(scratch_queue, name="orm")
+    def uses_the_orm(job):
+        connection.settings_dict["CONN_MAX_AGE"] = max_age[0]
+        return Note.objects.count()
+
+    @processor(scratch_queue, name="plain")
+    def plain(job):
+        return "no database"
+
+    dispatcher = registry.get_dispatcher(scratch_queue)
+    queue = conf.get_queue(scratch_queue)
+    orm_job, plain_job = queue.add("orm"), queue.add("plain")
+    seen: dict[str, object] = {}
+
+    def worker_thread() -> None:
+        here = threading.get_ident()
+        assert dispatcher.sync_call(plain_job) == "no database"
+        seen["after plain"] = here in registry._threads_with_connections
+        # CONN_MAX_AGE 0: closed after the job, as at the end of a request
+        assert dispatcher.sync_call(orm_job) == 0
+        seen["closed at age 0"] = connection.connection is None
+        seen["after age 0"] = here in registry._threads_with_connections
+        # persistent: kept open, and looked at around the next job, even one that does
+        # not use the database
+        max_age[0] = None
+        dispatcher.sync_call(orm_job)
+        seen["kept when persistent"] = connection.connection is not None
+        connection.close_at = time.monotonic() - 1  # as if CONN_MAX_AGE had passed
+        dispatcher.sync_call(plain_job)
+        seen["closed past its age"] = connection.connection is None
+        seen["after the close"] = here in registry._threads_with_connections
+        connection.close()
+
+    thread = threading.Thread(target=worker_thread)
+    thread.start()
+    thread.join(30)
+    assert seen == {
+        "after plain": False,
+        "closed at age 0": True,
+        "after age 0": False,
+        "kept when persistent": True,
+        "closed past its age": True,
+        "after the close": False,
+    }

@@ -31,7 +31,13 @@ from .finishing import (
     plan_failure,
 )
 from .job import Job
-from .keys import QueueKeys, events_max_length, naming_foreign_values, raise_foreign_value
+from .keys import (
+    JOB_KEY_TYPES,
+    QueueKeys,
+    events_max_length,
+    naming_foreign_values,
+    raise_foreign_value,
+)
 from .options import (
     MAX_PRIORITY,
     EncodedJob,
@@ -392,7 +398,13 @@ class Queue:
         else:
             pipe.lrange(key, -(end + 1) if end >= 0 else 0, -(start + 1))
         pipe.llen(key)
-        logs, total = pipe.execute()
+        try:
+            logs, total = pipe.execute()
+        except redis.ResponseError as error:  # the job's own key: not among the queue's
+            raise_foreign_value(
+                self.client, [], error, "get_job_logs: ", also={key: JOB_KEY_TYPES["logs"]}
+            )
+            raise
         return (logs if asc else logs[::-1]), total
 
     @naming_foreign_values

@@ -277,3 +277,16 @@ def test_a_job_operation_meeting_a_foreign_value_at_its_own_key_names_it(
     make_worker("q", processor)
     wait_for(lambda: seen, message="the async processor's alog was not refused")
     assert expected in str(seen[0])
+
+
+@pytest.mark.parametrize("asc", [True, False], ids=["oldest-first", "newest-first"])
+def test_a_job_s_logs_read_by_its_queue_name_a_foreign_logs_key(asc, queue, redis_client):
+    """`Queue.get_job_logs` (the admin's job page reads a job's log through it) met a
+    job's `:logs` key holding another client's value with redis-py's WRONGTYPE, which
+    names no key; now it names that key."""
+    job = queue.add("x", {"n": 1})
+    key = f"{job.key}:logs"
+    redis_client.set(key, FOREIGN)
+    with pytest.raises(ForeignKeyValue, match=f"get_job_logs: .*{key} holds a string, not a list"):
+        queue.get_job_logs(job.id, asc=asc)
+    assert redis_client.get(key) == FOREIGN

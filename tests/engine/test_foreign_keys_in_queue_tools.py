@@ -290,3 +290,21 @@ def test_a_job_s_logs_read_by_its_queue_name_a_foreign_logs_key(asc, queue, redi
     with pytest.raises(ForeignKeyValue, match=f"get_job_logs: .*{key} holds a string, not a list"):
         queue.get_job_logs(job.id, asc=asc)
     assert redis_client.get(key) == FOREIGN
+
+
+@pytest.mark.parametrize("suffix", ["wait", "prioritized", "pc", "marker"])
+def test_a_delayed_job_s_priority_changes_beside_a_foreign_value_where_it_does_not_go(
+    suffix, queue, redis_client, redis_url, prefix
+):
+    """A delayed job's new priority is only a field of its hash (it goes in line when its
+    delay ends), yet `change_priority` was refused when a key of the line (`wait`,
+    `prioritized`, the priority counter, the marker) held another client's value. Only
+    the job's hash changes; the foreign value stays."""
+    job = _job_in("delayed", queue, redis_url, prefix)
+    key = f"{prefix}:q:{suffix}"
+    redis_client.delete(key)
+    redis_client.set(key, FOREIGN)
+    job.change_priority(7)
+    assert redis_client.hget(job.key, "priority") == "7"
+    assert redis_client.zscore(f"{prefix}:q:delayed", job.id) is not None
+    assert redis_client.get(key) == FOREIGN

@@ -12,11 +12,20 @@ local jobKey = qk .. ":" .. jobId
 if rcall("EXISTS", jobKey) == 0 then
   return -1
 end
--- where it goes, and the meta read after: checked before it leaves its place
-local gid = rcall("HGET", jobKey, "gid")
-refuseForeignKey(qk .. ":prioritized", "zset", "job " .. jobId)
-refuseForeignPlaceKeys(qk, false, 0, priority, gid, "job " .. jobId)
-if rcall("ZREM", qk .. ":prioritized", jobId) == 1 or rcall("LREM", qk .. ":wait", -1, jobId) > 0 then
+-- Only a job waiting in line moves (a job is in no key another client's value took):
+-- then where it goes, and the meta read after, are checked before it leaves its place.
+-- Any other job's priority is a field of its hash (a delayed one goes in line under it).
+local prioritizedKey, waitKey = qk .. ":prioritized", qk .. ":wait"
+local inLine = (rcall("TYPE", prioritizedKey)["ok"] == "zset"
+    and rcall("ZSCORE", prioritizedKey, jobId))
+  or (rcall("TYPE", waitKey)["ok"] == "list" and rcall("LPOS", waitKey, jobId))
+if inLine then
+  local gid = rcall("HGET", jobKey, "gid")
+  refuseForeignKey(prioritizedKey, "zset", "job " .. jobId)
+  refuseForeignPlaceKeys(qk, false, 0, priority, gid, "job " .. jobId)
+  if rcall("ZREM", prioritizedKey, jobId) == 0 then
+    rcall("LREM", waitKey, -1, jobId)
+  end
   if priority > 0 and lifo then
     rcall("ZADD", qk .. ":prioritized", priority * 4294967296, jobId)
   else

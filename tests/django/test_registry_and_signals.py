@@ -242,9 +242,14 @@ def test_connection_hygiene_around_jobs_in_a_worker_thread(scratch_queue):
         seen["after the close"] = here in registry._threads_with_connections
         connection.close()
 
+    # (every thread's connection shares the settings dict the processor changes)
+    original_max_age = connection.settings_dict["CONN_MAX_AGE"]
     thread = threading.Thread(target=worker_thread)
-    thread.start()
-    thread.join(30)
+    try:
+        thread.start()
+        thread.join(30)
+    finally:
+        connection.settings_dict["CONN_MAX_AGE"] = original_max_age
     assert seen == {
         "after plain": False,
         "closed at age 0": True,

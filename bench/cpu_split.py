@@ -77,21 +77,14 @@ def main() -> int:
                 sys.exit(f"cpu_split: the command ended before {count} jobs completed")
             time.sleep(0.002)
 
+    def snapshot_at(count: int, process: subprocess.Popen) -> tuple:
+        """Once `count` jobs completed: every process's CPU, the machine's, the count, the time."""
+        wait_for(count, process)
+        return cpu_ticks_by_process(), machine_ticks(), completed(), time.monotonic()
+
     process = subprocess.Popen(options.command)
-    wait_for(options.first, process)
-    before, machine_before, jobs_before, t0 = (
-        cpu_ticks_by_process(),
-        machine_ticks(),
-        completed(),
-        time.monotonic(),
-    )
-    wait_for(options.last, process)
-    after, machine_after, jobs_after, t1 = (
-        cpu_ticks_by_process(),
-        machine_ticks(),
-        completed(),
-        time.monotonic(),
-    )
+    before, machine_before, jobs_before, t0 = snapshot_at(options.first, process)
+    after, machine_after, jobs_after, t1 = snapshot_at(options.last, process)
     process.wait()
 
     jobs = jobs_after - jobs_before

@@ -16,14 +16,16 @@ end
 -- then where it goes, and the meta read after, are checked before it leaves its place.
 -- Any other job's priority is a field of its hash (a delayed one goes in line under it).
 local prioritizedKey, waitKey = qk .. ":prioritized", qk .. ":wait"
-local inLine = (rcall("TYPE", prioritizedKey)["ok"] == "zset"
-    and rcall("ZSCORE", prioritizedKey, jobId))
-  or (rcall("TYPE", waitKey)["ok"] == "list" and rcall("LPOS", waitKey, jobId))
-if inLine then
+local inPrioritized = not foreignType(prioritizedKey, "zset")
+  and rcall("ZSCORE", prioritizedKey, jobId)
+local inWait = not inPrioritized and not foreignType(waitKey, "list")
+  and rcall("LPOS", waitKey, jobId)
+if inPrioritized or inWait then
   local gid = rcall("HGET", jobKey, "gid")
-  refuseForeignKey(prioritizedKey, "zset", "job " .. jobId)
   refuseForeignPlaceKeys(qk, false, 0, priority, gid, "job " .. jobId)
-  if rcall("ZREM", prioritizedKey, jobId) == 0 then
+  if inPrioritized then
+    rcall("ZREM", prioritizedKey, jobId)
+  else
     rcall("LREM", waitKey, -1, jobId)
   end
   if priority > 0 and lifo then

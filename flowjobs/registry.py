@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from asgiref.sync import sync_to_async
 from django.db import connections
 from django.db.backends.signals import connection_created
 
@@ -227,6 +228,11 @@ def tidy_connections() -> None:
         _threads_with_connections.discard(here)
 
 
+# Async ORM calls run in asgiref's thread-sensitive thread: an ``async def`` processor's
+# job tidies that thread's connections (made once: a wrapper is not free, per job).
+_tidy_orm_thread = sync_to_async(tidy_connections, thread_sensitive=True)
+
+
 def _missing(queue: str, job: Job) -> UnrecoverableError:
     return UnrecoverableError(f'no processor registered for job "{job.name}" in queue "{queue}"')
 
@@ -300,19 +306,14 @@ class Dispatcher:
         return await loop.run_in_executor(self._executor, self.run_sync, info, job, token)
 
     async def _run_async(self, info: ProcessorInfo, job: Job, token: str | None) -> Any:
-        from asgiref.sync import sync_to_async
-
-        # Async ORM calls run in asgiref's thread-sensitive thread: tidy that thread's
-        # connections, as the sync path tidies its own (no hop there while no thread
-        # holds a connection).
-        tidy = sync_to_async(tidy_connections, thread_sensitive=True)
+        # as the sync path tidies its own thread (no hop while no thread holds a connection)
         if _threads_with_connections:
-            await tidy()
+            await _tidy_orm_thread()
         try:
             return await info.call(job, token)
         finally:
             if _threads_with_connections:
-                await tidy()
+                await _tidy_orm_thread()
 
     def as_processor(self) -> Callable[..., Any]:
         """The function to pass to ``Worker(queue, processor)``."""

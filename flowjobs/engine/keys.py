@@ -217,16 +217,12 @@ def foreign_value_error(
 
 
 def raise_foreign_value(
-    client: Any,
-    queues: Iterable[str],
-    error: BaseException,
-    doing: str = "",
-    outcome: str = "",
-    also: Mapping[str, str] | None = None,
+    client: Any, queues: Iterable[str], error: BaseException, *more: Any, **named: Any
 ) -> None:
-    """Raises the `ForeignKeyValue` that `error` stands for (see `foreign_value_error`),
-    from `error`; returns when it stands for none (the caller raises `error` then)."""
-    described = foreign_value_error(client, queues, error, doing, outcome, also)
+    """Raises the `ForeignKeyValue` that `error` stands for (`foreign_value_error` with the
+    same arguments), from `error`; returns when it stands for none (the caller raises
+    `error` then)."""
+    described = foreign_value_error(client, queues, error, *more, **named)
     if described is not None:
         raise described from error
 

@@ -20,8 +20,9 @@ local function takeOutOfState(qk, jobId)
   -- a grouped job waits in its group's list (groups.lua)
   local gid = rcall("HGET", qk .. ":" .. jobId, "gid")
   if gid then
-    refuseForeignKey(groupKey(qk, gid, "wait"), "list", "job " .. jobId) -- (names the key)
-    if rcall("LREM", groupKey(qk, gid, "wait"), 0, jobId) > 0 then
+    local groupWait = groupKey(qk, gid, "wait")
+    refuseForeignKey(groupWait, "list", "job " .. jobId) -- (names the key)
+    if rcall("LREM", groupWait, 0, jobId) > 0 then
       return "wait"
     end
   end

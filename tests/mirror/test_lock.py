@@ -7,6 +7,7 @@ from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connections
 
 from flowjobs import mirror
 from flowjobs.models import JobRecord, LeaseFence
@@ -183,9 +184,14 @@ def test_a_reconcile_asked_of_a_holder_that_loses_the_lease_is_done_by_the_next(
     first = FencedLease(rclient, config.lock_key, config.lock_ttl_ms)
     assert first.acquire(floor=highest_fence(first.key))
     answers: list[tuple[mirror.ReconcileResult, str | None]] = []
-    asking = threading.Thread(
-        target=lambda: answers.append(reconcile_with_lease(rclient, config, timeout=60))
-    )
+
+    def ask() -> None:
+        try:
+            answers.append(reconcile_with_lease(rclient, config, timeout=60))
+        finally:
+            connections.close_all()  # this thread's, or the test database outlives the run
+
+    asking = threading.Thread(target=ask)
     asking.start()
     try:
         wait_for(lambda: rclient.llen(f"{config.lock_key}:reconcile") == 1, message="no request")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from operator import itemgetter
 from typing import Any
 
@@ -153,9 +153,8 @@ def upsert(rows: list[dict[str, Any]], update_fields: list[str]) -> None:
             f"{conflict} DO UPDATE SET {updates}"
         )
         with connection.cursor() as cursor:
-            for start in range(0, len(rows), 2000):
-                chunk = [{**_DEFAULTS, **row} for row in rows[start : start + 2000]]
-                cursor.execute(sql, [json.dumps(chunk, default=_json_datetime)])
+            for text in _json_batches(rows):
+                cursor.execute(sql, [text])
         return
     in_column_order = itemgetter(*_COLUMN_NAMES)
     values = [in_column_order({**_DEFAULTS, **row}) for row in rows]
@@ -192,6 +191,30 @@ def _bulk_create(rows: list[dict[str, Any]], update_fields: list[str]) -> None:
         unique_fields=["prefix", "queue", "job_id"],
         update_fields=update_fields,
     )
+
+
+# Rows a PostgreSQL upsert statement takes at most, and the JSON text it sends at most
+# (PostgreSQL refuses a value over 1 GB; jobs with large data fill that in fewer rows).
+PG_STATEMENT_ROWS = 2000
+PG_STATEMENT_BYTES = 64 * 1024 * 1024
+
+
+def _json_batches(rows: list[dict[str, Any]]) -> Iterator[str]:
+    """The rows as JSON arrays (ASCII: a text's length is its size) of at most
+    PG_STATEMENT_ROWS rows and PG_STATEMENT_BYTES, in order (a larger row goes alone).
+    A batch over the size is made again as two halves: one json.dumps a batch, not one
+    a row, in the common case."""
+    pending = [
+        rows[start : start + PG_STATEMENT_ROWS] for start in range(0, len(rows), PG_STATEMENT_ROWS)
+    ]
+    while pending:
+        batch = pending.pop(0)
+        text = json.dumps([{**_DEFAULTS, **row} for row in batch], default=_json_datetime)
+        if len(text) > PG_STATEMENT_BYTES and len(batch) > 1:
+            half = len(batch) // 2
+            pending[:0] = [batch[:half], batch[half:]]
+            continue
+        yield text
 
 
 def _pg_record() -> tuple[str, str]:

@@ -15,6 +15,7 @@ from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from flowjobs.mirror import upsert as upsert_module
 from flowjobs.mirror.observation import Observation
 from flowjobs.mirror.parsing import MAX_JSON_DEPTH, json_text, parse_json, to_datetime
 from flowjobs.mirror.roots import RootResolver
@@ -243,3 +244,31 @@ def test_rows_just_created_are_updated_only_when_they_have_children():
     assert counts == {"child": 0, "parent": 1, "leaf": 0}
     updates = [query["sql"] for query in queries if query["sql"].startswith("UPDATE")]
     assert len(updates) == 1 and "children_count" in updates[0]
+
+
+def test_large_jobs_are_written_in_statements_under_the_size_budget(rclient, monkeypatch):
+    """On PostgreSQL a batch's rows go as one JSON text a statement, and PostgreSQL refuses
+    a value over 1 GB: a batch over PG_STATEMENT_BYTES is split in halves until each part
+    fits, and every row is written whole."""
+    monkeypatch.setattr(upsert_module, "PG_STATEMENT_BYTES", 20_000)
+    pad = "x" * 3000
+    observations = [
+        Observation(
+            "bull",
+            "big",
+            str(index),
+            fields={"name": "n", "data": json.dumps({"i": index, "pad": pad}), "timestamp": "1"},
+            state="waiting",
+        )
+        for index in range(40)
+    ]
+    with CaptureQueriesContext(connection) as queries:
+        written = store(rclient, observations, RootResolver(rclient))
+    assert written.written == 40 and written.unstorable == 0
+    stored = {row.job_id: row.data for row in JobRecord.objects.filter(queue="big")}
+    assert stored == {str(index): {"i": index, "pad": pad} for index in range(40)}
+    if connection.vendor == "postgresql":
+        upserts = [q["sql"] for q in queries.captured_queries if "json_to_recordset" in q["sql"]]
+        # 40 rows of about 3.3 KB: halved to 8 statements of 5 (the SQL itself is ~2 KB)
+        assert len(upserts) == 8
+        assert all(len(sql) < 20_000 + 4_000 for sql in upserts)

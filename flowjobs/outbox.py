@@ -43,6 +43,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from . import conf
+from .database import tidy_connections
 from .engine import ConnectionFailed, FlowJobsError, FlowProducer
 from .engine.connection import sync_client
 from .engine.flow import EncodedFlows
@@ -615,8 +616,7 @@ class Relay:
                     logger.exception("outbox relay step failed; retrying")
                     stop_event.wait(self.poll_interval * 4)
                 finally:
-                    for alias in self.databases:
-                        connections[alias].close_if_unusable_or_obsolete()
+                    tidy_connections()
         finally:
             self.lock.release()
 

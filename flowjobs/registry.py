@@ -6,10 +6,9 @@ the registry builds one dispatch function for the engine Worker: it picks the
 processor registered for the job's name, else the queue's default processor, and
 fails the job (without retrying) when there is neither.
 
-Around every job the dispatch function does what Django does around a request:
-``close_old_connections()`` before and after, in the thread that runs the job, so a
-worker recovers from a database restart and never holds a connection past its age
-(``tidy_connections``: skipped in a thread that holds no open connection).
+Around every job the dispatch function does what Django does around a request, in the
+thread that runs the job (``flowjobs.database.tidy_connections``), so a worker recovers
+from a database restart and never holds a connection past its age.
 
 Per-job log lines are the engine worker's (``flowjobs.engine.joblog``): it writes them
 once Redis recorded the outcome, for every pool, and knows a retry from a final failure.
@@ -25,10 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from asgiref.sync import sync_to_async
-from django.db import connections
-from django.db.backends.signals import connection_created
-
+from .database import some_thread_holds_a_connection, tidy_connections, tidy_orm_thread
 from .engine import CancellationSignal, InvalidQueueName, Job, UnrecoverableError
 
 __all__ = [
@@ -199,40 +195,6 @@ def autodiscover() -> None:
 # --------------------------------------------------------------------------- dispatch
 
 
-# The threads (idents) that opened a database connection which may still be open. In
-# any other thread close_old_connections has nothing to close, yet costs 1.2 us in a
-# tight loop, more between round trips (asgiref's per-thread lookup raises and catches
-# for each database alias): twice a job.
-_threads_with_connections: set[int] = set()
-
-
-def _note_connection(sender: Any, connection: Any, **kwargs: Any) -> None:
-    _threads_with_connections.add(threading.get_ident())  # (in the connecting thread)
-
-
-connection_created.connect(_note_connection, dispatch_uid="flowjobs.registry.note_connection")
-
-
-def tidy_connections() -> None:
-    """Django's ``close_old_connections()`` (closes this thread's connections that are
-    broken, past their ``CONN_MAX_AGE`` or left out of autocommit), in a thread that
-    opened one since its last tidy left none open; a no-op in any other."""
-    here = threading.get_ident()
-    if here not in _threads_with_connections:
-        return
-    still_open = False
-    for connection in connections.all(initialized_only=True):
-        connection.close_if_unusable_or_obsolete()
-        still_open = still_open or connection.connection is not None
-    if not still_open:
-        _threads_with_connections.discard(here)
-
-
-# Async ORM calls run in asgiref's thread-sensitive thread: an ``async def`` processor's
-# job tidies that thread's connections (made once: a wrapper is not free, per job).
-_tidy_orm_thread = sync_to_async(tidy_connections, thread_sensitive=True)
-
-
 def _missing(queue: str, job: Job) -> UnrecoverableError:
     return UnrecoverableError(f'no processor registered for job "{job.name}" in queue "{queue}"')
 
@@ -307,13 +269,13 @@ class Dispatcher:
 
     async def _run_async(self, info: ProcessorInfo, job: Job, token: str | None) -> Any:
         # as the sync path tidies its own thread (no hop while no thread holds a connection)
-        if _threads_with_connections:
-            await _tidy_orm_thread()
+        if some_thread_holds_a_connection():
+            await tidy_orm_thread()
         try:
             return await info.call(job, token)
         finally:
-            if _threads_with_connections:
-                await _tidy_orm_thread()
+            if some_thread_holds_a_connection():
+                await tidy_orm_thread()
 
     def as_processor(self) -> Callable[..., Any]:
         """The function to pass to ``Worker(queue, processor)``."""

@@ -24,6 +24,8 @@ from typing import Any
 
 from django.dispatch import Signal
 
+from .database import tidy_connections
+
 __all__ = [
     "connect_worker",
     "flush",
@@ -61,8 +63,6 @@ class _Sender:
                 self.thread.start()
 
     def _run(self) -> None:
-        from .registry import tidy_connections
-
         while True:
             signal, sender, kwargs = self.pending.get()
             try:

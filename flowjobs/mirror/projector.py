@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from django.db import close_old_connections
 
+from ..database import tidy_connections
 from ..engine.keys import events_max_length, is_wrong_type
 from ..lease import FencedLease, fenced_atomic
 from ..models import StreamPosition
@@ -606,7 +606,7 @@ class Projector:
         self.defer_bursts = True
         coalesce = self.config.coalesce_ms / 1000
         while not stop_event.is_set():
-            close_old_connections()
+            tidy_connections()
             self.step()
             if idle_when_caught_up and self.caught_up:
                 idle_when_caught_up = False

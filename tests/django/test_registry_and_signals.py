@@ -7,7 +7,15 @@ import threading
 
 import pytest
 
-from flowjobs import InvalidQueueName, UnrecoverableError, conf, processor, registry, signals
+from flowjobs import (
+    InvalidQueueName,
+    UnrecoverableError,
+    conf,
+    database,
+    processor,
+    registry,
+    signals,
+)
 from flowjobs.runner import EXIT_OK, RunOptions, WorkerProcess
 
 
@@ -197,6 +205,44 @@ def test_cancel_of_a_sync_processor_in_an_async_queue_only_signals_it(
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_worker_thread_keeps_no_query_log_across_jobs_with_debug_on(scratch_queue, settings):
+    """With DEBUG on, Django logs every query of a connection, SQL included, until a
+    request starts (up to 9,000 a connection); a long-running worker thread would hold its
+    jobs' statements. Its log is cleared around each job, as around a request."""
+    from django.db import connection
+
+    from tests.testapp.models import Note
+
+    settings.DEBUG = True
+
+    @processor(scratch_queue, name="three")
+    def three_queries(job):
+        for _ in range(3):
+            Note.objects.count()
+        return sum("testapp_note" in query["sql"] for query in connection.queries_log)
+
+    dispatcher = registry.get_dispatcher(scratch_queue)
+    job = conf.get_queue(scratch_queue).add("three")
+    logged: list[int] = []
+
+    def worker_thread() -> None:
+        connection.settings_dict["CONN_MAX_AGE"] = None  # persistent, as in production
+        for _ in range(5):
+            logged.append(dispatcher.sync_call(job))
+        logged.append(len(connection.queries_log))
+        connection.close()
+
+    original_max_age = connection.settings_dict["CONN_MAX_AGE"]
+    thread = threading.Thread(target=worker_thread)
+    try:
+        thread.start()
+        thread.join(30)
+    finally:
+        connection.settings_dict["CONN_MAX_AGE"] = original_max_age
+    assert logged == [3, 3, 3, 3, 3, 0]
+
+
+@pytest.mark.django_db(transaction=True)
 def test_connection_hygiene_around_jobs_in_a_worker_thread(scratch_queue):
     """Around each job the dispatcher closes the thread's connections that are broken or
     past their age, as Django does around a request; a thread that holds no open
@@ -226,11 +272,11 @@ def test_connection_hygiene_around_jobs_in_a_worker_thread(scratch_queue):
     def worker_thread() -> None:
         here = threading.get_ident()
         assert dispatcher.sync_call(plain_job) == "no database"
-        seen["after plain"] = here in registry._threads_with_connections
+        seen["after plain"] = here in database._threads_with_connections
         # CONN_MAX_AGE 0: closed after the job, as at the end of a request
         assert dispatcher.sync_call(orm_job) == 0
         seen["closed at age 0"] = connection.connection is None
-        seen["after age 0"] = here in registry._threads_with_connections
+        seen["after age 0"] = here in database._threads_with_connections
         # persistent: kept open, and looked at around the next job, even one that does
         # not use the database
         max_age[0] = None
@@ -239,7 +285,7 @@ def test_connection_hygiene_around_jobs_in_a_worker_thread(scratch_queue):
         connection.close_at = time.monotonic() - 1  # as if CONN_MAX_AGE had passed
         dispatcher.sync_call(plain_job)
         seen["closed past its age"] = connection.connection is None
-        seen["after the close"] = here in registry._threads_with_connections
+        seen["after the close"] = here in database._threads_with_connections
         connection.close()
 
     # (every thread's connection shares the settings dict the processor changes)

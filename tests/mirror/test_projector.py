@@ -828,3 +828,39 @@ def test_a_queue_whose_events_key_is_not_a_stream_does_not_stop_the_others(
     projector.catch_up()
     assert set(_rows("good")) == {first.id, second.id}
     assert rclient.get(f"{prefix}:bad:events") == "another client's value"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_projector_loop_keeps_no_query_log_with_debug_on(settings, make_queue, make_projector):
+    """The projector's thread applies batch after batch for as long as runworker runs. With
+    DEBUG on, Django logs every query of its connection, SQL included (a batch's upsert is
+    megabytes), until something clears the log; each step of the loop clears it."""
+    from django.db import connection
+
+    settings.DEBUG = True
+    queue = make_queue("q")
+    projector = make_projector(block_ms=50, coalesce_ms=0)
+    stop = threading.Event()
+    logged: list[int] = []
+
+    def run() -> None:
+        try:
+            projector.run(stop)
+        finally:
+            logged.append(len(connection.queries_log))
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        for n in range(1, 11):
+            queue.add("job", {"n": n})
+            wait_for(
+                lambda n=n: JobRecord.objects.filter(queue="q").count() == n,
+                message=f"job {n} mirrored",
+            )
+    finally:
+        stop.set()
+        thread.join(10)
+    # ten batches applied: three statements each at least, were they all kept
+    assert logged and logged[0] < 10, logged

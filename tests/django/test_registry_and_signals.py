@@ -204,6 +204,20 @@ def test_cancel_of_a_sync_processor_in_an_async_queue_only_signals_it(
     assert seen == ["stop"]
 
 
+def _run_in_a_thread(target) -> None:
+    """Runs ``target`` in a thread of its own, as a worker runs a job, then puts back the
+    CONN_MAX_AGE it may change: every thread's connection shares that settings dict."""
+    from django.db import connection
+
+    original_max_age = connection.settings_dict["CONN_MAX_AGE"]
+    thread = threading.Thread(target=target)
+    try:
+        thread.start()
+        thread.join(30)
+    finally:
+        connection.settings_dict["CONN_MAX_AGE"] = original_max_age
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_worker_thread_keeps_no_query_log_across_jobs_with_debug_on(scratch_queue, settings):
     """With DEBUG on, Django logs every query of a connection, SQL included, until a
@@ -232,13 +246,7 @@ def test_a_worker_thread_keeps_no_query_log_across_jobs_with_debug_on(scratch_qu
         logged.append(len(connection.queries_log))
         connection.close()
 
-    original_max_age = connection.settings_dict["CONN_MAX_AGE"]
-    thread = threading.Thread(target=worker_thread)
-    try:
-        thread.start()
-        thread.join(30)
-    finally:
-        connection.settings_dict["CONN_MAX_AGE"] = original_max_age
+    _run_in_a_thread(worker_thread)
     assert logged == [3, 3, 3, 3, 3, 0]
 
 
@@ -288,14 +296,7 @@ def test_connection_hygiene_around_jobs_in_a_worker_thread(scratch_queue):
         seen["after the close"] = here in database._threads_with_connections
         connection.close()
 
-    # (every thread's connection shares the settings dict the processor changes)
-    original_max_age = connection.settings_dict["CONN_MAX_AGE"]
-    thread = threading.Thread(target=worker_thread)
-    try:
-        thread.start()
-        thread.join(30)
-    finally:
-        connection.settings_dict["CONN_MAX_AGE"] = original_max_age
+    _run_in_a_thread(worker_thread)
     assert seen == {
         "after plain": False,
         "closed at age 0": True,

@@ -289,6 +289,42 @@ def test_an_idle_relay_pass_reads_the_database_once_and_calls_no_redis(own_redis
     assert outbox.Relay(min_age=0).drain() == 1
 
 
+def test_the_relay_loop_keeps_no_query_log_with_debug_on(own_redis: RedisServer, settings):  # noqa: ANN001
+    """The relay looks at the outbox every half second for as long as runworker runs. With
+    DEBUG on, Django logs every query of its connection until something clears the log;
+    each pass of the loop clears it."""
+    import threading
+
+    settings.DEBUG = True
+    relay = outbox.Relay(poll_interval=0.005)
+    passes = []
+    step = relay.step
+
+    def counted_step(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        passes.append(1)
+        return step(*args, **kwargs)
+
+    relay.step = counted_step
+    stop = threading.Event()
+    logged: list[int] = []
+
+    def run() -> None:
+        try:
+            relay.run(stop)
+        finally:
+            logged.append(len(db.connection.queries_log))
+            db.connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        wait_for(lambda: len(passes) >= 30, message="30 passes of the relay")
+    finally:
+        stop.set()
+        thread.join(10)
+    assert logged and logged[0] < 5, logged  # a query a pass, were they all kept
+
+
 def test_async_twins(own_redis: RedisServer, prefix: str):
     async def produce() -> None:
         job = await aenqueue("orders", "async", {"n": 1}, on_commit=True)

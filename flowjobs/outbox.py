@@ -466,7 +466,10 @@ class _Reaper:
             by_database.setdefault(using, []).append((pk, receipt))
         for using, rows in by_database.items():
             try:
-                OutboxEntry.objects.using(using).filter(pk__in=[pk for pk, _ in rows]).delete()
+                pks = [pk for pk, _ in rows]
+                deleted, _ = OutboxEntry.objects.using(using).filter(pk__in=pks).delete()
+                if deleted < len(pks):
+                    _not_all_deleted(using, pks, deleted)
             except DatabaseError:
                 logger.warning("outbox: could not delete %d pushed entries", len(rows))
                 connections[using].close()
@@ -475,6 +478,26 @@ class _Reaper:
 
 
 _reaper = _Reaper()
+
+
+def _not_all_deleted(using: str, pks: list[int], deleted: int) -> None:
+    """Logs pushed entries the reaper's delete did not find: gone already (the relay
+    pushed and deleted them first), or rows it could not see, which the relay then pushes
+    again and deletes (a test saw this a few times and could not say why: the log says
+    what the reaper's connection was)."""
+    left = list(OutboxEntry.objects.using(using).filter(pk__in=pks).values_list("pk", flat=True))
+    connection = connections[using]
+    logger.info(
+        "outbox: the reaper deleted %d of %d pushed entries %s; still there: %s "
+        "(its connection: database %s, autocommit %s, in a transaction %s)",
+        deleted,
+        len(pks),
+        pks,
+        left or "none",
+        connection.settings_dict.get("NAME"),
+        connection.get_autocommit(),
+        connection.in_atomic_block,
+    )
 
 
 def stage(kind: OutboxKind, encoded: list[EncodedJob] | EncodedFlows, using: str | None) -> Any:

@@ -452,6 +452,9 @@ class _Reaper:
                 except queue.Empty:
                     break
             try:
+                # as around a request: a connection a failed commit left out of autocommit
+                # would take every later delete into a transaction nobody commits
+                tidy_connections()
                 self._reap(items)
             except Exception:
                 logger.exception("outbox: deleting %d pushed entries failed", len(items))

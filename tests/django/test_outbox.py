@@ -351,6 +351,41 @@ def test_the_reaper_says_which_pushed_entries_its_delete_did_not_find(
     assert "autocommit True, in a transaction False" in said[0], said
 
 
+def test_a_reaper_connection_left_out_of_autocommit_is_replaced(
+    own_redis: RedisServer, prefix: str, monkeypatch
+):  # noqa: ANN001
+    """A commit that fails half-way can leave a connection out of autocommit outside any
+    atomic block. The reaper then deleted into a transaction nobody committed, and pushed
+    rows stayed (seen on CI: its log said "autocommit False"). Before each batch it now
+    replaces such a connection, as Django does around a request."""
+    import uuid
+
+    from django.db import connections
+
+    from flowjobs.outbox_entry import OutboxKind
+
+    reap = outbox._Reaper._reap
+    batches: list[int] = []
+
+    def reap_after_breaking_the_first(self, items):  # noqa: ANN001, ANN202
+        batches.append(len(items))
+        if len(batches) == 1:  # in the reaper's thread, on its own connection
+            connections["default"].set_autocommit(False)
+            return None
+        return reap(self, items)
+
+    monkeypatch.setattr(outbox._Reaper, "_reap", reap_after_breaking_the_first)
+    outbox._reaper.delete("default", 0, f"{prefix}:receipt-of-nothing")
+    assert outbox._reaper.wait_idle(10)
+    entry = OutboxEntry.objects.create(
+        batch=uuid.uuid4(), prefix=prefix, kind=OutboxKind.JOBS, jobs=[]
+    )
+    outbox._reaper.delete("default", entry.pk, f"{prefix}:receipt")
+    assert outbox._reaper.wait_idle(10)
+    assert batches == [1, 1]
+    assert not OutboxEntry.objects.filter(pk=entry.pk).exists()
+
+
 def test_async_twins(own_redis: RedisServer, prefix: str):
     async def produce() -> None:
         job = await aenqueue("orders", "async", {"n": 1}, on_commit=True)

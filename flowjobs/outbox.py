@@ -485,9 +485,9 @@ _reaper = _Reaper()
 
 def _not_all_deleted(using: str, pks: list[int], deleted: int) -> None:
     """Logs pushed entries the reaper's delete did not find: gone already (the relay
-    pushed and deleted them first), or rows it could not see, which the relay then pushes
-    again and deletes (a test saw this a few times and could not say why: the log says
-    what the reaper's connection was)."""
+    pushed and deleted them first), or rows its connection could not see (the relay
+    pushes them again and deletes them), with that connection's state: a connection left
+    out of autocommit once made every delete of the reaper go uncommitted, unseen."""
     left = list(OutboxEntry.objects.using(using).filter(pk__in=pks).values_list("pk", flat=True))
     connection = connections[using]
     logger.info(

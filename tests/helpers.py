@@ -98,3 +98,33 @@ def client_id_of(admin: redis.Redis, connection: Any) -> int:
         if entry["addr"].endswith(f":{port}"):
             return int(entry["id"])
     raise AssertionError(f"no client on port {port}")
+
+
+def query_log_left_by(loop: Callable[[Any], None], meanwhile: Callable[[], None]) -> int:
+    """Runs ``loop(stop_event)`` (a service loop: the mirror's, the outbox relay's) in a
+    thread of its own while ``meanwhile()`` runs here, stops it, and returns how many
+    queries that thread's connection still had in its log at the end (with DEBUG on,
+    Django logs each until something clears the log)."""
+    import threading
+
+    from django.db import connection
+
+    stop = threading.Event()
+    logged: list[int] = []
+
+    def run() -> None:
+        try:
+            loop(stop)
+        finally:
+            logged.append(len(connection.queries_log))
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        meanwhile()
+    finally:
+        stop.set()
+        thread.join(10)
+    assert logged, "the loop's thread did not end"
+    return logged[0]

@@ -35,7 +35,7 @@ from flowjobs.enqueue import (
     enqueue_flow,
 )
 from flowjobs.models import OutboxEntry
-from tests.helpers import wait_for
+from tests.helpers import query_log_left_by, wait_for
 from tests.redis_server import RedisServer
 from tests.testapp.models import Note
 
@@ -293,8 +293,6 @@ def test_the_relay_loop_keeps_no_query_log_with_debug_on(own_redis: RedisServer,
     """The relay looks at the outbox every half second for as long as runworker runs. With
     DEBUG on, Django logs every query of its connection until something clears the log;
     each pass of the loop clears it."""
-    import threading
-
     settings.DEBUG = True
     relay = outbox.Relay(poll_interval=0.005)
     passes = []
@@ -305,24 +303,10 @@ def test_the_relay_loop_keeps_no_query_log_with_debug_on(own_redis: RedisServer,
         return step(*args, **kwargs)
 
     relay.step = counted_step
-    stop = threading.Event()
-    logged: list[int] = []
-
-    def run() -> None:
-        try:
-            relay.run(stop)
-        finally:
-            logged.append(len(db.connection.queries_log))
-            db.connection.close()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    try:
-        wait_for(lambda: len(passes) >= 30, message="30 passes of the relay")
-    finally:
-        stop.set()
-        thread.join(10)
-    assert logged and logged[0] < 5, logged  # a query a pass, were they all kept
+    logged = query_log_left_by(
+        relay.run, lambda: wait_for(lambda: len(passes) >= 30, message="30 passes of the relay")
+    )
+    assert logged < 5, logged  # a query a pass, were they all kept
 
 
 def test_the_reaper_says_which_pushed_entries_its_delete_did_not_find(

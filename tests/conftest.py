@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from flowjobs.engine import FlowProducer, Queue, Worker
+from tests.faultproxy import FaultProxy
 from tests.helpers import delete_prefixed_keys, new_prefix
 from tests.redis_server import RedisServer
 
@@ -44,6 +45,16 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture
+def proxy(redis_server: RedisServer) -> Iterator[FaultProxy]:
+    """A TCP proxy in front of the test process's redis-server that injects network
+    faults (tests/faultproxy.py)."""
+    redis_server.ensure_running()
+    proxy = FaultProxy("127.0.0.1", redis_server.port)
+    yield proxy
+    proxy.close()
 
 
 @pytest.fixture

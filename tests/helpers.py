@@ -92,8 +92,13 @@ def new_prefix() -> str:
 
 
 def client_id_of(admin: redis.Redis, connection: Any) -> int:
-    """The server's id of a redis-py connection (for CLIENT KILL), found by its port."""
-    port = connection._sock.getsockname()[1]
+    """The server's id of a redis-py connection, sync or asyncio (for CLIENT KILL), found
+    by its port."""
+    sock = getattr(connection, "_sock", None)
+    if sock is not None:
+        port = sock.getsockname()[1]
+    else:
+        port = connection._writer.get_extra_info("sockname")[1]
     for entry in admin.client_list():
         if entry["addr"].endswith(f":{port}"):
             return int(entry["id"])

@@ -849,10 +849,12 @@ class Worker:
         except BaseException as error:  # noqa: BLE001 - a processor may raise anything
             outcome, value = _outcome_of(error)
         self._finished.append((job, outcome, value))
-        if self.concurrency == 1:
-            # no other job can finish in this round to share the batch: send it now,
-            # not one turn of the event loop (a poll of its sockets) later
-            self._send_records()
+        if self.concurrency == 1 and self._free_lanes:
+            # no other job can finish in this round to share the batch: record it now,
+            # in this task (not one turn of the event loop later, nor in a task of its
+            # own). The job has left _active by the batch's first step, so a cancel
+            # request cannot reach this task while it records.
+            await self._record(*self._next_batch())
         else:
             self._schedule_records()
 
@@ -1167,11 +1169,15 @@ class Worker:
         runs one batch while this process handles the other's jobs."""
         self._records_scheduled = False
         while self._finished and self._free_lanes:
-            lane = self._free_lanes.pop()
-            batch = self._finished[: self._batch_size]
-            del self._finished[: self._batch_size]
-            self._recording += 1
-            asyncio.ensure_future(self._record(lane, batch))
+            asyncio.ensure_future(self._record(*self._next_batch()))
+
+    def _next_batch(self) -> tuple[Any, list[tuple[Job, str, Any]]]:
+        """A free lane and the finished jobs it records next (see `_record`)."""
+        lane = self._free_lanes.pop()
+        batch = self._finished[: self._batch_size]
+        del self._finished[: self._batch_size]
+        self._recording += 1
+        return lane, batch
 
     async def _record(self, lane: Any, batch: list[tuple[Job, str, Any]]) -> None:
         try:
@@ -1183,7 +1189,8 @@ class Worker:
         finally:
             self._recording -= 1
             self._free_lanes.append(lane)
-            self._schedule_records()
+            if self._finished:  # jobs that waited for a free lane
+                self._schedule_records()
 
     async def _record_batch(self, lane: Any, batch: list[tuple[Job, str, Any]]) -> None:
         calls: list[scripts.Call] = []

@@ -9,28 +9,18 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 
 import pytest
 
 from flowjobs.engine import Queue, Worker
 from tests.faultproxy import FaultProxy
 from tests.helpers import until_cancelled, wait_for, work_for
-from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.chaos
 
 # the aim of issue 14: an idle worker consumes again within 15 s with default settings
 RECOVERY_BOUND_S = 15.0
 OUTAGE_S = 3.0
-
-
-@pytest.fixture
-def proxy(redis_server: RedisServer) -> Iterator[FaultProxy]:
-    redis_server.ensure_running()
-    proxy = FaultProxy("127.0.0.1", redis_server.port)
-    yield proxy
-    proxy.close()
 
 
 def _outage_lines(caplog: pytest.LogCaptureFixture) -> tuple[list[str], list[str]]:

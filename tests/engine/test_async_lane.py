@@ -74,7 +74,9 @@ def test_a_silent_connection_times_out_at_the_deadline_and_the_next_batch_reconn
     assert isinstance(again[0], list)
 
 
-def test_error_replies_are_answers_and_the_connection_stays(queue, redis_url, redis_client):
+@pytest.mark.parametrize("protocol", ["2", "3"])
+def test_error_replies_are_answers_and_the_connection_stays(queue, redis_url, protocol):
+    """(On RESP2 and RESP3: the answers are read from the connection's parser.)"""
     queue.add("x", {"n": 1})
 
     async def body(lane):
@@ -84,7 +86,7 @@ def test_error_replies_are_answers_and_the_connection_stays(queue, redis_url, re
         )
         return held, lane.connection, results
 
-    held, after, results = _on_lane(redis_url, body)
+    held, after, results = _on_lane(f"{redis_url}?protocol={protocol}", body)
     assert isinstance(results[0], redis.ResponseError)
     assert results[1][0], results  # the call after the refused one ran and took the job
     assert after is held

@@ -504,8 +504,14 @@ async def run_on_connection(lane: Lane, calls: Sequence[Call]) -> list[Any]:
         payload = b"".join(pack_call(*call) for call in calls)
         writer = connection._writer
         if writer is None or writer.transport.is_closing():
-            # not connected (or closing): redis-py's send connects, or names the fault
-            await connection.send_packed_command(payload, check_health=False)
+            # not connected (or closing): redis-py's send connects (within the batch's
+            # deadline: its retries could outlast it), or names the fault
+            try:
+                async with asyncio.timeout_at(lane.due):
+                    await connection.send_packed_command(payload, check_health=False)
+            except TimeoutError:
+                lane.timed_out = True
+                raise
         else:
             writer.write(payload)
         # answers straight from the connection's parser, as they are: an error reply is
@@ -579,6 +585,8 @@ class Lane:
         writer = self.connection._writer
         if writer is not None:
             writer.transport.abort()
+        else:  # still connecting: cut as soon as it is connected, should it ever be
+            self._timer = loop.call_at(loop.time() + 0.05, self._check, loop)
 
     async def release(self, pool: Any) -> None:
         if self._timer is not None:

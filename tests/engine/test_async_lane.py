@@ -74,6 +74,23 @@ def test_a_silent_connection_times_out_at_the_deadline_and_the_next_batch_reconn
     assert isinstance(again[0], list)
 
 
+def test_a_reconnect_that_gets_no_answer_times_out_at_the_deadline(queue, proxy):
+    """A lane whose connection broke connects again within its next batch; when Redis
+    does not answer the connection's handshake, the batch still ends at its deadline."""
+
+    async def body(lane):
+        await scripts.run_on_lane(lane, [_fetch(queue, "t:0")])
+        await lane.connection.disconnect()
+        proxy.hold()  # the new connection is accepted, and then nothing is answered
+        started = time.monotonic()
+        with pytest.raises(redis.TimeoutError, match="no answer from Redis within 0.3s"):
+            # (the outer bound only turns a hang into a failure)
+            await asyncio.wait_for(scripts.run_on_lane(lane, [_fetch(queue, "t:1")]), 10)
+        return time.monotonic() - started
+
+    assert _on_lane(f"{proxy.url}?socket_timeout=0.3", body) < 2.0
+
+
 @pytest.mark.parametrize("protocol", ["2", "3"])
 def test_error_replies_are_answers_and_the_connection_stays(queue, redis_url, protocol):
     """(On RESP2 and RESP3: the answers are read from the connection's parser.)"""

@@ -454,7 +454,7 @@ class _Reaper:
             try:
                 # as around a request: a connection a failed commit left out of autocommit
                 # would take every later delete into a transaction nobody commits
-                tidy_connections()
+                tidy_connections(always=True)
                 self._reap(items)
             except Exception:
                 logger.exception("outbox: deleting %d pushed entries failed", len(items))
@@ -642,7 +642,7 @@ class Relay:
                     logger.exception("outbox relay step failed; retrying")
                     stop_event.wait(self.poll_interval * 4)
                 finally:
-                    tidy_connections()
+                    tidy_connections(always=True)
         finally:
             self.lock.release()
 

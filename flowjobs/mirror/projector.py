@@ -606,7 +606,7 @@ class Projector:
         self.defer_bursts = True
         coalesce = self.config.coalesce_ms / 1000
         while not stop_event.is_set():
-            tidy_connections()
+            tidy_connections(always=True)
             self.step()
             if idle_when_caught_up and self.caught_up:
                 idle_when_caught_up = False

@@ -305,3 +305,31 @@ def test_connection_hygiene_around_jobs_in_a_worker_thread(scratch_queue):
         "closed past its age": True,
         "after the close": False,
     }
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_service_loop_tidies_a_connection_it_has_no_record_of():
+    """``tidy_connections(always=True)`` (the outbox reaper's, the relay's and the mirror's
+    loops) closes a connection left out of autocommit even in a thread with no record of
+    opening it, where the quick test of job threads skips it (CI showed the reaper's
+    thread in that state once, with its deletes left uncommitted)."""
+    from django.db import connection
+
+    seen: dict[str, object] = {}
+
+    def service_thread() -> None:
+        connection.set_autocommit(False)
+        database._threads_with_connections.discard(threading.get_ident())  # no record
+        database.tidy_connections()
+        seen["quick test skips it"] = connection.connection is not None
+        database.tidy_connections(always=True)
+        seen["always: closed"] = connection.connection is None
+        seen["always: autocommit again"] = connection.get_autocommit()
+        connection.close()
+
+    _run_in_a_thread(service_thread)
+    assert seen == {
+        "quick test skips it": True,
+        "always: closed": True,
+        "always: autocommit again": True,
+    }

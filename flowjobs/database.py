@@ -39,9 +39,10 @@ def tidy_connections(always: bool = False) -> None:
 
     ``always``: in every case, for a thread that uses the database at each step (the
     outbox reaper, the relay's and the mirror's loops), where the quick test saves
-    nothing. CI showed the outbox reaper's thread with an open connection, left out of
-    autocommit, that it had no record of (its deletes then stayed uncommitted); how the
-    record went missing was not found."""
+    nothing. A thread has no record of a connection whose ``connect()`` failed after
+    opening it (``connection_created`` is sent at its end): Django keeps such a half
+    made connection, autocommit not set. The outbox reaper and relay close theirs after
+    a failed step for that reason; job threads do not (see the CHANGELOG)."""
     here = threading.get_ident()
     if not always and here not in _threads_with_connections:
         return

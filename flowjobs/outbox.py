@@ -458,6 +458,12 @@ class _Reaper:
                 self._reap(items)
             except Exception:
                 logger.exception("outbox: deleting %d pushed entries failed", len(items))
+                # a connection the batch opened may be half made: Django's connect() can
+                # fail after the socket is open, before autocommit is set, and leaves it
+                # in place; reused, every later delete would go into a transaction no
+                # one commits (seen on CI, where a test's end blocks database access
+                # halfway through a connect)
+                connections.close_all()
             finally:
                 with self._busy:
                     self._in_flight -= len(items)
@@ -640,6 +646,7 @@ class Relay:
                     stop_event.wait(self.poll_interval)
                 except Exception:
                     logger.exception("outbox relay step failed; retrying")
+                    connections.close_all()  # possibly half made: see _Reaper._run
                     stop_event.wait(self.poll_interval * 4)
                 finally:
                     tidy_connections(always=True)

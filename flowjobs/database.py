@@ -6,6 +6,8 @@ and, with DEBUG on, does not keep every query it ever ran."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -41,8 +43,8 @@ def tidy_connections(always: bool = False) -> None:
     outbox reaper, the relay's and the mirror's loops), where the quick test saves
     nothing. A thread has no record of a connection whose ``connect()`` failed after
     opening it (``connection_created`` is sent at its end): Django keeps such a half
-    made connection, autocommit not set. The outbox reaper and relay close theirs after
-    a failed step for that reason; job threads do not (see the CHANGELOG)."""
+    made connection, autocommit not set: see `database_step`, which such threads use;
+    job threads keep the quick test (see the CHANGELOG)."""
     here = threading.get_ident()
     if not always and here not in _threads_with_connections:
         return
@@ -53,6 +55,23 @@ def tidy_connections(always: bool = False) -> None:
         still_open = still_open or connection.connection is not None
     if not still_open:
         _threads_with_connections.discard(here)
+
+
+@contextmanager
+def database_step() -> Iterator[None]:
+    """One step of a thread that uses the database at every step (the outbox reaper, the
+    relay's and the mirror's loops): its connections are tidied before the step, whatever
+    was recorded of them, and closed when the step fails. Django's ``connect()`` can fail
+    after it opened the connection, before it set autocommit, and keeps that half made
+    connection; reused, every later write would go into a transaction no one commits
+    (seen on CI, where a test's end blocked database access halfway through the outbox
+    reaper's connect, and the reaper's deletes stayed uncommitted)."""
+    tidy_connections(always=True)
+    try:
+        yield
+    except Exception:
+        connections.close_all()  # this thread's
+        raise
 
 
 # Async ORM calls run in asgiref's thread-sensitive thread: an ``async def`` processor's

@@ -43,7 +43,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from . import conf
-from .database import tidy_connections
+from .database import database_step
 from .engine import ConnectionFailed, FlowJobsError, FlowProducer
 from .engine.connection import sync_client
 from .engine.flow import EncodedFlows
@@ -454,16 +454,10 @@ class _Reaper:
             try:
                 # as around a request: a connection a failed commit left out of autocommit
                 # would take every later delete into a transaction nobody commits
-                tidy_connections(always=True)
-                self._reap(items)
+                with database_step():
+                    self._reap(items)
             except Exception:
                 logger.exception("outbox: deleting %d pushed entries failed", len(items))
-                # a connection the batch opened may be half made: Django's connect() can
-                # fail after the socket is open, before autocommit is set, and leaves it
-                # in place; reused, every later delete would go into a transaction no
-                # one commits (seen on CI, where a test's end blocks database access
-                # halfway through a connect)
-                connections.close_all()
             finally:
                 with self._busy:
                     self._in_flight -= len(items)
@@ -637,7 +631,8 @@ class Relay:
                     if not self.lock.acquire():
                         stop_event.wait(self.lock.wait_hint())
                         continue
-                    outcome = self.step()
+                    with database_step():
+                        outcome = self.step()
                     self._report(outcome.unavailable)
                     if len(outcome.pushed) < self.batch_size or outcome.unavailable:
                         stop_event.wait(self.poll_interval)
@@ -646,10 +641,7 @@ class Relay:
                     stop_event.wait(self.poll_interval)
                 except Exception:
                     logger.exception("outbox relay step failed; retrying")
-                    connections.close_all()  # possibly half made: see _Reaper._run
                     stop_event.wait(self.poll_interval * 4)
-                finally:
-                    tidy_connections(always=True)
         finally:
             self.lock.release()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -21,8 +22,27 @@ from django.db.backends.signals import connection_created
 _threads_with_connections: set[int] = set()
 
 
+# The attribute of a connection wrapper naming the DB-API connection whose ``connect()``
+# reached ``connection_created``, its end: one that did not is half made.
+_FINISHED_CONNECT = "_flowjobs_finished_connect"
+
+
 def _note_connection(sender: Any, connection: Any, **kwargs: Any) -> None:
     _threads_with_connections.add(threading.get_ident())  # (in the connecting thread)
+    setattr(connection, _FINISHED_CONNECT, connection.connection)
+
+
+def _half_made(connection: Any) -> bool:
+    """Django's ``connect()`` opens the connection, then sets it up (autocommit, the
+    session's time zone, PostgreSQL's ``SET ROLE``) and sends ``connection_created``
+    last; when the set-up fails it keeps the connection, half made, and every later use
+    skips the set-up. (Never one in an atomic block: ``connect()`` clears that, and a
+    test's transaction holds the connection it began on.)"""
+    return (
+        connection.connection is not None
+        and not connection.in_atomic_block
+        and getattr(connection, _FINISHED_CONNECT, None) is not connection.connection
+    )
 
 
 connection_created.connect(_note_connection, dispatch_uid="flowjobs.database.note_connection")
@@ -39,19 +59,22 @@ def tidy_connections(always: bool = False) -> None:
     DEBUG on, every query is logged until then, up to 9,000 a connection). Only in a thread
     that opened a connection since its last tidy left none open; a no-op in any other.
 
-    ``always``: in every case, for a thread that uses the database at each step (the
-    outbox reaper, the relay's and the mirror's loops), where the quick test saves
-    nothing. A thread has no record of a connection whose ``connect()`` failed after
-    opening it (``connection_created`` is sent at its end): Django keeps such a half
-    made connection, autocommit not set: see `database_step`, which such threads use;
-    job threads keep the quick test (see the CHANGELOG)."""
+    ``always``: in every case, and a half made connection (see `_half_made`) is closed.
+    A thread has no record of such a connection (``connection_created`` is sent at the
+    end of ``connect()``), so the quick test skips it: threads that use the database at
+    every step (the outbox reaper, the relay's and the mirror's loops, `database_step`)
+    tidy always; job threads tidy always after a job that raised, which a failed
+    ``connect()`` does."""
     here = threading.get_ident()
     if not always and here not in _threads_with_connections:
         return
     still_open = False
     for connection in connections.all(initialized_only=True):
         connection.queries_log.clear()
-        connection.close_if_unusable_or_obsolete()
+        if always and _half_made(connection):
+            connection.close()
+        else:
+            connection.close_if_unusable_or_obsolete()
         still_open = still_open or connection.connection is not None
     if not still_open:
         _threads_with_connections.discard(here)
@@ -77,3 +100,6 @@ def database_step() -> Iterator[None]:
 # Async ORM calls run in asgiref's thread-sensitive thread: an ``async def`` processor's
 # job tidies that thread's connections (made once: a wrapper is not free, per job).
 tidy_orm_thread = sync_to_async(tidy_connections, thread_sensitive=True)
+tidy_orm_thread_always = sync_to_async(
+    partial(tidy_connections, always=True), thread_sensitive=True
+)

@@ -24,7 +24,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from .database import some_thread_holds_a_connection, tidy_connections, tidy_orm_thread
+from .database import (
+    some_thread_holds_a_connection,
+    tidy_connections,
+    tidy_orm_thread,
+    tidy_orm_thread_always,
+)
 from .engine import CancellationSignal, InvalidQueueName, Job, UnrecoverableError
 
 __all__ = [
@@ -233,9 +238,12 @@ class Dispatcher:
         """Runs a synchronous processor with Django's connection hygiene around it."""
         tidy_connections()
         try:
-            return info.call(job, token)
-        finally:
-            tidy_connections()
+            result = info.call(job, token)
+        except BaseException:
+            tidy_connections(always=True)  # a failed connect() is a job that raised
+            raise
+        tidy_connections()
+        return result
 
     def sync_call(self, job: Job, token: str | None = None) -> Any:
         return self.run_sync(self._select(job), job, token)
@@ -272,10 +280,13 @@ class Dispatcher:
         if some_thread_holds_a_connection():
             await tidy_orm_thread()
         try:
-            return await info.call(job, token)
-        finally:
-            if some_thread_holds_a_connection():
-                await tidy_orm_thread()
+            result = await info.call(job, token)
+        except BaseException:
+            await tidy_orm_thread_always()  # (a failed connect() in the ORM's thread)
+            raise
+        if some_thread_holds_a_connection():
+            await tidy_orm_thread()
+        return result
 
     def as_processor(self) -> Callable[..., Any]:
         """The function to pass to ``Worker(queue, processor)``."""
@@ -311,8 +322,10 @@ def isolated_dispatch(job: Job, token: str | None = None) -> Any:
         result = info.call(job, token)
         if inspect.isawaitable(result):
             result = asyncio.run(_awaited(result))
-    finally:
-        tidy_connections()
+    except BaseException:
+        tidy_connections(always=True)
+        raise
+    tidy_connections()
     return result
 
 

@@ -333,3 +333,67 @@ def test_a_service_loop_tidies_a_connection_it_has_no_record_of():
         "always: closed": True,
         "always: autocommit again": True,
     }
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("kind", ["def", "async def"])
+def test_a_job_thread_drops_a_connection_whose_connect_failed_halfway(scratch_queue, kind):
+    """Django's ``connect()`` opens the connection, then sets it up (autocommit, then on
+    PostgreSQL the session's time zone and ``SET ROLE`` for ``OPTIONS["assume_role"]``);
+    when the set-up fails it keeps the connection and sends no ``connection_created``, so
+    the thread has no record of it. The next job in that thread (for an ``async def``
+    processor, asgiref's thread for the ORM) must not run on it: here it would run as the
+    login role instead of the assumed one (it did before the fix)."""
+    from asgiref.sync import sync_to_async
+    from django.db import DatabaseError, connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("SET ROLE at connect is PostgreSQL's; SQLite sets up before it keeps one")
+
+    def current_user() -> str:
+        if "assume_role" not in connection.settings_dict["OPTIONS"]:
+            # this thread's own settings: a role that does not exist, persistent connections
+            settings_dict = dict(connection.settings_dict)
+            settings_dict["OPTIONS"] = {**settings_dict["OPTIONS"], "assume_role": "fj_no_role"}
+            settings_dict["CONN_MAX_AGE"] = None
+            connection.settings_dict = settings_dict
+            threads.add(threading.get_ident())
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT current_user")
+            return cursor.fetchone()[0]
+
+    def left_open() -> bool:
+        is_open = connection.connection is not None
+        connection.close()
+        return is_open
+
+    threads: set[int] = set()
+    if kind == "def":
+        processor(scratch_queue, name="whoami")(lambda job: current_user())
+    else:
+
+        @processor(scratch_queue, name="whoami")
+        async def current_user_async(job):
+            return await sync_to_async(current_user)()
+
+    dispatcher = registry.get_dispatcher(scratch_queue)
+    job = conf.get_queue(scratch_queue).add("whoami")
+    outcomes: list[tuple[str, object]] = []
+
+    def worker_thread() -> None:
+        for _ in range(2):
+            try:
+                if kind == "def":
+                    outcomes.append(("ran as", dispatcher.sync_call(job)))
+                else:
+                    outcomes.append(("ran as", asyncio.run(dispatcher.async_call(job))))
+            except DatabaseError as error:
+                outcomes.append(("failed", "fj_no_role" in str(error)))
+        if kind == "def":
+            outcomes.append(("left open", left_open()))
+        else:
+            outcomes.append(("left open", asyncio.run(sync_to_async(left_open)())))
+
+    _run_in_a_thread(worker_thread)
+    assert len(threads) == 1
+    assert outcomes == [("failed", True), ("failed", True), ("left open", False)]

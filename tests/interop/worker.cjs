@@ -222,11 +222,13 @@ async function main() {
     worker.on('error', (err) => emit({ event: 'error', queue: name, error: errorInfo(err) }));
     workers.push(worker);
   }
+  // "ready" before the workers run: a job already waiting can be done, and with
+  // `doneAfter` the process gone, before waitUntilReady resolves once they run
+  await Promise.all(workers.map((w) => w.waitUntilReady()));
+  emit({ event: 'ready', queues: queueNames, pid: process.pid });
   for (const worker of workers) {
     worker.run().catch((err) => emit({ event: 'error', error: errorInfo(err) }));
   }
-  await Promise.all(workers.map((w) => w.waitUntilReady()));
-  emit({ event: 'ready', queues: queueNames, pid: process.pid });
 }
 
 process.on('SIGTERM', () => shutdown(0));

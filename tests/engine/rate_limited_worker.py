@@ -4,6 +4,7 @@ Usage: python -m tests.engine.rate_limited_worker <url> <prefix> <queue> <name> 
 """
 
 import sys
+import time
 
 from flowjobs.engine import Worker
 
@@ -12,11 +13,15 @@ def main() -> None:
     url, prefix, queue_name, name, max_jobs, duration = sys.argv[1:7]
     worker = Worker(
         queue_name,
-        lambda job: None,
+        # one job at a time, 0.1 s each: alone a worker can take at most a job per 0.1 s,
+        # so each takes a share of every window it is running for, however quick the
+        # other is to wake when the window opens; two of them could do 20 a second, so
+        # the limiter is what holds them back
+        lambda job: time.sleep(0.1),
         connection=url,
         prefix=prefix,
         name=name,
-        concurrency=4,
+        concurrency=1,
         limiter={"max": int(max_jobs), "duration": int(duration)},
     )
     print("ready", flush=True)

@@ -67,8 +67,8 @@ class _Sender:
             signal, sender, kwargs = self.pending.get()
             try:
                 tidy_connections()
-                send_now(signal, sender, **kwargs)
-                tidy_connections()
+                # after a receiver that raised, always (a failed connect() is one)
+                tidy_connections(always=send_now(signal, sender, **kwargs))
             finally:
                 self.pending.task_done()
 
@@ -84,16 +84,20 @@ class _Sender:
         return done.wait(timeout)
 
 
-def send_now(signal: Signal, sender: str, **kwargs: Any) -> None:
-    """Sends ``signal`` in this thread; a receiver that raises is logged, not raised."""
+def send_now(signal: Signal, sender: str, **kwargs: Any) -> bool:
+    """Sends ``signal`` in this thread; a receiver that raises is logged, not raised.
+    True when one did."""
+    raised = False
     for receiver, error in signal.send_robust(sender=sender, **kwargs):
         if error is not None:
+            raised = True
             logger.error(
                 "receiver %r of a flowjobs signal raised %r",
                 receiver,
                 error,
                 exc_info=(type(error), error, error.__traceback__),
             )
+    return raised
 
 
 _sender = _Sender()

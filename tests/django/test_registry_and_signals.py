@@ -335,6 +335,41 @@ def test_a_service_loop_tidies_a_connection_it_has_no_record_of():
     }
 
 
+MISSING_ROLE = "fj_no_role"
+
+
+def _skip_unless_postgresql() -> None:
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("SET ROLE at connect is PostgreSQL's; SQLite sets up before it keeps one")
+
+
+def _current_user_under_a_missing_role(threads: set[int]) -> str:
+    """``SELECT current_user`` on this thread's connection. The thread's own settings
+    (the first call makes them, and adds the thread to `threads`) have PostgreSQL assume
+    a role that does not exist at connect, and keep connections open."""
+    from django.db import connection
+
+    if "assume_role" not in connection.settings_dict["OPTIONS"]:
+        settings_dict = dict(connection.settings_dict)
+        settings_dict["OPTIONS"] = {**settings_dict["OPTIONS"], "assume_role": MISSING_ROLE}
+        settings_dict["CONN_MAX_AGE"] = None
+        connection.settings_dict = settings_dict
+        threads.add(threading.get_ident())
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_user")
+        return cursor.fetchone()[0]
+
+
+def _close_and_say_if_open() -> bool:
+    from django.db import connection
+
+    is_open = connection.connection is not None
+    connection.close()
+    return is_open
+
+
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("kind", ["def", "async def"])
 def test_a_job_thread_drops_a_connection_whose_connect_failed_halfway(scratch_queue, kind):
@@ -345,36 +380,19 @@ def test_a_job_thread_drops_a_connection_whose_connect_failed_halfway(scratch_qu
     processor, asgiref's thread for the ORM) must not run on it: here it would run as the
     login role instead of the assumed one (it did before the fix)."""
     from asgiref.sync import sync_to_async
-    from django.db import DatabaseError, connection
+    from django.db import DatabaseError
 
-    if connection.vendor != "postgresql":
-        pytest.skip("SET ROLE at connect is PostgreSQL's; SQLite sets up before it keeps one")
-
-    def current_user() -> str:
-        if "assume_role" not in connection.settings_dict["OPTIONS"]:
-            # this thread's own settings: a role that does not exist, persistent connections
-            settings_dict = dict(connection.settings_dict)
-            settings_dict["OPTIONS"] = {**settings_dict["OPTIONS"], "assume_role": "fj_no_role"}
-            settings_dict["CONN_MAX_AGE"] = None
-            connection.settings_dict = settings_dict
-            threads.add(threading.get_ident())
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT current_user")
-            return cursor.fetchone()[0]
-
-    def left_open() -> bool:
-        is_open = connection.connection is not None
-        connection.close()
-        return is_open
-
+    _skip_unless_postgresql()
     threads: set[int] = set()
     if kind == "def":
-        processor(scratch_queue, name="whoami")(lambda job: current_user())
+        processor(scratch_queue, name="whoami")(
+            lambda job: _current_user_under_a_missing_role(threads)
+        )
     else:
 
         @processor(scratch_queue, name="whoami")
         async def current_user_async(job):
-            return await sync_to_async(current_user)()
+            return await sync_to_async(_current_user_under_a_missing_role)(threads)
 
     dispatcher = registry.get_dispatcher(scratch_queue)
     job = conf.get_queue(scratch_queue).add("whoami")
@@ -388,12 +406,45 @@ def test_a_job_thread_drops_a_connection_whose_connect_failed_halfway(scratch_qu
                 else:
                     outcomes.append(("ran as", asyncio.run(dispatcher.async_call(job))))
             except DatabaseError as error:
-                outcomes.append(("failed", "fj_no_role" in str(error)))
+                outcomes.append(("failed", MISSING_ROLE in str(error)))
         if kind == "def":
-            outcomes.append(("left open", left_open()))
+            outcomes.append(("left open", _close_and_say_if_open()))
         else:
-            outcomes.append(("left open", asyncio.run(sync_to_async(left_open)())))
+            outcomes.append(("left open", asyncio.run(sync_to_async(_close_and_say_if_open)())))
 
     _run_in_a_thread(worker_thread)
+    assert len(threads) == 1
+    assert outcomes == [("failed", True), ("failed", True), ("left open", False)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_signal_thread_drops_a_connection_whose_connect_failed_halfway(scratch_queue):
+    """The same for the thread that sends the job signals: a receiver that raised is
+    logged and the thread goes on, so the next receiver must not run on a connection
+    whose ``connect()`` failed halfway (it ran as the login role before the fix)."""
+    from django.db import DatabaseError
+
+    _skip_unless_postgresql()
+    threads: set[int] = set()
+    outcomes: list[tuple[str, object]] = []
+
+    def whoami(sender, job, **kwargs):
+        if job is None:  # the last one: is the connection left open?
+            outcomes.append(("left open", _close_and_say_if_open()))
+            return
+        try:
+            outcomes.append(("ran as", _current_user_under_a_missing_role(threads)))
+        except DatabaseError as error:
+            outcomes.append(("failed", MISSING_ROLE in str(error)))
+            raise
+
+    signals.job_completed.connect(whoami, sender=scratch_queue)
+    try:
+        job = conf.get_queue(scratch_queue).add("x")
+        for each in (job, job, None):
+            signals._sender.put(signals.job_completed, scratch_queue, job=each, result=None)
+        assert signals.flush(10)
+    finally:
+        signals.job_completed.disconnect(whoami, sender=scratch_queue)
     assert len(threads) == 1
     assert outcomes == [("failed", True), ("failed", True), ("left open", False)]

@@ -48,6 +48,15 @@ def _half_made(connection: Any) -> bool:
 connection_created.connect(_note_connection, dispatch_uid="flowjobs.database.note_connection")
 
 
+def close_half_made_connections() -> None:
+    """Closes this thread's half made connections (see `_half_made`), and only those: for
+    a thread that caught an exception of code that may have connected (a signal's
+    receiver), wherever it runs, a test's transaction included."""
+    for connection in connections.all(initialized_only=True):
+        if _half_made(connection):
+            connection.close()
+
+
 def some_thread_holds_a_connection() -> bool:
     return bool(_threads_with_connections)
 

@@ -7,6 +7,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -133,3 +134,40 @@ def query_log_left_by(loop: Callable[[Any], None], meanwhile: Callable[[], None]
         thread.join(10)
     assert logged, "the loop's thread did not end"
     return logged[0]
+
+
+# --- a database connection whose connect() fails halfway (PostgreSQL) -----------------
+MISSING_ROLE = "fj_no_role"
+
+
+def skip_unless_postgresql() -> None:
+    import pytest
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("SET ROLE at connect is PostgreSQL's; SQLite sets up before it keeps one")
+
+
+def current_user_under_a_missing_role(threads: set[int]) -> str:
+    """``SELECT current_user`` on this thread's connection. The thread's own settings
+    (the first call makes them, and adds the thread to `threads`) have PostgreSQL assume
+    a role that does not exist at connect, and keep connections open."""
+    from django.db import connection
+
+    if "assume_role" not in connection.settings_dict["OPTIONS"]:
+        settings_dict = dict(connection.settings_dict)
+        settings_dict["OPTIONS"] = {**settings_dict["OPTIONS"], "assume_role": MISSING_ROLE}
+        settings_dict["CONN_MAX_AGE"] = None
+        connection.settings_dict = settings_dict
+        threads.add(threading.get_ident())
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_user")
+        return cursor.fetchone()[0]
+
+
+def close_and_say_if_open() -> bool:
+    from django.db import connection
+
+    is_open = connection.connection is not None
+    connection.close()
+    return is_open

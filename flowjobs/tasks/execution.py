@@ -36,6 +36,7 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from .. import registry
+from ..database import close_half_made_connections
 from ..engine import Job, UnrecoverableError
 from ..engine.options import now_ms
 from .errors import UnknownTask
@@ -62,9 +63,12 @@ logger = logging.getLogger("flowjobs.tasks")
 
 def send(signal: Signal, sender: Any, task_result: Any) -> None:
     """Sends a django.tasks signal; a receiver that raises is logged, and neither stops
-    the other receivers nor changes what happens to the task."""
+    the other receivers nor changes what happens to the task. A connection whose
+    ``connect()`` failed halfway in a receiver is closed, not left to the next job."""
+    raised = False
     for receiver, error in signal.send_robust(sender=sender, task_result=task_result):
         if error is not None:
+            raised = True
             logger.error(
                 "receiver %r of a django.tasks signal raised %r (task %s)",
                 receiver,
@@ -72,6 +76,8 @@ def send(signal: Signal, sender: Any, task_result: Any) -> None:
                 task_result.id,
                 exc_info=(type(error), error, error.__traceback__),
             )
+    if raised:
+        close_half_made_connections()
 
 
 # --------------------------------------------------------------------------- registration

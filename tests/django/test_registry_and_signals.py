@@ -17,6 +17,12 @@ from flowjobs import (
     signals,
 )
 from flowjobs.runner import EXIT_OK, RunOptions, WorkerProcess
+from tests.helpers import (
+    MISSING_ROLE,
+    close_and_say_if_open,
+    current_user_under_a_missing_role,
+    skip_unless_postgresql,
+)
 
 
 @pytest.fixture
@@ -335,41 +341,6 @@ def test_a_service_loop_tidies_a_connection_it_has_no_record_of():
     }
 
 
-MISSING_ROLE = "fj_no_role"
-
-
-def _skip_unless_postgresql() -> None:
-    from django.db import connection
-
-    if connection.vendor != "postgresql":
-        pytest.skip("SET ROLE at connect is PostgreSQL's; SQLite sets up before it keeps one")
-
-
-def _current_user_under_a_missing_role(threads: set[int]) -> str:
-    """``SELECT current_user`` on this thread's connection. The thread's own settings
-    (the first call makes them, and adds the thread to `threads`) have PostgreSQL assume
-    a role that does not exist at connect, and keep connections open."""
-    from django.db import connection
-
-    if "assume_role" not in connection.settings_dict["OPTIONS"]:
-        settings_dict = dict(connection.settings_dict)
-        settings_dict["OPTIONS"] = {**settings_dict["OPTIONS"], "assume_role": MISSING_ROLE}
-        settings_dict["CONN_MAX_AGE"] = None
-        connection.settings_dict = settings_dict
-        threads.add(threading.get_ident())
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT current_user")
-        return cursor.fetchone()[0]
-
-
-def _close_and_say_if_open() -> bool:
-    from django.db import connection
-
-    is_open = connection.connection is not None
-    connection.close()
-    return is_open
-
-
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("kind", ["def", "async def"])
 def test_a_job_thread_drops_a_connection_whose_connect_failed_halfway(scratch_queue, kind):
@@ -382,17 +353,17 @@ def test_a_job_thread_drops_a_connection_whose_connect_failed_halfway(scratch_qu
     from asgiref.sync import sync_to_async
     from django.db import DatabaseError
 
-    _skip_unless_postgresql()
+    skip_unless_postgresql()
     threads: set[int] = set()
     if kind == "def":
         processor(scratch_queue, name="whoami")(
-            lambda job: _current_user_under_a_missing_role(threads)
+            lambda job: current_user_under_a_missing_role(threads)
         )
     else:
 
         @processor(scratch_queue, name="whoami")
         async def current_user_async(job):
-            return await sync_to_async(_current_user_under_a_missing_role)(threads)
+            return await sync_to_async(current_user_under_a_missing_role)(threads)
 
     dispatcher = registry.get_dispatcher(scratch_queue)
     job = conf.get_queue(scratch_queue).add("whoami")
@@ -408,9 +379,9 @@ def test_a_job_thread_drops_a_connection_whose_connect_failed_halfway(scratch_qu
             except DatabaseError as error:
                 outcomes.append(("failed", MISSING_ROLE in str(error)))
         if kind == "def":
-            outcomes.append(("left open", _close_and_say_if_open()))
+            outcomes.append(("left open", close_and_say_if_open()))
         else:
-            outcomes.append(("left open", asyncio.run(sync_to_async(_close_and_say_if_open)())))
+            outcomes.append(("left open", asyncio.run(sync_to_async(close_and_say_if_open)())))
 
     _run_in_a_thread(worker_thread)
     assert len(threads) == 1
@@ -424,16 +395,16 @@ def test_the_signal_thread_drops_a_connection_whose_connect_failed_halfway(scrat
     whose ``connect()`` failed halfway (it ran as the login role before the fix)."""
     from django.db import DatabaseError
 
-    _skip_unless_postgresql()
+    skip_unless_postgresql()
     threads: set[int] = set()
     outcomes: list[tuple[str, object]] = []
 
     def whoami(sender, job, **kwargs):
         if job is None:  # the last one: is the connection left open?
-            outcomes.append(("left open", _close_and_say_if_open()))
+            outcomes.append(("left open", close_and_say_if_open()))
             return
         try:
-            outcomes.append(("ran as", _current_user_under_a_missing_role(threads)))
+            outcomes.append(("ran as", current_user_under_a_missing_role(threads)))
         except DatabaseError as error:
             outcomes.append(("failed", MISSING_ROLE in str(error)))
             raise

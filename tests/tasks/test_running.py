@@ -13,7 +13,12 @@ from django.utils import timezone
 from flowjobs import conf
 from flowjobs.backends import FlowJobsBackend
 from flowjobs.tasks import TaskAborted
-from tests.helpers import wait_for
+from tests.helpers import (
+    MISSING_ROLE,
+    current_user_under_a_missing_role,
+    skip_unless_postgresql,
+    wait_for,
+)
 from tests.taskapp import tasks
 from tests.taskapp.tasks import TaskBoom
 
@@ -235,3 +240,38 @@ def test_failure_outside_the_task_function_is_an_aborted_error(task_worker):
     assert result.status == TaskResultStatus.FAILED
     assert [e.exception_class for e in result.errors] == [TaskAborted]
     assert "stalled too often" in result.errors[0].traceback
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_signal_receiver_whose_connect_failed_halfway_leaves_no_connection_behind(
+    task_worker,
+):
+    """A ``task_started`` receiver that raised is logged and the task runs on; a
+    connection whose ``connect()`` failed halfway in it (PostgreSQL: a role that cannot
+    be assumed) must not serve the next task in that thread, which ran as the login role
+    before the fix."""
+    from django.db import DatabaseError
+    from django.tasks.signals import task_started
+
+    skip_unless_postgresql()
+    threads: set[int] = set()
+    outcomes: list[tuple[str, object]] = []
+
+    def whoami(sender, task_result, **kwargs):  # noqa: ANN001, ANN202
+        try:
+            outcomes.append(("ran as", current_user_under_a_missing_role(threads)))
+        except DatabaseError as error:
+            outcomes.append(("failed", MISSING_ROLE in str(error)))
+            raise
+
+    first, second = tasks.add.enqueue(1, 2), tasks.add.enqueue(3, 4)
+    task_started.connect(whoami)
+    try:
+        task_worker("tasks")  # one thread runs both, one after the other
+        finished(first)
+        finished(second)
+    finally:
+        task_started.disconnect(whoami)
+    assert (first.status, second.status) == (TaskResultStatus.SUCCESSFUL,) * 2
+    assert len(threads) == 1
+    assert outcomes == [("failed", True), ("failed", True)]

@@ -5,6 +5,7 @@ single timer per lane watches."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
 import pytest
@@ -89,6 +90,30 @@ def test_a_reconnect_that_gets_no_answer_times_out_at_the_deadline(queue, proxy)
         return time.monotonic() - started
 
     assert _on_lane(f"{proxy.url}?socket_timeout=0.3", body) < 2.0
+
+
+def test_a_reconnect_whose_tcp_connect_hangs_times_out_at_the_deadline(queue, redis_url):
+    """The TCP connect itself can hang (its SYNs dropped: a host gone, a full listen
+    queue); the batch still ends at its deadline, not after redis-py's connect retries."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)  # one connection fills its queue, and nothing accepts
+    filler = socket.create_connection(listener.getsockname(), timeout=5)
+
+    async def body(lane):
+        await scripts.run_on_lane(lane, [_fetch(queue, "t:0")])
+        await lane.connection.disconnect()
+        lane.connection.host, lane.connection.port = listener.getsockname()
+        started = time.monotonic()
+        with pytest.raises(redis.TimeoutError, match="no answer from Redis within 0.3s"):
+            await asyncio.wait_for(scripts.run_on_lane(lane, [_fetch(queue, "t:1")]), 20)
+        return time.monotonic() - started
+
+    try:
+        assert _on_lane(f"{redis_url}?socket_timeout=0.3", body) < 1.0
+    finally:
+        filler.close()
+        listener.close()
 
 
 @pytest.mark.parametrize("protocol", ["2", "3"])

@@ -6,8 +6,6 @@ and, with DEBUG on, does not keep every query it ever ran."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -49,9 +47,10 @@ connection_created.connect(_note_connection, dispatch_uid="flowjobs.database.not
 
 
 def close_half_made_connections() -> None:
-    """Closes this thread's half made connections (see `_half_made`), and only those: for
-    a thread that caught an exception of code that may have connected (a signal's
-    receiver), wherever it runs, a test's transaction included."""
+    """Closes this thread's half made connections (see `_half_made`), and only those: the
+    thread has no record of them, so the quick test of `tidy_connections` skips them. For
+    code that caught an exception of code that may have connected (a signal's receiver,
+    a job), wherever it runs, a test's transaction included."""
     for connection in connections.all(initialized_only=True):
         if _half_made(connection):
             connection.close()
@@ -68,42 +67,25 @@ def tidy_connections(always: bool = False) -> None:
     DEBUG on, every query is logged until then, up to 9,000 a connection). Only in a thread
     that opened a connection since its last tidy left none open; a no-op in any other.
 
-    ``always``: in every case, and a half made connection (see `_half_made`) is closed.
-    A thread has no record of such a connection (``connection_created`` is sent at the
-    end of ``connect()``), so the quick test skips it: threads that use the database at
-    every step (the outbox reaper, the relay's and the mirror's loops, `database_step`)
-    tidy always; job threads tidy always after a job that raised, which a failed
-    ``connect()`` does."""
+    ``always``: without the quick test, and half made connections closed first (see
+    `close_half_made_connections`): before each step of a thread that uses the database
+    at every step (the outbox reaper, the relay's and the mirror's loops), where the
+    quick test saves nothing, and after a job that raised (a failed ``connect()`` does).
+    On CI a test's end blocked database access halfway through the outbox reaper's
+    connect; reused, that connection, autocommit never set, took every later delete into
+    a transaction no one committed."""
     here = threading.get_ident()
-    if not always and here not in _threads_with_connections:
+    if always:
+        close_half_made_connections()
+    elif here not in _threads_with_connections:
         return
     still_open = False
     for connection in connections.all(initialized_only=True):
         connection.queries_log.clear()
-        if always and _half_made(connection):
-            connection.close()
-        else:
-            connection.close_if_unusable_or_obsolete()
+        connection.close_if_unusable_or_obsolete()
         still_open = still_open or connection.connection is not None
     if not still_open:
         _threads_with_connections.discard(here)
-
-
-@contextmanager
-def database_step() -> Iterator[None]:
-    """One step of a thread that uses the database at every step (the outbox reaper, the
-    relay's and the mirror's loops): its connections are tidied before the step, whatever
-    was recorded of them, and closed when the step fails. Django's ``connect()`` can fail
-    after it opened the connection, before it set autocommit, and keeps that half made
-    connection; reused, every later write would go into a transaction no one commits
-    (seen on CI, where a test's end blocked database access halfway through the outbox
-    reaper's connect, and the reaper's deletes stayed uncommitted)."""
-    tidy_connections(always=True)
-    try:
-        yield
-    except Exception:
-        connections.close_all()  # this thread's
-        raise
 
 
 # Async ORM calls run in asgiref's thread-sensitive thread: an ``async def`` processor's

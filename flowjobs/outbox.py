@@ -43,7 +43,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from . import conf
-from .database import database_step
+from .database import tidy_connections
 from .engine import ConnectionFailed, FlowJobsError, FlowProducer
 from .engine.connection import sync_client
 from .engine.flow import EncodedFlows
@@ -454,8 +454,8 @@ class _Reaper:
             try:
                 # as around a request: a connection a failed commit left out of autocommit
                 # would take every later delete into a transaction nobody commits
-                with database_step():
-                    self._reap(items)
+                tidy_connections(always=True)
+                self._reap(items)
             except Exception:
                 logger.exception("outbox: deleting %d pushed entries failed", len(items))
             finally:
@@ -631,8 +631,8 @@ class Relay:
                     if not self.lock.acquire():
                         stop_event.wait(self.lock.wait_hint())
                         continue
-                    with database_step():
-                        outcome = self.step()
+                    tidy_connections(always=True)
+                    outcome = self.step()
                     self._report(outcome.unavailable)
                     if len(outcome.pushed) < self.batch_size or outcome.unavailable:
                         stop_event.wait(self.poll_interval)

@@ -236,14 +236,7 @@ class Dispatcher:
 
     def run_sync(self, info: ProcessorInfo, job: Job, token: str | None) -> Any:
         """Runs a synchronous processor with Django's connection hygiene around it."""
-        tidy_connections()
-        try:
-            result = info.call(job, token)
-        except BaseException:
-            tidy_connections(always=True)  # a failed connect() is a job that raised
-            raise
-        tidy_connections()
-        return result
+        return _with_connection_hygiene(ProcessorInfo.call, info, job, token)
 
     def sync_call(self, job: Job, token: str | None = None) -> Any:
         return self.run_sync(self._select(job), job, token)
@@ -317,15 +310,30 @@ def isolated_dispatch(job: Job, token: str | None = None) -> Any:
     info = get_processor(job.queue_name, job.name)
     if info is None:
         raise _missing(job.queue_name, job)
+    return _with_connection_hygiene(_call_to_the_end, info, job, token)
+
+
+def _with_connection_hygiene(
+    call: Callable[..., Any], info: ProcessorInfo, job: Job, token: str | None
+) -> Any:
+    """``call(info, job, token)`` in a job's thread, with what Django does around a
+    request before and after it; after a call that raised, a connection whose
+    ``connect()`` failed halfway is closed too (``tidy_connections(always=True)``).
+    (Arguments spelled out, not ``*args``: this is every sync job's path.)"""
     tidy_connections()
     try:
-        result = info.call(job, token)
-        if inspect.isawaitable(result):
-            result = asyncio.run(_awaited(result))
+        result = call(info, job, token)
     except BaseException:
         tidy_connections(always=True)
         raise
     tidy_connections()
+    return result
+
+
+def _call_to_the_end(info: ProcessorInfo, job: Job, token: str | None) -> Any:
+    result = info.call(job, token)
+    if inspect.isawaitable(result):
+        result = asyncio.run(_awaited(result))
     return result
 
 

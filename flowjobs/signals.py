@@ -24,7 +24,7 @@ from typing import Any
 
 from django.dispatch import Signal
 
-from .database import tidy_connections
+from .database import close_half_made_connections, tidy_connections
 
 __all__ = [
     "connect_worker",
@@ -67,8 +67,8 @@ class _Sender:
             signal, sender, kwargs = self.pending.get()
             try:
                 tidy_connections()
-                # after a receiver that raised, always (a failed connect() is one)
-                tidy_connections(always=send_now(signal, sender, **kwargs))
+                send_now(signal, sender, **kwargs)
+                tidy_connections()
             finally:
                 self.pending.task_done()
 
@@ -84,9 +84,9 @@ class _Sender:
         return done.wait(timeout)
 
 
-def send_now(signal: Signal, sender: str, **kwargs: Any) -> bool:
-    """Sends ``signal`` in this thread; a receiver that raises is logged, not raised.
-    True when one did."""
+def send_now(signal: Signal, sender: str, **kwargs: Any) -> None:
+    """Sends ``signal`` in this thread; a receiver that raises is logged, not raised (and
+    a connection whose ``connect()`` failed halfway in it is closed)."""
     raised = False
     for receiver, error in signal.send_robust(sender=sender, **kwargs):
         if error is not None:
@@ -97,7 +97,8 @@ def send_now(signal: Signal, sender: str, **kwargs: Any) -> bool:
                 error,
                 exc_info=(type(error), error, error.__traceback__),
             )
-    return raised
+    if raised:
+        close_half_made_connections()
 
 
 _sender = _Sender()

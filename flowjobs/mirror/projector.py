@@ -11,7 +11,7 @@ from typing import Any
 
 import redis
 
-from ..database import database_step
+from ..database import tidy_connections
 from ..engine.keys import events_max_length, is_wrong_type
 from ..lease import FencedLease, fenced_atomic
 from ..models import StreamPosition
@@ -606,8 +606,8 @@ class Projector:
         self.defer_bursts = True
         coalesce = self.config.coalesce_ms / 1000
         while not stop_event.is_set():
-            with database_step():
-                self.step()
+            tidy_connections(always=True)
+            self.step()
             if idle_when_caught_up and self.caught_up:
                 idle_when_caught_up = False
                 if lower_this_thread():

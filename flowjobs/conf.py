@@ -66,6 +66,7 @@ _SPEC: dict[str, tuple[str, Any]] = {
     "SHUTDOWN_TIMEOUT": ("optional_seconds", None),
     "SERVICES_NICENESS": ("count", 10),
     "EVENTS_MAX_LENGTH": ("positive_int", 100_000),
+    "FETCH_AHEAD": ("bool", True),
 }
 DEFAULTS: Mapping[str, Any] = MappingProxyType({k: v[1] for k, v in _SPEC.items()})
 
@@ -82,6 +83,7 @@ _QUEUE_SPEC: dict[str, str] = {
     "LIMITER": "limiter",
     "SCHEDULERS": "schedulers",
     "EVENTS_MAX_LENGTH": "positive_int",
+    "FETCH_AHEAD": "bool",
 }
 
 # plain, TLS, socket, and the engine's multi-host forms (redis+sentinel://h:p,h:p/service/db,
@@ -112,6 +114,7 @@ class QueueSettings:
     events_max_length: int
     limiter: Mapping[str, int] | None = None
     schedulers: Mapping[str, Any] | None = None
+    fetch_ahead: bool = True
 
 
 @dataclass(frozen=True, eq=False)
@@ -132,6 +135,7 @@ class FlowJobsSettings:
     SHUTDOWN_TIMEOUT: float | None
     SERVICES_NICENESS: int
     EVENTS_MAX_LENGTH: int
+    FETCH_AHEAD: bool
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def queue(self, name: str) -> QueueSettings:
@@ -149,6 +153,7 @@ class FlowJobsSettings:
             limiter=MappingProxyType(dict(limiter)) if limiter else None,
             schedulers=own.get("SCHEDULERS"),
             events_max_length=own.get("EVENTS_MAX_LENGTH", self.EVENTS_MAX_LENGTH),
+            fetch_ahead=own.get("FETCH_AHEAD", self.FETCH_AHEAD),
         )
 
     @property

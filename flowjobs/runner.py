@@ -519,6 +519,7 @@ class WorkerProcess:
                 max_stalled_count=queue_settings.max_stalled_count,
                 limiter=dict(queue_settings.limiter) if queue_settings.limiter else None,
                 metrics_max_data_points=metrics_minutes(current),
+                fetch_ahead=queue_settings.fetch_ahead,
                 autorun=False,
                 name=name,
             )

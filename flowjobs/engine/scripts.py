@@ -360,19 +360,26 @@ class SyncLane:
         self.client = client
         self.connection: Any = None
 
-    def run_calls(self, calls: Sequence[Call]) -> list[Any]:
+    def run_calls(
+        self, calls: Sequence[Call], meanwhile: Callable[[], None] | None = None
+    ) -> list[Any]:
+        """The calls' answers; `meanwhile()` runs while one call is under way (see `run`),
+        before several."""
         plain = _plain(self.client)
         if len(calls) != 1 and plain:
+            if meanwhile is not None:
+                meanwhile()
             return run_many(self.client, calls)
         results: list[Any] = []
         for name, keys, args in calls:
             if plain and self.connection is None:
                 self.connection = SpareConnections.of(self.client.connection_pool).take()
+            once, meanwhile = meanwhile, None
             try:
                 if plain:
-                    results.append(_run_on(self.connection, name, keys, args))
+                    results.append(_run_on(self.connection, name, keys, args, once))
                 else:
-                    results.append(run(self.client, name, keys, args))
+                    results.append(run(self.client, name, keys, args, once))
             except ResponseError as error:  # an answer (RedisOutOfMemory is one)
                 results.append(error)
             except BaseException:

@@ -30,6 +30,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import redis
@@ -123,6 +124,7 @@ class Worker:
         isolation: str = "thread",
         job_timeout_ms: int | None = None,
         process_initializer: str | None = None,
+        fetch_ahead: bool = True,
     ) -> None:
         if isolation not in ("thread", "process"):
             raise InvalidWorkerOptions(
@@ -219,6 +221,11 @@ class Worker:
             concurrency <= DIRECT_LANES_UP_TO and not self._is_async and self._pool is None
         )
         self._lanes_running = 0  # changed on the loop only
+        self.fetch_ahead = fetch_ahead
+        # lock tokens of the jobs lanes took ahead and have not begun, and since when
+        # (monotonic s); under _ahead_lock (lanes and the loop's give-back)
+        self._taken_ahead: dict[str, float] = {}
+        self._ahead_lock = threading.Lock()
         self._lane_fetches = 0  # lanes' finish-and-fetch calls in flight; under _counting
         self._maybe_recorded: set[str] = set()  # ids whose record the lane sent, unanswered
         # Lock tokens of fetches whose answer was lost (a broken connection): Redis may
@@ -507,6 +514,8 @@ class Worker:
                 tasks.append(asyncio.create_task(self._stalled_checker()))
             if self._is_async:
                 tasks.append(watch.start())
+            if self._direct and self.fetch_ahead:
+                tasks.append(asyncio.create_task(self._give_back_taken_ahead()))
             await tasks[0]
             await self._drain_active()
         except BaseException as error:
@@ -859,7 +868,10 @@ class Worker:
             self._schedule_records()
 
     def _refuse_unprocessable(self, job: Job) -> None:
-        """Raises UnrecoverableError, naming the problem, for a job no processor can run."""
+        """Raises UnrecoverableError, naming the problem, for a job no processor can run,
+        and JobCancelled for one cancelled before it began (a lane took it ahead)."""
+        if job.cancel_reason is not None:
+            raise job.cancelled_error()
         if job.deferred_failure:
             raise UnrecoverableError(job.deferred_failure)
         problem = job.decode_problem()
@@ -875,85 +887,197 @@ class Worker:
     async def _run_direct_lane(self, job: Job) -> None:
         """Runs `job` and the jobs after it in one thread that also records each and takes
         the next in the same round trip (as Node's worker does on its one thread): no
-        hand-off between that thread and the loop per job. The loop meanwhile renews the
-        lock, listens for cancel requests and checks for stalled jobs. What the lane does
-        not record itself (a rate-limited job, a broken connection) comes back here and
-        takes the loop's path."""
-        current = [job]  # the lane's job of the moment
+        hand-off between that thread and the loop per job. While its jobs are short, the
+        lane takes one job ahead and runs it while the record of the job before is under
+        way (see `_run_jobs_on`). The loop meanwhile renews the locks, listens for cancel
+        requests, checks for stalled jobs and gives back a job taken ahead of one that
+        runs long. What the lane does not record itself (a rate-limited job, a broken
+        connection) comes back here and takes the loop's path."""
+        held = [job]  # the lane's jobs of the moment: the one it runs, the one taken ahead
         try:
-            leftover = await self._threads.run(self._direct_lane, current)  # type: ignore[union-attr]
+            unrecorded, unrun = await self._threads.run(self._direct_lane, held)  # type: ignore[union-attr]
         except Exception:  # a fault of the lane itself, not a processor's error
             logger.exception("the worker thread of queue %s failed", self.queue.name)
-            leftover = None
-            # left unrenewed, its lock runs out: the stalled check gives it another run
-            self._active.pop(current[0].id, None)
+            unrecorded, unrun = [], []
+            # left unrenewed, their locks run out: the stalled check gives them another run
+            for lost in held:
+                self._active.pop(lost.id, None)
         finally:
             self._lanes_running -= 1
-        if leftover is not None:
-            leftover[0].in_lane = False
-            if leftover[0].id in self._maybe_recorded:
-                # the lane's connection broke: the loop's went the same way, most likely
-                # (see _connection_lost); a lock renewal must not meet one of them later
-                # and wait out its timeout
-                await self._drop_connections()
-            self._finished.append(leftover)
-            self._schedule_records()  # which wakes the fetcher once it is recorded
+        for item in unrecorded:
+            item[0].in_lane = False
+        for taken in unrun:
+            taken.in_lane = False
+        if any(item[0].id in self._maybe_recorded for item in unrecorded):
+            # the lane's connection broke: the loop's went the same way, most likely
+            # (see _connection_lost); a lock renewal must not meet one of them later
+            # and wait out its timeout
+            await self._drop_connections()
+        if unrun:
+            self._start_jobs(unrun)
+        if unrecorded:
+            self._finished.extend(unrecorded)
+            self._schedule_records()  # which wakes the fetcher once they are recorded
         else:
             self._wake.set()  # the fetcher decides what to wait for
 
-    def _direct_lane(self, current: list[Job]) -> tuple[Job, str, Any] | None:
+    def _direct_lane(self, held: list[Job]) -> tuple[list[tuple[Job, str, Any]], list[Job]]:
         """The lane's thread: process, record and take the next until there is none (the
-        queue is empty, or the worker is closing, paused or rate-limited). `current`
-        holds the lane's job of the moment."""
+        queue is empty, or the worker is closing, paused or rate-limited). `held` holds
+        the lane's jobs of the moment. Returns the outcomes it could not record and the
+        jobs it took and did not run, for the loop."""
         lane = scripts.SyncLane(self.queue.client)
         try:
-            return self._run_jobs_on(lane, current)
+            return self._run_jobs_on(lane, held)
         finally:
             lane.release()
 
     def _run_jobs_on(
-        self, lane: scripts.SyncLane, current: list[Job]
-    ) -> tuple[Job, str, Any] | None:
-        job = current[0]
+        self, lane: scripts.SyncLane, held: list[Job]
+    ) -> tuple[list[tuple[Job, str, Any]], list[Job]]:
+        job = held[0]
+        outcome, value, short = self._timed_process(job)
+        ahead: Job | None = None  # taken ahead of job (see _lane_tokens), not run yet
         while True:
-            outcome, value = self._process_here(job)
             plan = self._record_plan(job, outcome, value)
             if plan is None:  # moved by the processor itself: nothing to record
                 self._active.pop(job.id, None)
                 self._processed_since_drained = True
-                return None
+                if ahead is None or not self._claim_ahead(ahead):
+                    return [], []
+                job, ahead = ahead, None
+                held[:] = [job]
+                outcome, value, short = self._timed_process(job)
+                continue
             # (recorded as what the plan says: a result that is not JSON fails the job;
             # what goes back to the loop is the outcome as the processor left it)
             call, recorded_as, recorded_value, retry_delay_ms = plan
-            if recorded_as == "rate-limited":
-                return job, outcome, value  # the loop gives it back and waits out the limit
+            # the job taken ahead runs while this record is under way, unless it was
+            # given back meanwhile (see _give_back_taken_ahead)
+            following = ahead if ahead is not None and self._claim_ahead(ahead) else None
+            ahead = None
+            if recorded_as == "rate-limited":  # the loop gives it back, waits out the limit
+                return [(job, outcome, value)], [following] if following else []
+            ran: list[tuple[str, Any, bool]] = []
             # the lane's slot is its own (_lanes_running): its fetch reserves nothing
             with self._counting:
                 self._lane_fetches += 1  # before the check: see pause()
+            # out of _active while its record is under way: no lock renewal meets a job
+            # whose record may have ended its lock (it is back if the record is not sent)
+            self._active.pop(job.id, None)
+            tokens: list[str] = []
             try:
-                tokens = [self._next_token()] if self._can_fetch() else []
-                results = lane.run_calls(self._with_fetch_next([call], tokens))
+                tokens = self._lane_tokens(short, following)
+                calls = self._with_fetch_next([call], tokens)
+                if following is None:
+                    results = lane.run_calls(calls)
+                else:
+                    results = lane.run_calls(calls, partial(self._run_into, ran, following))
             except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
                 # the loop's path sends it again once Redis answers; the first send may
                 # have recorded it, so a refusal then is no news (see _after_record)
                 self._lost(error)
                 self._maybe_recorded.add(job.id)
                 self._unanswered_tokens.update(tokens)
-                return job, outcome, value
+                self._drop_ahead_tokens(tokens)
+                self._active[job.id] = job
+                unrecorded = [(job, outcome, value)]
+                if following is not None and ran:
+                    unrecorded.append((following, *ran[0][:2]))
+                    return unrecorded, []
+                return unrecorded, [following] if following else []
             finally:
                 with self._counting:
                     self._lane_fetches -= 1
             self._outage.back()
-            self._active.pop(job.id, None)
             if self._after_record(job, recorded_as, recorded_value, call, results[0]):
                 joblog.recorded(job, self.queue.name, recorded_as, recorded_value, retry_delay_ms)
             self._processed_since_drained = True
             taken = self._taken(results[-1], tokens) if tokens else []
-            if not taken:
+            if following is None and taken:  # the next, to run now (not taken ahead)
+                following = taken.pop(0)
+                following.in_lane = True  # before it is in _active: _free_slots counts it once
+                self._active[following.id] = following
+                ran = []
+            ahead = self._keep_ahead(taken[0]) if taken else None
+            self._drop_ahead_tokens(tokens, ahead)
+            if following is None:
+                return [], []
+            job = following
+            held[:] = [job, ahead] if ahead else [job]
+            if ran:
+                outcome, value, short = ran[0]
+            else:
+                outcome, value, short = self._timed_process(job)
+
+    def _lane_tokens(self, short: bool, following: Job | None) -> list[str]:
+        """The lock tokens of the jobs a lane's record takes: the next job, unless one
+        runs while the record is under way (`following`), and one ahead of it. A job is
+        taken ahead after a short one (FETCH_AHEAD_UNDER_S) while every slot of the
+        worker is busy: it waits, locked, while the job in front of it runs, and it is
+        given back to the queue if that runs long (see _give_back_taken_ahead)."""
+        if not self._can_fetch():
+            return []
+        tokens = [] if following is not None else [self._next_token()]
+        if short and self.fetch_ahead and self._free_slots() <= 0:
+            token = self._next_token()
+            with self._ahead_lock:
+                self._taken_ahead[token] = time.monotonic()
+            tokens.append(token)
+        return tokens
+
+    def _keep_ahead(self, job: Job) -> Job | None:
+        """A job a lane took ahead, in _active; None if it was given back meanwhile."""
+        with self._ahead_lock:
+            if job.token not in self._taken_ahead:
                 return None
-            job = current[0] = taken[0]
-            job.in_lane = True  # before it is in _active: _free_slots counts it once
+            job.in_lane = True
             self._active[job.id] = job
+        return job
+
+    def _claim_ahead(self, job: Job) -> bool:
+        """Whether the lane may run `job`, taken ahead: False if it was given back."""
+        with self._ahead_lock:
+            if self._taken_ahead.pop(job.token, None) is not None:  # type: ignore[arg-type]
+                return True
+            self._active.pop(job.id, None)
+            return False
+
+    def _drop_ahead_tokens(self, tokens: list[str], kept: Job | None = None) -> None:
+        """Forgets the tokens a lane took ahead with that no job of the lane holds (the
+        fetch took fewer jobs, or the job was given back meanwhile)."""
+        if self._taken_ahead:
+            with self._ahead_lock:
+                for token in tokens:
+                    if kept is None or token != kept.token:
+                        self._taken_ahead.pop(token, None)
+
+    async def _give_back_taken_ahead(self) -> None:
+        """Gives back to the queue each job a lane took ahead that waited behind a job
+        that runs long (FETCH_AHEAD_GIVE_BACK_S), so another slot or worker runs it."""
+        while not self._winding_down():
+            await asyncio.sleep(FETCH_AHEAD_GIVE_BACK_S / 2)
+            if not self._taken_ahead:
+                continue
+            due = time.monotonic() - FETCH_AHEAD_GIVE_BACK_S
+            with self._ahead_lock:
+                tokens = {t for t, since in self._taken_ahead.items() if since <= due}
+                for token in tokens:
+                    del self._taken_ahead[token]
+                for waiting in [j for j in self._active.values() if j.token in tokens]:
+                    del self._active[waiting.id]
+            if tokens:
+                self._unanswered_tokens.update(tokens)
+                self._give_back_unanswered_soon()
+
+    def _run_into(self, ran: list[tuple[str, Any, bool]], job: Job) -> None:
+        ran.append(self._timed_process(job))
+
+    def _timed_process(self, job: Job) -> tuple[str, Any, bool]:
+        """`_process_here`, and whether the job was short (see FETCH_AHEAD_UNDER_S)."""
+        started = time.monotonic()
+        outcome, value = self._process_here(job)
+        return outcome, value, time.monotonic() - started < FETCH_AHEAD_UNDER_S
 
     def _process_here(self, job: Job) -> tuple[str, Any]:
         """`_process` in the calling thread: the job's outcome and its value."""
@@ -1548,6 +1672,11 @@ _EAGER_TASKS = sys.version_info >= (3, 12)
 # at 4, level at 8, 0.9x at 16 and 0.7x at 50 (each lane a round trip a job, where the
 # loop sends one batch for many).
 DIRECT_LANES_UP_TO = 4
+# A lane takes a job ahead (it runs while the record of the job before is under way)
+# after a job that ran for less than this, and gives it back to the queue once the job
+# in front of it has run this long.
+FETCH_AHEAD_UNDER_S = 0.05
+FETCH_AHEAD_GIVE_BACK_S = 0.5
 # A job hash holds at least one of these (a bare id in a list holds none).
 _JOB_HASH_FIELDS = frozenset(("name", "data", "timestamp"))
 # How long pause() waits for the fetches in flight to answer.

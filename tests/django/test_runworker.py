@@ -55,6 +55,21 @@ def test_runworker_sets_each_queues_events_cap_from_the_settings(start_worker, s
     assert named.get_events_max_length() == 2000
 
 
+@pytest.mark.parametrize("fetch_ahead", ["", "false"])
+def test_fetch_ahead_takes_the_job_after_a_short_one_unless_set_off(start_worker, fetch_ahead):
+    """FETCH_AHEAD (default on): the second job runs while the third is already taken."""
+    queue = conf.get_queue("fj-peek")
+    queue.add("state-of", {})
+    second = queue.add("state-of", {"id": "placeholder"})
+    third = queue.add("state-of", {})
+    queue.get_job(second.id).update_data({"id": third.id})
+    env = {"FLOWJOBS_FETCH_AHEAD": fetch_ahead} if fetch_ahead else {}
+    worker = start_worker("fj-peek", "--burst", env=env)
+    assert worker.wait() == 0, worker.output()
+    expected = "waiting" if fetch_ahead == "false" else "active"
+    assert queue.get_job(second.id).returnvalue == expected
+
+
 def test_unknown_job_name_fails_with_a_clear_reason_and_the_next_job_succeeds(start_worker):
     queue = conf.get_queue("fj-named")
     unknown = queue.add("nope", {}, attempts=3)

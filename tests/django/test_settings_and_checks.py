@@ -40,6 +40,7 @@ def test_defaults(no_flowjobs_dict):
     assert current.DEFAULT_JOB_OPTIONS["remove_on_complete"] == {"age": 86400, "count": 1000}
     assert current.EVENTS_MAX_LENGTH == 100_000
     assert current.queue("q").events_max_length == 100_000
+    assert current.FETCH_AHEAD is True and current.queue("q").fetch_ahead is True
 
 
 def test_settings_from_the_environment(no_flowjobs_dict):
@@ -51,8 +52,12 @@ def test_settings_from_the_environment(no_flowjobs_dict):
     env.setenv("FLOWJOBS_ENQUEUE_ON_COMMIT", "true")
     env.setenv("FLOWJOBS_MIRROR", "off")
     env.setenv("FLOWJOBS_DEFAULT_JOB_OPTIONS", '{"attempts": 3}')
-    env.setenv("FLOWJOBS_QUEUES", '{"emails": {"CONCURRENCY": 20, "EVENTS_MAX_LENGTH": 500}}')
+    env.setenv(
+        "FLOWJOBS_QUEUES",
+        '{"emails": {"CONCURRENCY": 20, "EVENTS_MAX_LENGTH": 500, "FETCH_AHEAD": true}}',
+    )
     env.setenv("FLOWJOBS_EVENTS_MAX_LENGTH", "20000")
+    env.setenv("FLOWJOBS_FETCH_AHEAD", "false")
     env.setenv("FLOWJOBS_SHUTDOWN_TIMEOUT", "25")
     current = conf.settings()
     assert current.REDIS_URL == "rediss://user:pw@redis.example:6380/2"
@@ -67,6 +72,7 @@ def test_settings_from_the_environment(no_flowjobs_dict):
     assert current.queue("other").concurrency == 8
     assert emails.events_max_length == 500
     assert current.queue("other").events_max_length == 20_000
+    assert emails.fetch_ahead is True and current.queue("other").fetch_ahead is False
     # The URL (password included) is handed to the engine as it is.
     queue = conf.get_queue("emails")
     assert queue.connection == "rediss://user:pw@redis.example:6380/2"
@@ -114,6 +120,7 @@ def test_bad_environment_value_is_reported(no_flowjobs_dict):
         ({"QUEUES": {"q": {"CONCURRENCY": -2}}}, "flowjobs.E004", "positive integer"),
         ({"QUEUES": {"q": {"LIMITER": {"max": 1}}}}, "flowjobs.E008", "LIMITER"),
         ({"EVENTS_MAX_LENGTH": 0}, "flowjobs.E004", "positive integer"),
+        ({"QUEUES": {"q": {"FETCH_AHEAD": "no"}}}, "flowjobs.E007", "True or False"),
         ({"QUEUES": {"q": {"EVENTS_MAX_LENGTH": "many"}}}, "flowjobs.E004", "positive integer"),
         ({"WORKERS": 3}, "flowjobs.E001", "unknown FLOWJOBS setting(s): WORKERS"),
     ],

@@ -34,6 +34,12 @@ async def upper(job: Job) -> str:
     return job.data["text"].upper()
 
 
+@processor("fj-peek")
+def state_of(job: Job) -> str | None:
+    """The state of the job whose id the data names, as this job runs."""
+    return job.queue.get_job_state(job.data["id"]) if job.data.get("id") else None
+
+
 @processor("fj-slow")
 def slow(job: Job) -> str:
     """Says it started, then blocks until the test releases it (no sleeps)."""

@@ -611,14 +611,18 @@ class Worker:
                 logger.warning(warning)
 
     def _winding_down(self) -> bool:
-        """Whether a background loop (lock renewal, stalled check, cancel listener) should
-        end. Besides `_closing`, its task may have been cancelled with the CancelledError
-        lost on the way: redis-py 6.0 can swallow one that meets its read timeout (seen
-        on Python 3.11), and a loop that carried on would sleep through the close."""
-        if self._closing:
+        """Whether a background loop (stalled check, cancel listener) should end: the
+        worker is closing, or the loop's task was cancelled (see _task_cancelled)."""
+        return self._closing or _task_cancelled()
+
+    def _jobs_done(self) -> bool:
+        """Whether a loop that serves the running jobs (lock renewal, the give-back of
+        jobs taken ahead) should end: its task was cancelled, or the worker is closing
+        and none of its jobs is left. A graceful close waits for its jobs: their locks
+        are renewed until they end."""
+        if _task_cancelled():
             return True
-        task = asyncio.current_task()
-        return task is not None and task.cancelling() > 0
+        return self._closing and not self._active and not self._lanes_running
 
     def _cancel_blocking(self) -> None:
         if self._blocking_task is not None:
@@ -1055,7 +1059,7 @@ class Worker:
     async def _give_back_taken_ahead(self) -> None:
         """Gives back to the queue each job a lane took ahead that waited behind a job
         that runs long (FETCH_AHEAD_GIVE_BACK_S), so another slot or worker runs it."""
-        while not self._winding_down():
+        while not self._jobs_done():
             await asyncio.sleep(FETCH_AHEAD_GIVE_BACK_S / 2)
             if not self._taken_ahead:
                 continue
@@ -1601,7 +1605,7 @@ class Worker:
             await asyncio.sleep(0.005)
 
     async def _lock_renewer(self) -> None:
-        while not self._winding_down():
+        while not self._jobs_done():
             await asyncio.sleep(self.lock_renew_time / 1000)
             self._give_back_unanswered_soon(again=True)
             if not self._active:
@@ -1657,6 +1661,14 @@ class Worker:
             if self._winding_down():
                 return
             await asyncio.sleep(self.stalled_interval / 1000)
+
+
+def _task_cancelled() -> bool:
+    """Whether the running task was cancelled with the CancelledError lost on the way:
+    redis-py 6.0 can swallow one that meets its read timeout (seen on Python 3.11), and
+    a loop that carried on would sleep through the close."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _retry_delay_after(delay: float) -> float:

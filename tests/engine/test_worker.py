@@ -259,6 +259,50 @@ def test_graceful_close_finishes_active_jobs(queue, make_worker):
     assert queue.get_job_counts("waiting") == {"waiting": 1}
 
 
+@pytest.mark.parametrize("kind", ["def", "async def"])
+def test_a_graceful_close_keeps_renewing_the_locks_of_the_jobs_it_waits_for(
+    queue, make_worker, redis_client, prefix, kind
+):
+    # A job that runs on past its lock duration after close() began kept its lock only
+    # until then: its completion was refused (lock missing) and the stalled check gave
+    # it to another worker, which ran it a second time.
+    started, release = threading.Event(), threading.Event()
+    if kind == "def":
+
+        def process(job):
+            started.set()
+            assert release.wait(20)
+            return "finished"
+
+    else:
+
+        async def process(job):
+            started.set()
+            await asyncio.to_thread(release.wait, 20)
+            return "finished"
+
+    job = queue.add("long")
+    worker = make_worker("q", process, lock_duration=1000, autorun=False)
+    renewals_after_close: list[int] = []
+    closing = threading.Event()
+    worker.on("locks_renewed", lambda info: closing.is_set() and renewals_after_close.append(1))
+    worker.start()
+    assert started.wait(5)
+    closing.set()
+    closer = threading.Thread(target=worker.close)
+    closer.start()
+    try:
+        # three renewals (every 500 ms) after the close began: past the 1 s lock duration
+        wait_for(lambda: len(renewals_after_close) >= 3, timeout=10)
+        assert redis_client.pttl(f"{prefix}:q:{job.id}:lock") > 0
+    finally:
+        release.set()
+    closer.join(10)
+    assert not closer.is_alive()
+    finished = queue.get_job(job.id)
+    assert (finished.get_state(), finished.returnvalue) == ("completed", "finished")
+
+
 def test_forced_close_leaves_the_job_active(queue, make_worker):
     started = threading.Event()
     release = threading.Event()

@@ -10,8 +10,10 @@ worker, so it batches them while keeping BullMQ's per-job semantics:
 - the locks of all active jobs are renewed in one script call.
 Up to concurrency 4 (DIRECT_LANES_UP_TO) with a synchronous processor, each slot is a
 thread that runs a job, records it and takes its next in the same script call, as
-Node's worker does on its one thread (see `_run_direct_lane`); the loop renews the locks
-and listens for cancel requests.
+Node's worker does on its one thread (see `_run_direct_lane`); while its jobs are short
+it takes one ahead, which runs while the record before it is under way (`fetch_ahead`).
+The loop renews the locks, listens for cancel requests and gives back a job taken ahead
+of one that runs long.
 An idle worker blocks on the queue's marker (BZPOPMIN), it does not poll.
 """
 

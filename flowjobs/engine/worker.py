@@ -973,8 +973,8 @@ class Worker:
             self._active.pop(job.id, None)
             tokens: list[str] = []
             try:
-                tokens = self._lane_tokens(short, following)
-                calls = self._with_fetch_next([call], tokens)
+                tokens, sent = self._lane_tokens(short, following)
+                calls = self._with_fetch_next([call], sent)
                 if following is None:
                     results = lane.run_calls(calls)
                 else:
@@ -1016,21 +1016,24 @@ class Worker:
             else:
                 outcome, value, short = self._timed_process(job)
 
-    def _lane_tokens(self, short: bool, following: Job | None) -> list[str]:
+    def _lane_tokens(self, short: bool, following: Job | None) -> tuple[list[str], list[str]]:
         """The lock tokens of the jobs a lane's record takes: the next job, unless one
         runs while the record is under way (`following`), and one ahead of it. A job is
         taken ahead after a short one (FETCH_AHEAD_UNDER_S) while every slot of the
         worker is busy: it waits, locked, while the job in front of it runs, and it is
-        given back to the queue if that runs long (see _give_back_taken_ahead)."""
+        given back to the queue if that runs long (see _give_back_taken_ahead). Returns
+        the tokens, and the tokens as the fetch sends them: the one for a job taken
+        ahead marked "?" (the script takes none while the queue has a global or group
+        limit, see fetchJobs)."""
         if not self._can_fetch():
-            return []
+            return [], []
         tokens = [] if following is not None else [self._next_token()]
         if short and self.fetch_ahead and self._free_slots() <= 0:
             token = self._next_token()
             with self._ahead_lock:
                 self._taken_ahead[token] = time.monotonic()
-            tokens.append(token)
-        return tokens
+            return [*tokens, token], [*tokens, f"?{token}"]
+        return tokens, tokens
 
     def _keep_ahead(self, job: Job) -> Job | None:
         """A job a lane took ahead, in _active; None if it was given back meanwhile."""

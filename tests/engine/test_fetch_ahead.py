@@ -125,3 +125,23 @@ def test_pausing_lets_a_job_taken_ahead_run_and_takes_no_more(
     # the job taken ahead of the long one ran; none was taken after the pause
     assert ran_after == ([rest[0].id] if fetch_ahead else [])
     assert queue.get_job_counts("waiting")["waiting"] == len(rest) - len(ran_after)
+
+
+@pytest.mark.parametrize(
+    "limit",
+    [
+        lambda queue: queue.set_global_concurrency(2),
+        lambda queue: queue.set_group_concurrency(2),
+        lambda queue: queue.set_group_rate_limit(100, 1000),
+    ],
+    ids=["global concurrency", "group concurrency", "group rate limit"],
+)
+def test_a_queue_with_a_global_or_group_limit_has_no_job_taken_ahead(queue, make_worker, limit):
+    # a job held ahead would count against the limit while another worker waits for it
+    limit(queue)
+    jobs = [queue.add("x", {"n": n}) for n in range(3)]
+    ids = [job.id for job in jobs]
+    seen: dict[str, dict[str, str]] = {}
+    make_worker("q", states_inside(queue, ids, seen))
+    wait_for(lambda: queue.get_job_counts("completed")["completed"] == 3)
+    assert seen[ids[1]][ids[2]] == "waiting"

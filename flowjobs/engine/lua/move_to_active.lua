@@ -5,7 +5,8 @@
   KEYS[1]  meta key (routing only)
   ARGV[1]  qk   ARGV[2] now ms   ARGV[3] lock duration ms
   ARGV[4]  limiter max ("" = none)   ARGV[5] limiter duration ms ("" = none)
-  ARGV[6]  worker name ("" = none)   ARGV[7..] one lock token per job wanted
+  ARGV[6]  worker name ("" = none)   ARGV[7..] one lock token per job wanted (the
+           last may be marked "?": a job taken ahead, see fetchJobs)
   Returns  {{{jobId, flatHash}...}, rateLimitDelayMs, nextDelayedDueMs}
   Events   active (per job); waiting for promoted delayed jobs
 ]]

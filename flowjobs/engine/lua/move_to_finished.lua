@@ -11,7 +11,8 @@
   ARGV[11] metrics max data points ("" = off)
   ARGV[12] extra fields to HSET, JSON object ("" = none)
   ARGV[13] lock duration  ARGV[14] limiter max  ARGV[15] limiter duration
-  ARGV[16] worker name  ARGV[17..] lock tokens for fetching next jobs
+  ARGV[16] worker name  ARGV[17..] lock tokens for fetching next jobs (the last may
+           be marked "?": a job taken ahead, see fetchJobs)
   Returns  0, an error code (-1 missing, -2/-6 lock, -3 not active,
            -4 pending children, -9 failed children), or the fetch tuple
   Events   completed | failed (+ retries-exhausted), drained, parent events

@@ -65,11 +65,22 @@ local function takeFromRing(qk, limits, now, rerouteGrouped)
 end
 
 -- nowText, lockDuration: the caller's text (see base.lua on numbers as arguments).
+-- A last token marked "?" is for a job taken ahead (a worker's slot runs it after the
+-- job it runs now): not used while the queue has a global or group concurrency or a
+-- group rate limit, where a job held that way would keep another worker from one.
 local function fetchJobs(qk, nowText, tokens, lockDuration, limiterMax, limiterDuration, workerName)
   local now = tonumber(nowText)
   local meta = queueMeta(qk)
   promoteDueJobs(qk, now)
 
+  local last = tokens[#tokens]
+  if last and string.sub(last, 1, 1) == "?" then
+    if meta[2] or meta[5] or meta[6] then
+      tokens[#tokens] = nil
+    else
+      tokens[#tokens] = string.sub(last, 2)
+    end
+  end
   local budget = #tokens
   local maxJobs = tonumber(meta[3]) or limiterMax
   local limiterKey = qk .. ":limiter"

@@ -740,7 +740,8 @@ class Worker:
         was taken by a lost fetch; tokens whose fetch never reached Redis match nothing.
         A fetch can reach Redis after this look (a path that delivers it late): each
         lock renewal looks again, for a lock duration, for the tokens looked for before.
-        """
+        The jobs a lane took ahead and gives up (see _give_back_taken_ahead) go the same
+        way."""
         try:
             new = set(self._unanswered_tokens)
             tokens = new | self._looked_for.keys()
@@ -766,8 +767,9 @@ class Worker:
                     )
                 if taken:
                     logger.info(
-                        "queue %s: gave back %d job(s) a fetch took whose answer was lost "
-                        "to the connection fault: %s",
+                        "queue %s: gave back %d job(s) this worker took and will not run "
+                        "(a fetch whose answer was lost to a connection fault, or a job "
+                        "taken ahead that waited behind a long one): %s",
                         self.queue.name,
                         len(taken),
                         ", ".join(job_id for job_id, _ in taken),

@@ -13,6 +13,7 @@ from collections import Counter
 import pytest
 
 from flowjobs.engine import Queue, Worker
+from flowjobs.engine import worker as worker_module
 from tests.faultproxy import FaultProxy
 from tests.helpers import until_cancelled, wait_for, work_for
 
@@ -220,6 +221,46 @@ def test_a_job_a_lost_answer_fetched_runs_at_once(
     finally:
         worker.close(timeout=10)
     _assert_given_back_once(queue, second.id, runs, "second", caplog)
+
+
+def test_a_lost_answer_while_the_job_taken_ahead_runs_loses_and_repeats_nothing(
+    proxy, make_queue, prefix, caplog, monkeypatch
+):
+    """A slot's record of "b" goes with the fetch of the job after "c" (taken ahead),
+    and "c" runs while that call is under way; the call's answer is lost. "b" was
+    recorded by Redis, "c" is recorded by the loop once Redis answers again, and the job
+    the lost answer took ("d") is given back and run: each job ran once."""
+    caplog.set_level(logging.INFO, logger="flowjobs")
+    monkeypatch.setattr(worker_module, "FETCH_AHEAD_UNDER_S", 5.0)  # "a" is short
+    queue = make_queue("q")
+    release = threading.Event()
+    runs: Counter[str] = Counter()
+
+    def process(job):
+        runs[job.name] += 1
+        if job.name == "b":
+            release.wait(20)
+        return job.name
+
+    worker = Worker("q", process, connection=proxy.url, prefix=prefix)
+    try:
+        a, b, c, d = (queue.add(name) for name in "abcd")
+        wait_for(lambda: runs["b"] == 1, timeout=10)
+        assert queue.get_job_state(c.id) == "active"  # taken ahead of "b"
+        proxy.mute(b"EVALSHA")  # b's record, with the fetch of "d"
+        release.set()
+        wait_for(
+            lambda: queue.get_job_state(b.id) == "completed" and runs["c"] == 1,
+            timeout=10,
+            message=lambda: f"the muted call did not run: {queue.get_job_counts()}",
+        )
+        _given_back_and_run(proxy, queue, d.id)
+        wait_for(lambda: queue.get_job_state(c.id) == "completed", timeout=15)
+    finally:
+        worker.close(timeout=10)
+    assert [queue.get_job(job.id).returnvalue for job in (a, b, c, d)] == list("abcd")
+    assert runs == {"a": 1, "b": 1, "c": 1, "d": 1}
+    _assert_given_back_once(queue, d.id, runs, "d", caplog)
 
 
 def test_a_job_an_idle_workers_lost_fetch_took_runs_at_once(proxy, make_queue, prefix, caplog):

@@ -85,15 +85,25 @@ class _Sender:
 
 
 def send_now(signal: Signal, sender: str, **kwargs: Any) -> None:
-    """Sends ``signal`` in this thread; a receiver that raises is logged, not raised (and
-    a connection whose ``connect()`` failed halfway in it is closed)."""
+    """Sends ``signal`` in this thread (see `send_robustly`)."""
+    send_robustly(signal, sender, logger, "a flowjobs signal", **kwargs)
+
+
+def send_robustly(
+    signal: Signal, sender: Any, log: logging.Logger, what: str, **kwargs: Any
+) -> None:
+    """Sends ``signal`` in this thread. A receiver that raises is logged on ``log``
+    (``what`` names the signal) and stops neither the other receivers nor the caller; a
+    connection whose ``connect()`` failed halfway in it is closed, not left to the
+    thread's next job."""
     raised = False
     for receiver, error in signal.send_robust(sender=sender, **kwargs):
         if error is not None:
             raised = True
-            logger.error(
-                "receiver %r of a flowjobs signal raised %r",
+            log.error(
+                "receiver %r of %s raised %r",
                 receiver,
+                what,
                 error,
                 exc_info=(type(error), error, error.__traceback__),
             )

@@ -36,9 +36,9 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from .. import registry
-from ..database import close_half_made_connections
 from ..engine import Job, UnrecoverableError
 from ..engine.options import now_ms
+from ..signals import send_robustly
 from .errors import UnknownTask
 from .results import (
     arguments,
@@ -63,21 +63,14 @@ logger = logging.getLogger("flowjobs.tasks")
 
 def send(signal: Signal, sender: Any, task_result: Any) -> None:
     """Sends a django.tasks signal; a receiver that raises is logged, and neither stops
-    the other receivers nor changes what happens to the task. A connection whose
-    ``connect()`` failed halfway in a receiver is closed, not left to the next job."""
-    raised = False
-    for receiver, error in signal.send_robust(sender=sender, task_result=task_result):
-        if error is not None:
-            raised = True
-            logger.error(
-                "receiver %r of a django.tasks signal raised %r (task %s)",
-                receiver,
-                error,
-                task_result.id,
-                exc_info=(type(error), error, error.__traceback__),
-            )
-    if raised:
-        close_half_made_connections()
+    the other receivers nor changes what happens to the task (see `send_robustly`)."""
+    send_robustly(
+        signal,
+        sender,
+        logger,
+        f"a django.tasks signal (task {task_result.id})",
+        task_result=task_result,
+    )
 
 
 # --------------------------------------------------------------------------- registration

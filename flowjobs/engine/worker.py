@@ -480,6 +480,7 @@ class Worker:
         if _EAGER_TASKS:
             self._loop.set_task_factory(_eager_task)
         self._wake = asyncio.Event()
+        self._lane_started = asyncio.Event()  # see _give_back_taken_ahead
         self._blocking_task: asyncio.Task | None = None
         self._aclient = async_client(self._connection)
         # its socket timeout outlasts the longest wait on the marker (drain_delay), so a
@@ -846,6 +847,7 @@ class Worker:
             self._active[job.id] = job
             if self._direct and self._lanes_running < self.concurrency:
                 self._lanes_running += 1
+                self._lane_started.set()
                 job.in_lane = True
                 self._loop.create_task(self._run_direct_lane(job))
             else:
@@ -1065,8 +1067,13 @@ class Worker:
 
     async def _give_back_taken_ahead(self) -> None:
         """Gives back to the queue each job a lane took ahead that waited behind a job
-        that runs long (FETCH_AHEAD_GIVE_BACK_S), so another slot or worker runs it."""
+        that runs long (FETCH_AHEAD_GIVE_BACK_S), so another slot or worker runs it.
+        Looks while lanes run; an idle worker waits for the next lane (no timer)."""
         while not self._jobs_done():
+            if not self._lanes_running:
+                self._lane_started.clear()
+                await self._lane_started.wait()
+                continue
             await asyncio.sleep(FETCH_AHEAD_GIVE_BACK_S / 2)
             if not self._taken_ahead:
                 continue

@@ -14,6 +14,7 @@ import pytest
 
 from flowjobs.engine import Queue, Worker
 from flowjobs.engine import worker as worker_module
+from flowjobs.engine.worker import DIRECT_LANES_UP_TO
 from tests.faultproxy import FaultProxy
 from tests.helpers import until_cancelled, wait_for, work_for
 
@@ -133,9 +134,9 @@ def test_an_idle_worker_consumes_again_after_a_network_fault(
     assert len(back) == 1, back
 
 
-# up to concurrency 4 each slot's own thread records its job and takes the next (direct
-# lanes); above it the event loop records the jobs of the worker's threads
-@pytest.mark.parametrize("concurrency", [8, 2])
+# up to DIRECT_LANES_UP_TO each slot's own thread records its job and takes the next
+# (direct lanes); above it the event loop records the jobs of the worker's threads
+@pytest.mark.parametrize("concurrency", [DIRECT_LANES_UP_TO + 2, 2])
 def test_a_busy_worker_finishes_its_jobs_after_a_half_open_cut(
     proxy, make_queue, prefix, caplog, report, concurrency
 ):
@@ -181,8 +182,8 @@ def _assert_given_back_once(queue: Queue, job_id: str, runs: Counter[str], name:
     assert any("gave back 1 job(s)" in r.getMessage() for r in caplog.records)
 
 
-# 1: the slot's own thread records its job and fetches the next (a direct lane); 3: the
-# event loop records the jobs of the worker's threads and fetches for the free slots
+# each slot's own thread records its job and fetches the next (direct lanes), one slot
+# or three
 @pytest.mark.parametrize("concurrency", [1, 3])
 def test_a_job_a_lost_answer_fetched_runs_at_once(
     proxy, make_queue, prefix, caplog, report, concurrency

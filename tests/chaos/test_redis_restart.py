@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from flowjobs.engine import ConnectionFailed, Flow, FlowJobsError, FlowProducer, Queue, QueueEvents
+from flowjobs.engine.worker import DIRECT_LANES_UP_TO
 from tests.chaos.support import WorkerProcess, duplicates, hold, read_executions
 from tests.helpers import wait_for
 from tests.redis_server import RedisServer
@@ -79,10 +80,15 @@ class Producer(threading.Thread):
         self.flows.close()
 
 
-# up to concurrency 4 each slot's own thread records its job and takes the next (direct
-# lanes); above, the event loop records the jobs of the worker's threads
+# up to DIRECT_LANES_UP_TO each slot's own thread records its job and takes the next
+# (direct lanes); above, the event loop records the jobs of the worker's threads
 @pytest.mark.parametrize(
-    ("outage", "concurrency"), [("shutdown", 8), ("sigkill", 8), ("sigkill", 2)]
+    ("outage", "concurrency"),
+    [
+        ("shutdown", DIRECT_LANES_UP_TO + 2),
+        ("sigkill", DIRECT_LANES_UP_TO + 2),
+        ("sigkill", 2),
+    ],
 )
 def test_workload_survives_a_redis_restart(
     outage: str, concurrency: int, tmp_path: Path, caplog, report

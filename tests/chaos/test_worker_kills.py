@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from flowjobs.engine import Flow, FlowProducer, Queue
+from flowjobs.engine.worker import DIRECT_LANES_UP_TO
 from tests.chaos.support import WorkerProcess, duplicates, read_executions
 from tests.helpers import wait_for
 from tests.redis_server import RedisServer
@@ -57,10 +58,10 @@ def add_flows(url: str, prefix: str) -> list[tuple[str, list[tuple[str, str]]]]:
     return flows
 
 
-# per queue, and each process runs a worker for both queues; up to concurrency 4 each
+# per queue, and each process runs a worker for both queues; up to DIRECT_LANES_UP_TO each
 # slot's own thread records its job and takes the next (direct lanes), above it the
 # event loop records the jobs of the worker's threads
-@pytest.mark.parametrize("concurrency", [8, 1])
+@pytest.mark.parametrize("concurrency", [DIRECT_LANES_UP_TO + 2, 1])
 def test_random_worker_kills_lose_nothing(concurrency: int, tmp_path: Path, report) -> None:
     slots_per_process = 2 * concurrency
     rng = random.Random()

@@ -182,9 +182,10 @@ def _assert_given_back_once(queue: Queue, job_id: str, runs: Counter[str], name:
     assert any("gave back 1 job(s)" in r.getMessage() for r in caplog.records)
 
 
-# each slot's own thread records its job and fetches the next (direct lanes), one slot
-# or three
-@pytest.mark.parametrize("concurrency", [1, 3])
+# up to DIRECT_LANES_UP_TO each slot's own thread records its job and fetches the next
+# (direct lanes); above it the event loop records the jobs of the worker's threads in
+# batches, and fetches for the free slots
+@pytest.mark.parametrize("concurrency", [1, 3, DIRECT_LANES_UP_TO + 1])
 def test_a_job_a_lost_answer_fetched_runs_at_once(
     proxy, make_queue, prefix, caplog, report, concurrency
 ):
@@ -212,13 +213,19 @@ def test_a_job_a_lost_answer_fetched_runs_at_once(
         second = queue.add("second")
         proxy.mute(b"EVALSHA")  # the next script call's answer, on any connection
         release.set()
-        # Redis recorded the jobs and gave "second" to the worker; the answer is dropped
+        # Redis gave "second" to the worker with the first records; the answer is dropped
+        # (the loop's later batches on that connection wait behind it)
         wait_for(
-            lambda: all(queue.get_job_state(job.id) == "completed" for job in holding),
+            lambda: queue.get_job_state(second.id) == "active",
             timeout=10,
             message=lambda: f"the muted call did not run: {queue.get_job_counts()}",
         )
         report("recovered_s", round(_given_back_and_run(proxy, queue, second.id), 1))
+        wait_for(
+            lambda: all(queue.get_job_state(job.id) == "completed" for job in holding),
+            timeout=15,
+            message=lambda: f"the held jobs were not all recorded: {queue.get_job_counts()}",
+        )
     finally:
         worker.close(timeout=10)
     _assert_given_back_once(queue, second.id, runs, "second", caplog)

@@ -159,6 +159,21 @@ def test_a_busy_worker_finishes_its_jobs_after_a_half_open_cut(
     assert len(back) == 1, back
 
 
+def _counted_runs(runs: Counter[str], waiting: str, release: threading.Event):
+    """A processor that counts each job's runs by name in `runs`, and holds the jobs
+    named `waiting` until `release`; it returns the job's name."""
+    lock = threading.Lock()
+
+    def process(job):
+        with lock:
+            runs[job.name] += 1
+        if job.name == waiting:
+            release.wait(20)
+        return job.name
+
+    return process
+
+
 def _given_back_and_run(proxy: FaultProxy, queue: Queue, job_id: str) -> float:
     """After a muted call: the network is back and the worker's connections are reset (it
     finds out now, not at its socket timeout); waits for the job the lost answer took to
@@ -197,15 +212,7 @@ def test_a_job_a_lost_answer_fetched_runs_at_once(
     queue = make_queue("q")
     release = threading.Event()
     runs: Counter[str] = Counter()
-    lock = threading.Lock()
-
-    def process(job):
-        with lock:
-            runs[job.name] += 1
-        if job.name == "holding":
-            release.wait(20)
-        return job.name
-
+    process = _counted_runs(runs, "holding", release)
     worker = Worker("q", process, connection=proxy.url, prefix=prefix, concurrency=concurrency)
     try:
         holding = queue.add_bulk([("holding", {}) for _ in range(concurrency)])
@@ -243,14 +250,7 @@ def test_a_lost_answer_while_the_job_taken_ahead_runs_loses_and_repeats_nothing(
     queue = make_queue("q")
     release = threading.Event()
     runs: Counter[str] = Counter()
-
-    def process(job):
-        runs[job.name] += 1
-        if job.name == "b":
-            release.wait(20)
-        return job.name
-
-    worker = Worker("q", process, connection=proxy.url, prefix=prefix)
+    worker = Worker("q", _counted_runs(runs, "b", release), connection=proxy.url, prefix=prefix)
     try:
         a, b, c, d = (queue.add(name) for name in "abcd")
         wait_for(lambda: runs["b"] == 1, timeout=10)
@@ -376,16 +376,9 @@ def test_a_job_a_fetch_delivered_late_took_runs_before_its_lock_runs_out(
     queue = make_queue("q")
     release = threading.Event()
     runs: Counter[str] = Counter()
-
-    def process(job):
-        runs[job.name] += 1
-        if job.name == "holding":
-            release.wait(20)
-        return job.name
-
     worker = Worker(
         "q",
-        process,
+        _counted_runs(runs, "holding", release),
         connection=f"{proxy.url}?socket_timeout=1",
         prefix=prefix,
         lock_duration=5000,

@@ -976,8 +976,11 @@ class Worker:
             # whose record may have ended its lock (it is back if the record is not sent)
             self._active.pop(job.id, None)
             tokens: list[str] = []
+            ahead_token = None
             try:
-                tokens, sent = self._lane_tokens(short, following)
+                tokens, ahead_token = self._lane_tokens(short, following)
+                # the token of a job taken ahead goes marked "?" (see fetchJobs)
+                sent = [*tokens[:-1], f"?{ahead_token}"] if ahead_token else tokens
                 calls = self._with_fetch_next([call], sent)
                 if following is None:
                     results = lane.run_calls(calls)
@@ -989,12 +992,11 @@ class Worker:
                 self._lost(error)
                 self._maybe_recorded.add(job.id)
                 self._unanswered_tokens.update(tokens)
-                self._drop_ahead_tokens(tokens)
+                self._settle_ahead(ahead_token, None)
                 self._active[job.id] = job
                 unrecorded = [(job, outcome, value)]
                 if following is not None and ran:
-                    unrecorded.append((following, *ran[0][:2]))
-                    return unrecorded, []
+                    return [*unrecorded, (following, *ran[0][:2])], []
                 return unrecorded, [following] if following else []
             finally:
                 with self._counting:
@@ -1008,9 +1010,7 @@ class Worker:
                 following = taken.pop(0)
                 following.in_lane = True  # before it is in _active: _free_slots counts it once
                 self._active[following.id] = following
-                ran = []
-            ahead = self._keep_ahead(taken[0]) if taken else None
-            self._drop_ahead_tokens(tokens, ahead)
+            ahead = self._settle_ahead(ahead_token, taken[0] if taken else None)
             if following is None:
                 return [], []
             job = following
@@ -1020,33 +1020,37 @@ class Worker:
             else:
                 outcome, value, short = self._timed_process(job)
 
-    def _lane_tokens(self, short: bool, following: Job | None) -> tuple[list[str], list[str]]:
+    def _lane_tokens(self, short: bool, following: Job | None) -> tuple[list[str], str | None]:
         """The lock tokens of the jobs a lane's record takes: the next job, unless one
         runs while the record is under way (`following`), and one ahead of it. A job is
         taken ahead after a short one (FETCH_AHEAD_UNDER_S) while every slot of the
         worker is busy: it waits, locked, while the job in front of it runs, and it is
         given back to the queue if that runs long (see _give_back_taken_ahead). Returns
-        the tokens, and the tokens as the fetch sends them: the one for a job taken
-        ahead marked "?" (the script takes none while the queue has a global or group
-        limit, see fetchJobs)."""
+        the tokens, and the last of them when it is for a job taken ahead (the script
+        takes none while the queue has a global or group limit, see fetchJobs)."""
         if not self._can_fetch():
-            return [], []
+            return [], None
         tokens = [] if following is not None else [self._next_token()]
-        if short and self.fetch_ahead and self._free_slots() <= 0:
-            token = self._next_token()
-            with self._ahead_lock:
-                self._taken_ahead[token] = time.monotonic()
-            return [*tokens, token], [*tokens, f"?{token}"]
-        return tokens, tokens
-
-    def _keep_ahead(self, job: Job) -> Job | None:
-        """A job a lane took ahead, in _active; None if it was given back meanwhile."""
+        if not (short and self.fetch_ahead and self._free_slots() <= 0):
+            return tokens, None
+        token = self._next_token()
         with self._ahead_lock:
-            if job.token not in self._taken_ahead:
-                return None
-            job.in_lane = True
-            self._active[job.id] = job
-        return job
+            self._taken_ahead[token] = time.monotonic()
+        return [*tokens, token], token
+
+    def _settle_ahead(self, token: str | None, taken: Job | None) -> Job | None:
+        """After a lane's record: the job that took the token `token` for a job ahead,
+        now in _active; None if the fetch took none under it or it was given back
+        meanwhile (see _give_back_taken_ahead), whose token is then forgotten."""
+        if token is None:
+            return None
+        with self._ahead_lock:
+            if taken is not None and taken.token == token and token in self._taken_ahead:
+                taken.in_lane = True
+                self._active[taken.id] = taken
+                return taken
+            self._taken_ahead.pop(token, None)
+            return None
 
     def _claim_ahead(self, job: Job) -> bool:
         """Whether the lane may run `job`, taken ahead: False if it was given back."""
@@ -1055,15 +1059,6 @@ class Worker:
                 return True
             self._active.pop(job.id, None)
             return False
-
-    def _drop_ahead_tokens(self, tokens: list[str], kept: Job | None = None) -> None:
-        """Forgets the tokens a lane took ahead with that no job of the lane holds (the
-        fetch took fewer jobs, or the job was given back meanwhile)."""
-        if self._taken_ahead:
-            with self._ahead_lock:
-                for token in tokens:
-                    if kept is None or token != kept.token:
-                        self._taken_ahead.pop(token, None)
 
     async def _give_back_taken_ahead(self) -> None:
         """Gives back to the queue each job a lane took ahead that waited behind a job

@@ -140,12 +140,14 @@ def query_log_left_by(loop: Callable[[Any], None], meanwhile: Callable[[], None]
 MISSING_ROLE = "fj_no_role"
 
 
-def skip_unless_postgresql() -> None:
+def skip_unless_postgresql(
+    why: str = "SET ROLE at connect is PostgreSQL's; SQLite sets up before it keeps one",
+) -> None:
     import pytest
     from django.db import connection
 
     if connection.vendor != "postgresql":
-        pytest.skip("SET ROLE at connect is PostgreSQL's; SQLite sets up before it keeps one")
+        pytest.skip(why)
 
 
 def current_user_under_a_missing_role(threads: set[int]) -> str:
@@ -171,3 +173,17 @@ def close_and_say_if_open() -> bool:
     is_open = connection.connection is not None
     connection.close()
     return is_open
+
+
+# --- an outbox entry whose push after the commit failed ----------------------------------
+def leave_outbox_entry(queue: Any, name: str, data: Any, job_id: str, prefix: str) -> None:
+    """Writes the outbox entry of one job of `queue` as a transaction whose push failed
+    leaves it: only the relay pushes it."""
+    from dataclasses import asdict
+
+    from flowjobs.models import OutboxEntry
+
+    encoded = queue.encode(name, data, job_id=job_id)
+    OutboxEntry.objects.create(
+        batch=uuid.uuid4(), prefix=prefix, kind="jobs", jobs=[asdict(encoded)]
+    )

@@ -67,6 +67,17 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 else:
     DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}_{_RUN}"}
 
+# FLOWJOBS_TEST_DB_POOL=N (PostgreSQL): connections through Django's pool (psycopg_pool),
+# at most N of them, as a site that turns pooling on runs (tests/django/test_db_pool.py).
+_POOL_SIZE = env.int("FLOWJOBS_TEST_DB_POOL", default=0)
+if _POOL_SIZE and DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # Django refuses persistent connections with a pool
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": _POOL_SIZE,
+        "timeout": 10,
+    }
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 STATIC_URL = "/static/"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
 
 import pytest
 import redis
@@ -35,7 +34,7 @@ from flowjobs.enqueue import (
     enqueue_flow,
 )
 from flowjobs.models import OutboxEntry
-from tests.helpers import query_log_left_by, wait_for
+from tests.helpers import leave_outbox_entry, query_log_left_by, wait_for
 from tests.redis_server import RedisServer
 from tests.testapp.models import Note
 
@@ -443,13 +442,7 @@ def test_bad_outbox_settings_are_reported(settings):  # noqa: ANN001
 def test_runworker_runs_the_relay(start_worker, prefix: str, redis_url: str):  # noqa: ANN001
     """An entry left behind (its push failed) is pushed by runworker's relay and run."""
     queue = conf.get_queue("fj-echo")
-    encoded = queue.encode("echo", {"left": 1}, job_id="left-behind")
-    OutboxEntry.objects.create(
-        batch="00000000-0000-0000-0000-000000000001",
-        prefix=prefix,
-        kind="jobs",
-        jobs=[asdict(encoded)],
-    )
+    leave_outbox_entry(queue, "echo", {"left": 1}, "left-behind", prefix)
     worker = start_worker("fj-echo")
     job = wait_for(
         lambda: (j := queue.get_job("left-behind")) and j.finished_on and j,

@@ -6,6 +6,7 @@ the conftest of the Django test directories.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             if item.get_closest_marker(kind) or TESTS_DIR / kind in path.parents:
                 item.add_marker(pytest.mark.xdist_group(kind))
                 break
+
+
+@pytest.fixture(autouse=True)
+def outbox_reaper_idle() -> Iterator[None]:
+    """The outbox reaper (a thread of the test process) deletes pushed outbox rows after
+    a test's commits. Waiting for it at each test's end keeps its work out of the next
+    test, which saw it on CI: a row in the first batch it counted, and on SQLite a relay
+    write refused with "database is locked" while the reaper's delete held the lock."""
+    yield
+    outbox = sys.modules.get("flowjobs.outbox")  # (imported by Django tests only)
+    if outbox is not None:
+        assert outbox._reaper.wait_idle(10), "the outbox reaper is still busy after 10 s"
 
 
 @pytest.fixture(scope="session")

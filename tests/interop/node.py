@@ -9,6 +9,7 @@ kills whatever is still running when the test ends.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -210,22 +211,24 @@ class JsonLineProcess(LineLog):
 
     def _read_stdout(self) -> None:
         assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            raw = raw.strip()
-            if not raw:
-                continue
-            try:
-                line = json.loads(raw)
-            except json.JSONDecodeError:
-                line = {"event": "unparsed", "text": raw}
-            self.append(line)
+        with contextlib.suppress(ValueError):  # closed by _finish after its wait for EOF
+            for raw in self.proc.stdout:
+                raw = raw.strip()
+                if not raw:
+                    continue
+                try:
+                    line = json.loads(raw)
+                except json.JSONDecodeError:
+                    line = {"event": "unparsed", "text": raw}
+                self.append(line)
         self.close_log()
 
     def _read_stderr(self) -> None:
         assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            with self._cond:
-                self._stderr.append(raw.rstrip("\n"))
+        with contextlib.suppress(ValueError):
+            for raw in self.proc.stderr:
+                with self._cond:
+                    self._stderr.append(raw.rstrip("\n"))
 
     @property
     def stderr(self) -> str:
@@ -281,6 +284,10 @@ class JsonLineProcess(LineLog):
             code = self.proc.wait(10)
         except subprocess.TimeoutExpired:
             return None
+        # the readers end at the pipes' EOF; closing a pipe under a reader that has not
+        # got there yet loses its last lines and raises in its thread
+        for thread in self._threads:
+            thread.join(5)
         for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 try:

@@ -50,6 +50,21 @@ def outbox_reaper_idle() -> Iterator[None]:
         assert outbox._reaper.wait_idle(10), "the outbox reaper is still busy after 10 s"
 
 
+@pytest.fixture
+def missing_role_threads() -> Iterator[set[int]]:
+    """The threads `current_user_under_a_missing_role` gave a role that PostgreSQL cannot
+    assume; their connections get their settings back at the test's end. The signal
+    thread and asgiref's thread outlive the test: a later test's receiver in the signal
+    thread failed with the missing role (seen on a PostgreSQL run)."""
+    from tests.helpers import restore_roles
+
+    threads: set[int] = set()
+    try:
+        yield threads
+    finally:
+        restore_roles()
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """One private redis-server per test process (so one per xdist worker)."""

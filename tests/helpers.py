@@ -150,13 +150,22 @@ def skip_unless_postgresql(
         pytest.skip(why)
 
 
+# (connection, its settings before) of every connection given the missing role, for
+# `restore_roles`: some of their threads outlive the test (the signal thread, asgiref's).
+_GIVEN_THE_MISSING_ROLE: list[tuple[Any, dict[str, Any]]] = []
+
+
 def current_user_under_a_missing_role(threads: set[int]) -> str:
     """``SELECT current_user`` on this thread's connection. The thread's own settings
     (the first call makes them, and adds the thread to `threads`) have PostgreSQL assume
-    a role that does not exist at connect, and keep connections open."""
+    a role that does not exist at connect, and keep connections open, until
+    `restore_roles` (the ``missing_role_threads`` fixture does it at the test's end)."""
     from django.db import connection
 
     if "assume_role" not in connection.settings_dict["OPTIONS"]:
+        from django.db import connections  # the thread's own wrapper, not the proxy
+
+        _GIVEN_THE_MISSING_ROLE.append((connections["default"], connection.settings_dict))
         settings_dict = dict(connection.settings_dict)
         settings_dict["OPTIONS"] = {**settings_dict["OPTIONS"], "assume_role": MISSING_ROLE}
         settings_dict["CONN_MAX_AGE"] = None
@@ -165,6 +174,14 @@ def current_user_under_a_missing_role(threads: set[int]) -> str:
     with connection.cursor() as cursor:
         cursor.execute("SELECT current_user")
         return cursor.fetchone()[0]
+
+
+def restore_roles() -> None:
+    """Gives every connection `current_user_under_a_missing_role` changed its settings
+    back; one it left connected (half made) is closed by its thread's next tidy."""
+    while _GIVEN_THE_MISSING_ROLE:
+        connection, settings_dict = _GIVEN_THE_MISSING_ROLE.pop()
+        connection.settings_dict = settings_dict
 
 
 def close_and_say_if_open() -> bool:

@@ -343,7 +343,9 @@ def test_a_service_loop_tidies_a_connection_it_has_no_record_of():
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("kind", ["def", "async def"])
-def test_a_job_thread_drops_a_connection_whose_connect_failed_halfway(scratch_queue, kind):
+def test_a_job_thread_drops_a_connection_whose_connect_failed_halfway(
+    scratch_queue, kind, missing_role_threads
+):
     """Django's ``connect()`` opens the connection, then sets it up (autocommit, then on
     PostgreSQL the session's time zone and ``SET ROLE`` for ``OPTIONS["assume_role"]``);
     when the set-up fails it keeps the connection and sends no ``connection_created``, so
@@ -354,7 +356,7 @@ def test_a_job_thread_drops_a_connection_whose_connect_failed_halfway(scratch_qu
     from django.db import DatabaseError
 
     skip_unless_postgresql()
-    threads: set[int] = set()
+    threads = missing_role_threads
     if kind == "def":
         processor(scratch_queue, name="whoami")(
             lambda job: current_user_under_a_missing_role(threads)
@@ -389,14 +391,16 @@ def test_a_job_thread_drops_a_connection_whose_connect_failed_halfway(scratch_qu
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_signal_thread_drops_a_connection_whose_connect_failed_halfway(scratch_queue):
+def test_the_signal_thread_drops_a_connection_whose_connect_failed_halfway(
+    scratch_queue, missing_role_threads
+):
     """The same for the thread that sends the job signals: a receiver that raised is
     logged and the thread goes on, so the next receiver must not run on a connection
     whose ``connect()`` failed halfway (it ran as the login role before the fix)."""
     from django.db import DatabaseError
 
     skip_unless_postgresql()
-    threads: set[int] = set()
+    threads = missing_role_threads
     outcomes: list[tuple[str, object]] = []
 
     def whoami(sender, job, **kwargs):

@@ -244,7 +244,7 @@ def test_failure_outside_the_task_function_is_an_aborted_error(task_worker):
 
 @pytest.mark.django_db(transaction=True)
 def test_a_signal_receiver_whose_connect_failed_halfway_leaves_no_connection_behind(
-    task_worker,
+    task_worker, missing_role_threads
 ):
     """A ``task_started`` receiver that raised is logged and the task runs on; a
     connection whose ``connect()`` failed halfway in it (PostgreSQL: a role that cannot
@@ -254,7 +254,7 @@ def test_a_signal_receiver_whose_connect_failed_halfway_leaves_no_connection_beh
     from django.tasks.signals import task_started
 
     skip_unless_postgresql()
-    threads: set[int] = set()
+    threads = missing_role_threads
     outcomes: list[tuple[str, object]] = []
 
     def whoami(sender, task_result, **kwargs):  # noqa: ANN001, ANN202

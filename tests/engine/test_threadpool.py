@@ -166,7 +166,7 @@ def test_a_sync_processor_may_close_its_worker(queue, make_worker, concurrency):
         returned.set()
         return "closed"
 
-    worker = make_worker("q", process, concurrency=concurrency)
+    worker = make_worker("q", process, concurrency=concurrency, autorun=False)
     holder.append(worker)
     worker.start()
     assert returned.wait(20), "close() from the processor did not return"

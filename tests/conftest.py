@@ -51,18 +51,19 @@ def outbox_reaper_idle() -> Iterator[None]:
 
 
 @pytest.fixture
-def missing_role_threads() -> Iterator[set[int]]:
+def missing_role_threads() -> Iterator[dict[int, Any]]:
     """The threads `current_user_under_a_missing_role` gave a role that PostgreSQL cannot
-    assume; their connections get their settings back at the test's end. The signal
-    thread and asgiref's thread outlive the test: a later test's receiver in the signal
-    thread failed with the missing role (seen on a PostgreSQL run)."""
+    assume (see tests.helpers.RoleChanges); their connections get their settings back
+    at the test's end. The signal thread and asgiref's thread outlive the test: a later
+    test's receiver in the signal thread failed with the missing role (seen on a
+    PostgreSQL run)."""
     from tests.helpers import restore_roles
 
-    threads: set[int] = set()
+    threads: dict[int, Any] = {}
     try:
         yield threads
     finally:
-        restore_roles()
+        restore_roles(threads)
 
 
 @pytest.fixture(scope="session")

@@ -150,37 +150,35 @@ def skip_unless_postgresql(
         pytest.skip(why)
 
 
-# (connection, its settings before) of every connection given the missing role, for
-# `restore_roles`: some of their threads outlive the test (the signal thread, asgiref's).
-_GIVEN_THE_MISSING_ROLE: list[tuple[Any, dict[str, Any]]] = []
+# What `current_user_under_a_missing_role` changed: by thread, that thread's connection
+# and its settings before (the ``missing_role_threads`` fixture's dict).
+RoleChanges = dict[int, tuple[Any, dict[str, Any]]]
 
 
-def current_user_under_a_missing_role(threads: set[int]) -> str:
+def current_user_under_a_missing_role(threads: RoleChanges) -> str:
     """``SELECT current_user`` on this thread's connection. The thread's own settings
-    (the first call makes them, and adds the thread to `threads`) have PostgreSQL assume
-    a role that does not exist at connect, and keep connections open, until
-    `restore_roles` (the ``missing_role_threads`` fixture does it at the test's end)."""
-    from django.db import connection
+    (the first call makes them, and records the thread in `threads`) have PostgreSQL
+    assume a role that does not exist at connect, and keep connections open, until
+    `restore_roles(threads)`: some of these threads outlive the test (the signal thread,
+    asgiref's)."""
+    from django.db import connection, connections
 
     if "assume_role" not in connection.settings_dict["OPTIONS"]:
-        from django.db import connections  # the thread's own wrapper, not the proxy
-
-        _GIVEN_THE_MISSING_ROLE.append((connections["default"], connection.settings_dict))
+        # the thread's own wrapper, not the proxy (which is the caller's thread's)
+        threads[threading.get_ident()] = (connections["default"], connection.settings_dict)
         settings_dict = dict(connection.settings_dict)
         settings_dict["OPTIONS"] = {**settings_dict["OPTIONS"], "assume_role": MISSING_ROLE}
         settings_dict["CONN_MAX_AGE"] = None
         connection.settings_dict = settings_dict
-        threads.add(threading.get_ident())
     with connection.cursor() as cursor:
         cursor.execute("SELECT current_user")
         return cursor.fetchone()[0]
 
 
-def restore_roles() -> None:
+def restore_roles(threads: RoleChanges) -> None:
     """Gives every connection `current_user_under_a_missing_role` changed its settings
     back; one it left connected (half made) is closed by its thread's next tidy."""
-    while _GIVEN_THE_MISSING_ROLE:
-        connection, settings_dict = _GIVEN_THE_MISSING_ROLE.pop()
+    for connection, settings_dict in threads.values():
         connection.settings_dict = settings_dict
 
 

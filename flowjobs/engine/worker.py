@@ -1053,12 +1053,10 @@ class Worker:
             return None
 
     def _claim_ahead(self, job: Job) -> bool:
-        """Whether the lane may run `job`, taken ahead: False if it was given back."""
+        """Whether the lane may run `job`, taken ahead: False if it was given back (the
+        give-back took it out of _active then, see _give_back_taken_ahead)."""
         with self._ahead_lock:
-            if self._taken_ahead.pop(job.token, None) is not None:  # type: ignore[arg-type]
-                return True
-            self._active.pop(job.id, None)
-            return False
+            return self._taken_ahead.pop(job.token, None) is not None  # type: ignore[arg-type]
 
     async def _give_back_taken_ahead(self) -> None:
         """Gives back to the queue each job a lane took ahead that waited behind a job

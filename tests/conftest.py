@@ -6,6 +6,7 @@ the conftest of the Django test directories.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +26,12 @@ TESTS_DIR = Path(__file__).resolve().parent
 # sessions and process-killing tests are heavy on a 2-core machine and timing-sensitive,
 # so they run one at a time while the other worker gets on with the rest.
 SERIAL_KINDS = ("chaos", "browser")
+
+# django.tasks is Django 6.0's: on Django 5.2 (the LTS flowjobs supports) there is nothing
+# of it to test, and tests/settings.py configures no TASKS.
+collect_ignore = []
+if importlib.util.find_spec("django.tasks") is None:
+    collect_ignore += ["tasks", "taskapp"]
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -113,7 +113,11 @@ class CancellationSignal:
 
         unregister = self._job.on_cancel(wake)
         try:
-            await asyncio.wait_for(cancelled, timeout)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for returns the result of
+            # a future that is done when its task is cancelled, and a cancel both wakes this
+            # wait and cancels the processor's task: the CancelledError was lost
+            async with asyncio.timeout(timeout):
+                await cancelled
         except TimeoutError:
             return self.aborted
         finally:

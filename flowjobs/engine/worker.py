@@ -800,7 +800,10 @@ class Worker:
             await self._wake.wait()
             return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
+            async with asyncio.timeout(
+                timeout
+            ):  # (not wait_for: see CancellationSignal.wait_async)
+                await self._wake.wait()
 
     async def _wait_for_marker(self, delay_until: int) -> None:
         timeout = self.drain_delay

@@ -10,6 +10,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 
+import django
 import pytest
 import redis
 from asgiref.sync import sync_to_async
@@ -453,6 +454,7 @@ def test_runworker_runs_the_relay(start_worker, prefix: str, redis_url: str):  #
     assert "Traceback" not in worker.output()
 
 
+@pytest.mark.skipif(django.VERSION < (6, 0), reason="django.tasks is Django 6.0's")
 def test_django_tasks_backend_goes_through_the_outbox(own_redis: RedisServer, prefix: str):
     from tests.taskapp import tasks
 

@@ -8,6 +8,8 @@
         },
     }
 
+    from flowjobs.tasks import task  # Django's @task, with flowjobs' options on Django 6.0 too
+
     @task(priority=10, queue_name="emails", attempts=3, backoff={"type": "exponential", "delay": 1000})
     def send_welcome(user_id): ...
 
@@ -40,8 +42,9 @@ How Django's names map onto the engine:
   (FLOWJOBS ``DEFAULT_JOB_OPTIONS``, a queue's, or the task's ``job_options``) decide
   when ``get_result`` starts raising ``TaskResultDoesNotExist``.
 
-flowjobs options are extra keyword arguments of Django's ``@task(...)`` (Django passes
-them on to ``FlowJobsTask``) or of ``.using(...)``: ``attempts``, ``backoff``, ``job_id``,
+flowjobs options are extra keyword arguments of ``flowjobs.tasks.task`` (Django's
+``@task``, taking them on Django 6.0 too), of Django 6.1's own ``@task(...)`` (which
+passes them on to ``FlowJobsTask``) or of ``.using(...)``: ``attempts``, ``backoff``, ``job_id``,
 ``deduplication``, ``enqueue_on_commit`` and ``job_options``. Retries follow the
 engine: a failed attempt with attempts left puts the task back to READY (after the
 backoff); ``TaskContext.attempt`` is the number of the running attempt.
@@ -64,7 +67,7 @@ if django.VERSION < (6, 0):
         "Everything else in flowjobs works on this version."
     )
 
-from .backend import FlowJobsBackend, FlowJobsTask
+from .backend import FlowJobsBackend, FlowJobsTask, task
 from .errors import TaskAborted, UnknownTask
 from .results import from_bullmq_priority, to_bullmq_priority
 
@@ -74,5 +77,6 @@ __all__ = [
     "TaskAborted",
     "UnknownTask",
     "from_bullmq_priority",
+    "task",
     "to_bullmq_priority",
 ]

@@ -21,6 +21,7 @@ from django.core import checks
 from django.db import transaction
 from django.tasks.backends.base import BaseTaskBackend
 from django.tasks.base import Task, TaskResult, TaskResultStatus
+from django.tasks.base import task as django_task
 from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
 from django.tasks.signals import task_enqueued
 from django.utils.module_loading import import_string
@@ -41,7 +42,7 @@ from .results import (
     to_ms,
 )
 
-__all__ = ["FlowJobsBackend", "FlowJobsTask"]
+__all__ = ["FlowJobsBackend", "FlowJobsTask", "task"]
 
 logger = logging.getLogger("flowjobs.tasks")
 
@@ -69,8 +70,9 @@ _OPTIONS = ("ENQUEUE_ON_COMMIT",)
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FlowJobsTask(Task):
-    """Django's ``Task`` plus flowjobs job options, given to ``@task(...)`` (Django passes
-    extra keyword arguments on to the backend's task class) or to ``.using(...)``:
+    """Django's ``Task`` plus flowjobs job options, given to ``flowjobs.tasks.task`` (see
+    `task`), to Django 6.1's ``@task(...)`` (which passes extra keyword arguments on to the
+    backend's task class) or to ``.using(...)``:
 
     - ``attempts``: how many times to run it before it is FAILED (default: the queue's
       default job options, else 1);
@@ -122,6 +124,26 @@ class FlowJobsTask(Task):
 _FLOWJOBS_FIELDS = frozenset(f.name for f in fields(FlowJobsTask)) - frozenset(
     f.name for f in fields(Task)
 )
+
+
+def task(function: Any = None, **arguments: Any) -> Any:
+    """Django's ``@task`` (``django.tasks.task``, the same arguments), also taking the
+    flowjobs options of ``FlowJobsTask`` on every Django version: Django 6.1 passes extra
+    keyword arguments on to the backend's task class, Django 6.0's ``@task`` refuses them.
+    The options are set with ``using()`` on the task Django made."""
+    options = {name: arguments.pop(name) for name in _FLOWJOBS_FIELDS & arguments.keys()}
+
+    def wrapper(func: Any) -> Task:
+        made = django_task(func, **arguments)
+        if options and not isinstance(made, FlowJobsTask):
+            raise TypeError(
+                f"{made.module_path}: {', '.join(sorted(options))} are flowjobs options, "
+                f"and task backend {made.backend!r} is not a FlowJobsBackend"
+            )
+        return made.using(**options) if options else made
+
+    return wrapper(function) if function is not None else wrapper
+
 
 _validation_queue: Queue | None = None
 

@@ -1,5 +1,6 @@
-"""Tasks for tests/tasks, declared with Django's own ``@task`` on the "flowjobs" backend
-(TASKS in tests/settings.py). Extra keyword arguments are flowjobs options."""
+"""Tasks for tests/tasks, declared with ``flowjobs.tasks.task`` (Django's ``@task``, which
+takes the flowjobs options on Django 6.0 too) on the "flowjobs" backend (TASKS in
+tests/settings.py). Extra keyword arguments are flowjobs options."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import asyncio
 from typing import Any
 
 import redis
-from django.tasks import TaskContext, task
+from django.tasks import TaskContext
 
 from flowjobs.conf import settings
+from flowjobs.tasks import task
 
 
 class TaskBoom(Exception):

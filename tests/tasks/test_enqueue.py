@@ -7,6 +7,7 @@ import dataclasses
 import enum
 from datetime import timedelta
 
+import django
 import pytest
 from django.db import transaction
 from django.tasks import TaskResult, TaskResultStatus, task, task_backends
@@ -15,7 +16,8 @@ from django.utils import timezone
 from django.utils.json import normalize_json
 
 from flowjobs import conf, registry
-from flowjobs.tasks import from_bullmq_priority, to_bullmq_priority
+from flowjobs.tasks import FlowJobsTask, from_bullmq_priority, to_bullmq_priority
+from flowjobs.tasks import task as flowjobs_task
 from flowjobs.tasks.results import plain_json, plain_result
 from tests.taskapp import tasks
 
@@ -124,6 +126,40 @@ def test_unknown_options_are_type_errors():
 
         @task(backend="flowjobs", queue_name="tasks", atempts=2)
         def typo() -> None: ...
+
+
+def test_flowjobs_task_takes_the_options_on_every_django_version():
+    # tests.taskapp declares its tasks with it (flaky: attempts=2)
+    assert isinstance(tasks.flaky, FlowJobsTask)
+    assert (tasks.flaky.attempts, tasks.flaky.takes_context) == (2, True)
+    made = flowjobs_task(backend="flowjobs", queue_name="tasks-b", priority=7, backoff=250)(
+        tasks.add.func
+    )
+    assert (made.queue_name, made.priority, made.backoff, made.attempts) == (
+        "tasks-b",
+        7,
+        250,
+        None,
+    )
+    # without options (and without parentheses) it is Django's @task
+    assert flowjobs_task(tasks.add.func) == task(tasks.add.func)
+    with pytest.raises(TypeError, match="atempts"):
+        flowjobs_task(backend="flowjobs", queue_name="tasks", atempts=2)(tasks.add.func)
+
+
+def test_flowjobs_options_on_another_backend_are_a_type_error():
+    with pytest.raises(
+        TypeError, match="attempts are flowjobs options, and task backend 'default'"
+    ):
+        flowjobs_task(attempts=2)(tasks.add.func)  # "default" is Django's ImmediateBackend
+
+
+@pytest.mark.skipif(django.VERSION < (6, 1), reason="Django 6.0's @task refuses extra options")
+def test_djangos_own_task_passes_the_options_on_from_django_6_1():
+    made = task(backend="flowjobs", queue_name="tasks", takes_context=True, attempts=2)(
+        tasks.flaky.func
+    )
+    assert made == tasks.flaky
 
 
 def test_arguments_must_be_json():

@@ -37,6 +37,7 @@ FIELD = "cancel"
 KILLED = "killed"  # isolation="process": the child running the job was killed
 INTERRUPTED = "interrupted"  # async processor: CancelledError raised at its current await
 SIGNALLED = "signalled"  # sync processor in a thread: it stops only if it checks the signal
+NOT_STARTED = "not started"  # isolation="process": cancelled before a child had the job
 NOT_RUNNING = "not running"  # no worker holds the job
 NO_ANSWER = "no answer"  # recorded; no worker answered in time (lock renewal will see it)
 
@@ -53,6 +54,7 @@ _DESCRIPTIONS = {
         "killed; it was signalled and stops (the job fails) only if it checks the signal, "
         "otherwise it runs to its end"
     ),
+    NOT_STARTED: "stopped before its processor began; the job failed",
     NOT_RUNNING: "not running, nothing to cancel",
     NO_ANSWER: (
         "cancel recorded, but no worker answered yet; the job's worker finds the request "
@@ -144,7 +146,8 @@ def cancel_job(queue: Queue, job_id: str, reason: str = "") -> bool:
 
 def cancel_and_confirm(queue: Queue, job_id: str, reason: str, timeout: float) -> str:
     """Cancels `job_id` like `cancel_job`, then waits up to `timeout` s for its worker to
-    say what it did: KILLED, INTERRUPTED, SIGNALLED; else NOT_RUNNING or NO_ANSWER."""
+    say what it did: KILLED, INTERRUPTED, SIGNALLED, NOT_STARTED; else NOT_RUNNING or
+    NO_ANSWER."""
     job_id = str(job_id)
     pubsub = queue.client.pubsub(ignore_subscribe_messages=True)
     try:

@@ -720,7 +720,8 @@ class Queue:
     def cancel_and_confirm(self, job_id: str, reason: str = "", timeout: float = 2.0) -> str:
         """`cancel_job`, then waits up to `timeout` s for the worker's answer: "killed"
         (its child process), "interrupted" (async), "signalled" (a thread: it stops only
-        if the processor checks the signal), or "not running" / "no answer"."""
+        if the processor checks the signal), "not started" (no child process had it yet),
+        or "not running" / "no answer"."""
         return cancellation.cancel_and_confirm(self, job_id, reason, timeout)
 
     def get_workers(self) -> list[dict[str, str]]:

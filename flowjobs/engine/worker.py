@@ -882,8 +882,11 @@ class Worker:
 
     def _refuse_unprocessable(self, job: Job) -> None:
         """Raises UnrecoverableError, naming the problem, for a job no processor can run,
-        and JobCancelled for one cancelled before it began (a lane took it ahead)."""
+        and JobCancelled for one cancelled before it began (a lane took it ahead, or the
+        request came before a child process had it)."""
         if job.cancel_reason is not None:
+            if self._pool is not None:  # (`_cancel` answers for the other kinds)
+                self._answer_cancel(job, cancellation.NOT_STARTED)
             raise job.cancelled_error()
         if job.deferred_failure:
             raise UnrecoverableError(job.deferred_failure)

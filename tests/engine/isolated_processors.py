@@ -28,6 +28,12 @@ def spin(job):
     return "finished"
 
 
+def spin_reporting(job):
+    """`spin`, once it has said (its progress: "spinning") that a child process runs it."""
+    job.update_progress("spinning")
+    return spin(job)
+
+
 def fail(job):
     if job.data.get("unrecoverable"):
         raise UnrecoverableError("no way")

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from flowjobs.engine import JobNotFound
+from flowjobs.engine import JobNotFound, cancellation
 from tests.helpers import until_cancelled, wait_for
 
 
@@ -206,8 +206,9 @@ def test_the_worker_answers_what_it_did(queue, make_queue, make_worker):
 
     process_queue = make_queue("pq")
     job = process_queue.add("spin", {"seconds": 30})
-    make_worker("pq", "tests.engine.isolated_processors:spin", isolation="process")
-    wait_for(lambda: process_queue.get_job_state(job.id) == "active", timeout=10)
+    make_worker("pq", "tests.engine.isolated_processors:spin_reporting", isolation="process")
+    # running in the child (active alone is before a child has it: see the next test)
+    wait_for(lambda: process_queue.get_job(job.id).progress == "spinning", timeout=10)
     assert process_queue.cancel_and_confirm(job.id, "c", timeout=5) == "killed"
     wait_for(lambda: process_queue.get_job_state(job.id) == "failed")
     assert process_queue.get_job(job.id).failed_reason == "cancelled: c"
@@ -218,6 +219,28 @@ def test_a_child_process_processor_gets_a_signal_too(queue, make_worker):
     make_worker("q", "tests.engine.isolated_processors:report_signal", isolation="process")
     wait_for(lambda: queue.get_job_state(job.id) == "completed", timeout=15)
     assert queue.get_job(job.id).returnvalue == {"aborted": False, "reason": None, "token": True}
+
+
+def test_a_job_cancelled_before_a_child_process_has_it_fails_and_is_answered(queue, make_worker):
+    """A request can reach a process-isolation worker after it took the job and before a
+    child has it (seen on Python 3.11, where the pool starts slower): the job fails
+    without running, and the worker answers "not started"; it gave no answer, and
+    cancel_and_confirm said "no answer" after its timeout."""
+    pubsub = queue.client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(cancellation.answer_channel(queue.keys))
+    worker = make_worker(
+        "q", "tests.engine.isolated_processors:spin_reporting", isolation="process"
+    )
+    # the request as the job starts: the listener runs on the worker's loop, before the
+    # job is handed to the pool
+    worker.on("active", lambda job: worker._cancel(job, "early"))
+    job = queue.add("spin", {"seconds": 30})
+    wait_for(lambda: queue.get_job_state(job.id) == "failed", timeout=10)
+    assert queue.get_job(job.id).failed_reason == "cancelled: early"
+    assert queue.get_job(job.id).progress != "spinning"  # no child ran it
+    message = wait_for(lambda: pubsub.get_message(timeout=0.1), timeout=10)
+    assert json.loads(message["data"])["how"] == "not started"
+    pubsub.close()
 
 
 def test_the_signal_waits_time_out_while_not_cancelled(queue):

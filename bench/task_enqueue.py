@@ -4,10 +4,11 @@
 
 Each round times a block of one-by-one adds of each kind in turn (W1.add's payload, on
 bench_site's default settings): `Queue.add`; `Queue.add` of the job `Task.enqueue` makes
-(priority, pre-made id, the task's data); `Task.enqueue`; and `Task.enqueue` on a backend that writes nothing
-(bench_site/contract.py: the `TaskResult` and the signal Django asks for). It prints µs per add, client CPU
-per add and the per-round ratio to `Queue.add` (median and range). One process, so the
-three share the interpreter's state and the machine's moment: the ratio is the figure.
+(priority, pre-made id, the task's data); `Task.enqueue`; and `Task.enqueue` on a backend
+that writes nothing (bench_site/contract.py: the `TaskResult` and the signal Django asks
+for). It prints µs per add, client CPU per add and the per-round ratio to `Queue.add`
+(median and range). One process, so the
+kinds share the interpreter's state and the machine's moment: the ratio is the figure.
 The flowjobs source is the checkout's own (FLOWJOBS_SRC to point elsewhere).
 """
 
@@ -28,9 +29,12 @@ import flowjobs_bench as fb  # noqa: E402
 def main() -> None:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 5
     block = int(sys.argv[2]) if len(sys.argv) > 2 else 3000
-    site_dir = tempfile.mkdtemp(prefix="flowjobs-bench-site-")
-    os.environ.update(fb.site_env(site_dir))
-    sys.path[:0] = [fb.BENCH_DIR, fb.REPO_DIR]
+    with tempfile.TemporaryDirectory(prefix="flowjobs-bench-site-") as site_dir:
+        os.environ.update(fb.site_env(site_dir))
+        measure(rounds, block)
+
+
+def measure(rounds: int, block: int) -> None:
     import django
 
     django.setup()

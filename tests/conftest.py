@@ -6,7 +6,6 @@ the conftest of the Django test directories.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ import redis
 
 from flowjobs.engine import FlowProducer, Queue, Worker
 from tests.faultproxy import FaultProxy
-from tests.helpers import delete_prefixed_keys, new_prefix
+from tests.helpers import HAS_DJANGO_TASKS, delete_prefixed_keys, new_prefix
 from tests.redis_server import RedisServer
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -27,11 +26,7 @@ TESTS_DIR = Path(__file__).resolve().parent
 # so they run one at a time while the other worker gets on with the rest.
 SERIAL_KINDS = ("chaos", "browser")
 
-# django.tasks is Django 6.0's: on Django 5.2 (the LTS flowjobs supports) there is nothing
-# of it to test, and tests/settings.py configures no TASKS.
-collect_ignore = []
-if importlib.util.find_spec("django.tasks") is None:
-    collect_ignore += ["tasks", "taskapp"]
+collect_ignore = [] if HAS_DJANGO_TASKS else ["tasks", "taskapp"]
 
 
 @pytest.hookimpl(tryfirst=True)

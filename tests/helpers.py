@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -17,6 +18,10 @@ import redis
 
 from flowjobs.testing.server import delete_prefixed_keys
 from tests.redis_server import free_port
+
+# django.tasks is Django 6.0's: on Django 5.2 (the LTS flowjobs supports) the settings
+# configure no TASKS and the django.tasks tests are left out.
+HAS_DJANGO_TASKS = importlib.util.find_spec("django.tasks") is not None
 
 __all__ = [
     "cpu_hogs",

@@ -6,8 +6,9 @@ import os
 import tempfile
 from pathlib import Path
 
-import django
 import environ
+
+from tests.helpers import HAS_DJANGO_TASKS
 
 env = environ.Env()
 
@@ -93,8 +94,7 @@ FLOWJOBS = {
 }
 
 # django.tasks on flowjobs (tests/tasks, tasks in tests/taskapp); "default" stays Django's.
-# Django 5.2 has no django.tasks (tests/conftest.py leaves those tests out there).
-if django.VERSION >= (6, 0):
+if HAS_DJANGO_TASKS:
     TASKS = {
         "default": {"BACKEND": "django.tasks.backends.immediate.ImmediateBackend"},
         "flowjobs": {

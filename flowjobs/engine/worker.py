@@ -796,13 +796,9 @@ class Worker:
 
     async def _wait_wake(self, timeout: float | None) -> None:
         self._wake.clear()
-        if timeout is None:
-            await self._wake.wait()
-            return
+        # asyncio.timeout (None: no limit), not wait_for: see CancellationSignal.wait_async
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(
-                timeout
-            ):  # (not wait_for: see CancellationSignal.wait_async)
+            async with asyncio.timeout(timeout):
                 await self._wake.wait()
 
     async def _wait_for_marker(self, delay_until: int) -> None:

@@ -10,7 +10,6 @@ import asyncio
 import time
 from collections.abc import Iterator
 
-import django
 import pytest
 import redis
 from asgiref.sync import sync_to_async
@@ -35,7 +34,7 @@ from flowjobs.enqueue import (
     enqueue_flow,
 )
 from flowjobs.models import OutboxEntry
-from tests.helpers import leave_outbox_entry, query_log_left_by, wait_for
+from tests.helpers import HAS_DJANGO_TASKS, leave_outbox_entry, query_log_left_by, wait_for
 from tests.redis_server import RedisServer
 from tests.testapp.models import Note
 
@@ -454,7 +453,7 @@ def test_runworker_runs_the_relay(start_worker, prefix: str, redis_url: str):  #
     assert "Traceback" not in worker.output()
 
 
-@pytest.mark.skipif(django.VERSION < (6, 0), reason="django.tasks is Django 6.0's")
+@pytest.mark.skipif(not HAS_DJANGO_TASKS, reason="django.tasks is Django 6.0's")
 def test_django_tasks_backend_goes_through_the_outbox(own_redis: RedisServer, prefix: str):
     from tests.taskapp import tasks
 
